@@ -1,0 +1,134 @@
+"""One checkpoint format for every stage: safetensors for tensors, JSON for everything else.
+
+A model folder (what `--model` / `--base` point at) holds `model.safetensors`, `model.json` (GPTConfig)
+and the tokenizer. A training checkpoint (`checkpoints/step_NNNNNNN/`) holds the trainable parameters,
+the optimizer state, RNG states and `state.json` (step, data position, resolved config). Checkpoint
+folders are written under a temporary name and renamed into place; `checkpoints/latest` names the
+newest complete one. Nothing here unpickles.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .files import atomic_write, atomic_write_json, atomic_write_text
+from .model import GPT, GPTConfig
+from .tokenizer import Tokenizer, load_from_dir
+
+
+def unique_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop names that alias an earlier tensor (the tied LM head), as safetensors requires."""
+    seen, out = set(), {}
+    for k, v in sd.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key not in seen:
+            seen.add(key)
+            out[k] = v.detach().contiguous().cpu()
+    return out
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    atomic_write(path, lambda tmp: save_file(unique_tensors(tensors), tmp, metadata=metadata))
+
+
+def save_model(directory: str | Path, model: GPT, tokenizer: Tokenizer, extra: dict | None = None) -> None:
+    directory = Path(directory)
+    save_tensors(directory / "model.safetensors", model.state_dict(), {"format": "pt"})
+    atomic_write_json(directory / "model.json", {"config": model.config.to_dict(), **(extra or {})})
+    tokenizer.save(directory)
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+    directory = Path(directory)
+    meta_path, weights = directory / "model.json", directory / "model.safetensors"
+    if not meta_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{directory}: not a model folder (needs model.json and model.safetensors)")
+    cfg = GPTConfig(**json.loads(meta_path.read_text())["config"])
+    model = GPT(cfg)
+    load_into(model, load_file(weights), str(weights), strict=True)
+    return model.to(device), load_from_dir(directory)
+
+
+def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, strict: bool) -> None:
+    """Load `sd` into `model`, tolerating the tied head; errors name the file and the tensor."""
+    own = model.state_dict()
+    for k, v in sd.items():
+        if k not in own:
+            raise ValueError(f"{source}: unexpected tensor {k!r}")
+        if v.shape != own[k].shape:
+            raise ValueError(f"{source}: {k!r} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+    missing = set(own) - set(sd) - {"lm_head.weight"}
+    if strict and missing:
+        raise ValueError(f"{source}: missing tensors {sorted(missing)[:5]}")
+    model.load_state_dict(sd, strict=False)
+
+
+# ---- training checkpoints ----
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for k, v in state.items():
+            tensors[f"{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    state: dict, keep: int = 2) -> Path:
+    """Write checkpoints/step_N atomically, point `latest` at it, and prune all but the newest `keep`."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    final = ckpt_root / f"step_{step:07d}"
+    tmp = ckpt_root / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    save_file(unique_tensors(trainable), tmp / "trainable.safetensors")
+    opt_tensors, groups = _flatten_optimizer(opt)
+    save_file({k: v.contiguous().cpu() for k, v in opt_tensors.items()}, tmp / "optimizer.safetensors")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, tmp / "rng.safetensors")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "param_groups": groups}, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    atomic_write_text(ckpt_root / "latest", final.name + "\n")
+    for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """Restore trainable parameters, optimizer and RNG from `path`; returns its state.json."""
+    state = json.loads((path / "state.json").read_text())
+    load_into(model, load_file(path / "trainable.safetensors"), str(path / "trainable.safetensors"), strict=False)
+    device = next(model.parameters()).device
+    opt_tensors = {k: v.to(device) if not k.endswith(".step") else v
+                   for k, v in load_file(path / "optimizer.safetensors").items()}
+    opt.load_state_dict(_unflatten_optimizer(opt_tensors, state["param_groups"]))
+    rng = load_file(path / "rng.safetensors")
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state

@@ -1,0 +1,127 @@
+"""`llmrecipe` command line: argument parsing only; the work happens in the stage modules."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .data.sources import DataError
+
+USER_ERRORS = (DataError, ValueError, FileNotFoundError, FileExistsError, KeyError)
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="tokenize a corpus into training shards")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    fw = kinds.add_parser("fineweb", help="stream HuggingFaceFW/fineweb-edu (sample-10BT) from the hub")
+    fw.add_argument("--name", default="sample-10BT", help="fineweb-edu config (default sample-10BT)")
+    tx = kinds.add_parser("text", help="local parquet/jsonl/json/txt files with a `text` column, or a hub id")
+    tx.add_argument("--input", nargs="+", required=True, help="files, folders or globs (or one hub data set id)")
+    tx.add_argument("--text-field", default="text")
+    tx.add_argument("--split", default="train", help="hub split (hub ids only)")
+    for k in (fw, tx):
+        k.add_argument("--out", required=True, help="folder for the shards")
+        k.add_argument("--preset", help="take tokenizer settings from a preset's `prepare` section")
+        k.add_argument("--tokenizer", help="gpt2 | gpt2:FILE.tiktoken | bpe (train one) | bpe:FILE.json")
+        k.add_argument("--vocab-size", type=int, help="vocabulary of a trained bpe tokenizer")
+        k.add_argument("--max-tokens", type=int, help="stop after this many training tokens")
+        k.add_argument("--shard-tokens", type=int, help="tokens per shard (default 100M)")
+        k.add_argument("--val-every", type=int, help="every N-th document goes to the validation shard")
+        k.add_argument("--workers", type=int, help="tokenizer processes")
+
+
+def _add_train_common(p) -> None:
+    p.add_argument("--preset", default="tiny", help="config preset name or YAML path (default tiny)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, final model)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llmrecipe", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_prepare(sub)
+    pt = sub.add_parser("pretrain", help="stage 1: pre-train a GPT-2 from scratch")
+    pt.add_argument("--data", help="shard folder from `llmrecipe prepare`")
+    _add_train_common(pt)
+    g = sub.add_parser("generate", help="sample text from a model folder")
+    g.add_argument("--model", required=True)
+    g.add_argument("--prompt", default="")
+    g.add_argument("--max-new-tokens", type=int, default=100)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--num-samples", type=int, default=1)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--device", default="auto")
+    return ap
+
+
+def cmd_prepare(a) -> None:
+    from .config import load_preset
+    from .data.prepare import FINEWEB, PrepareConfig, prepare
+
+    settings = dict(load_preset(a.preset).get("prepare", {})) if a.preset else {}
+    if a.kind == "fineweb":
+        settings.update(FINEWEB, config=a.name)
+    else:
+        settings.update(source=a.input if len(a.input) > 1 else a.input[0], text_field=a.text_field, split=a.split)
+    for key, val in dict(tokenizer=a.tokenizer, bpe_vocab_size=a.vocab_size, max_tokens=a.max_tokens,
+                         shard_tokens=a.shard_tokens, val_every=a.val_every, workers=a.workers).items():
+        if val is not None:
+            settings[key] = val
+    from .config import build
+
+    meta = prepare(build(PrepareConfig, {**settings, "out": a.out}))
+    print(f"wrote {meta['train_tokens']:,} training + {meta['val_tokens']:,} validation tokens from "
+          f"{meta['documents']:,} documents to {a.out} ({len(meta['train_shards'])} train shards)")
+
+
+def cmd_pretrain(a) -> None:
+    from .config import apply_overrides, parse_overrides
+    from .train.pretrain import pretrain_config, run_pretrain
+
+    cfg = pretrain_config(a.preset)
+    if a.data:
+        cfg.data = a.data
+    apply_overrides(cfg, parse_overrides(a.set))
+    last = run_pretrain(cfg, a.out, resume=a.resume)
+    print(f"done: {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
+
+
+def cmd_generate(a) -> None:
+    import torch
+
+    from .checkpoint import load_model
+    from .runtime import setup
+
+    rt = setup(a.device)
+    model, tok = load_model(a.model, rt.device)
+    model.eval()
+    gen = torch.Generator(device=rt.device)
+    gen.manual_seed(a.seed if a.seed is not None else torch.seed())
+    ids = tok.encode(a.prompt) or [tok.eot_id]
+    for i in range(a.num_samples):
+        idx = torch.tensor([ids], device=rt.device)
+        with rt.autocast():
+            out = model.generate(idx, a.max_new_tokens, a.temperature, a.top_k, a.top_p, {tok.eot_id}, gen)
+        text = tok.decode(t for t in out[0].tolist()[len(ids):] if t != tok.eot_id)
+        print(("-" * 40 + "\n") if i else "", a.prompt + text, sep="")
+
+
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except USER_ERRORS as e:
+        if os.environ.get("LLMRECIPE_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        sys.exit(f"error: {msg}")
+
+
+if __name__ == "__main__":
+    main()

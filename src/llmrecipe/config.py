@@ -1,0 +1,133 @@
+"""Configs are data: YAML presets (one per recipe, a section per stage) → dataclasses, with CLI overrides.
+
+`--set max_steps=300 n_layer=2` finds each key in whichever section of the stage's config defines it
+(`model.n_layer=2` spells the section out when a name is ambiguous). Unknown keys and values of the
+wrong type are errors, so a typo never silently trains the wrong model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def preset_path(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    p = PRESET_DIR / f"{name}.yaml"
+    if not p.is_file():
+        names = ", ".join(sorted(f.stem for f in PRESET_DIR.glob("*.yaml")))
+        raise ValueError(f"unknown preset {name!r} (available: {names}; or a path to a .yaml file)")
+    return p
+
+
+def load_preset(name: str) -> dict:
+    return yaml.safe_load(preset_path(name).read_text()) or {}
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert a YAML or CLI value to the dataclass field's type."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        if isinstance(value, list):  # e.g. `str | list[str]`: keep a list a list
+            args = [a for a in args if typing.get_origin(a) is list] or args
+        return _coerce(value, args[0], key)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        return [_coerce(v, typing.get_args(typ)[0], key) for v in value]
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key!r}: cannot read {value!r} as {typ.__name__}") from None
+    return value
+
+
+def build(cls: type, values: dict, where: str = "") -> Any:
+    """Instantiate dataclass `cls` from a dict, recursing into nested dataclass fields."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k, v in values.items():
+        if k not in names:
+            raise ValueError(f"unknown config key {where}{k!r} (known: {', '.join(sorted(names))})")
+        typ = hints[k]
+        if dataclasses.is_dataclass(typ):
+            kwargs[k] = build(typ, v or {}, f"{where}{k}.")
+        else:
+            kwargs[k] = _coerce(v, typ, where + k)
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, str]) -> Any:
+    """Set `key=value` pairs on a (nested) dataclass; bare keys are looked up across its sections."""
+    for key, value in overrides.items():
+        obj, name = _locate(cfg, key)
+        setattr(obj, name, _coerce(value, typing.get_type_hints(type(obj))[name], key))
+    return cfg
+
+
+def _locate(cfg: Any, key: str) -> tuple[Any, str]:
+    if "." in key:
+        *path, name = key.split(".")
+        obj = cfg
+        for p in path:
+            obj = getattr(obj, p, None)
+            if obj is None or not dataclasses.is_dataclass(obj):
+                raise ValueError(f"unknown config section in {key!r}")
+        if name not in {f.name for f in dataclasses.fields(obj)}:
+            raise ValueError(f"unknown config key {key!r}")
+        return obj, name
+    hits = [(o, key) for o in _sections(cfg) if key in {f.name for f in dataclasses.fields(o)}
+            and not dataclasses.is_dataclass(getattr(o, key))]
+    if not hits:
+        raise ValueError(f"unknown config key {key!r}")
+    if len(hits) > 1:
+        raise ValueError(f"config key {key!r} is ambiguous; write it as section.{key}")
+    return hits[0]
+
+
+def _sections(cfg: Any) -> list[Any]:
+    out = [cfg]
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out.extend(_sections(v))
+    return out
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,63 @@
+"""Memory-mapped shards → (x, y) batches, deterministic from (seed, sequence number).
+
+The training stream is a seeded permutation (one per epoch) of all T+1-token windows in the shards.
+A batch is named by the global sequence numbers it holds, so the loader has no hidden state: the
+position saved in a checkpoint is just a count, a resumed run sees exactly the batches it would have,
+and W ranks can split each step's sequences between them (rank r takes its own contiguous slice).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .shards import read_header, read_shard
+from .sources import DataError
+
+
+class TokenWindows:
+    def __init__(self, directory: str | Path, split: str, seq_len: int, seed: int = 0, vocab_size: int | None = None,
+                 shuffle: bool = True):
+        directory = Path(directory)
+        paths = sorted(directory.glob(f"{split}_*.bin"))
+        if not paths:
+            raise DataError(f"{directory}: no {split}_*.bin shards (run `llmrecipe prepare` first)")
+        for p in paths:
+            _, shard_vocab = read_header(p)
+            if vocab_size is not None and shard_vocab > vocab_size:
+                raise DataError(f"{p}: shard vocabulary {shard_vocab} > model vocab_size {vocab_size} "
+                                "(prepared with a different tokenizer?)")
+        self.paths, self.shards = paths, [read_shard(p) for p in paths]
+        self.seq_len, self.seed, self.shuffle, self.vocab_size = seq_len, seed, shuffle, vocab_size
+        counts = [max(0, (len(s) - 1) // seq_len) for s in self.shards]
+        self.cum = np.cumsum([0] + counts)
+        self.num_windows = int(self.cum[-1])
+        if self.num_windows == 0:
+            raise DataError(f"{directory}: {split} shards hold fewer than seq_len+1 = {seq_len + 1} tokens")
+        self._perm_epoch, self._perm = -1, np.arange(0)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_windows)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.num_windows, generator=g).numpy(), epoch
+        return self._perm
+
+    def window(self, k: int) -> np.ndarray:
+        """The k-th window of the stream (k may exceed one epoch)."""
+        epoch, i = divmod(k, self.num_windows)
+        j = int(self._order(epoch)[i])
+        s = int(np.searchsorted(self.cum, j, side="right") - 1)
+        off = (j - int(self.cum[s])) * self.seq_len
+        w = np.asarray(self.shards[s][off: off + self.seq_len + 1], dtype=np.int64)
+        if self.vocab_size is not None and w.max() >= self.vocab_size:
+            raise DataError(f"{self.paths[s]}: token id {int(w.max())} >= vocab_size {self.vocab_size} "
+                            f"near token {off}")
+        return w
+
+    def batch(self, start: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequences start..start+batch_size-1 as (x, y) of shape (B, T), y shifted by one."""
+        w = torch.from_numpy(np.stack([self.window(start + b) for b in range(batch_size)]))
+        return w[:, :-1].contiguous(), w[:, 1:].contiguous()

@@ -1,0 +1,236 @@
+"""GPT-2, the whole model in one file.
+
+Module names follow OpenAI/Hugging Face GPT-2 (transformer.wte, h.N.attn.c_attn, ...) so that converting
+to and from `transformers` is a transpose of the Conv1D weights and LoRA keys match PEFT's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    vocab_size: int = 50257
+    block_size: int = 1024
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Pre-allocated keys/values for incremental decoding; `length` is how many positions are filled."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, max_len: int, device, dtype=torch.float32):
+        hd = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len, hd)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t0, t1 = self.length, self.length + k.size(2)
+        if t1 > self.k.size(3):
+            raise ValueError(f"KV cache overflow: {t1} positions > capacity {self.k.size(3)}")
+        self.k[layer, :, :, t0:t1] = k
+        self.v[layer, :, :, t0:t1] = v
+        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, layer: int, cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(layer, k.to(cache.k.dtype), v.to(cache.v.dtype))
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        drop = self.dropout if self.training else 0.0
+        if mask is None:  # plain causal attention: lets SDPA pick the flash kernel
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, layer, cache, mask):
+        x = x + self.drop(self.attn(self.ln_1(x), layer, cache, mask))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+            ln_f=nn.LayerNorm(cfg.n_embd),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2·n_layer)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Unique parameters (the tied head counted once), as GPT-2's 124M is quoted."""
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, positions: torch.Tensor | None = None,
+               key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-LayerNorm hidden states (B, T, C).
+
+        `positions` (B, T) overrides 0..T-1 (left-padded batches); `key_mask` (B, T_keys) marks real tokens.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
+        if positions is None:
+            positions = torch.arange(past, past + T, device=idx.device).unsqueeze(0)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        mask = self._attn_mask(T, past, key_mask, idx.device)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, i, cache, mask)
+        if cache is not None:
+            cache.length += T
+        return self.transformer.ln_f(x)
+
+    @staticmethod
+    def _attn_mask(T: int, past: int, key_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+        """Boolean (B|1, 1, T, past+T) mask, or None when plain causal attention suffices."""
+        if key_mask is None and past == 0:
+            return None
+        q_pos = torch.arange(past, past + T, device=device)
+        k_pos = torch.arange(past + T, device=device)
+        allowed = (k_pos[None, :] <= q_pos[:, None])[None, None]
+        if key_mask is not None:
+            allowed = allowed & key_mask[:, None, None, : past + T].bool()
+            # a padding query that sees no key would make SDPA return NaN; let it see itself
+            allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None, None]
+        return allowed
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **kw):
+        """Logits (B, T, V); with `targets`, also the mean cross-entropy (targets == -100 ignored)."""
+        logits = self.lm_head(self.hidden(idx, **kw))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, stop_ids: set[int] | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample a continuation of one prompt (1, T) with the KV cache; stops early at any of `stop_ids`."""
+        max_new_tokens = min(max_new_tokens, self.config.block_size - idx.size(1))
+        cache = KVCache(self.config, idx.size(0), idx.size(1) + max_new_tokens, idx.device,
+                        self.transformer.wte.weight.dtype)
+        logits = self.lm_head(self.hidden(idx, cache=cache)[:, -1])
+        out = idx
+        for _ in range(max_new_tokens):
+            nxt = sample(logits, temperature, top_k, top_p, generator)
+            out = torch.cat([out, nxt], dim=1)
+            if stop_ids and nxt.item() in stop_ids:
+                break
+            if cache.length >= cache.k.size(3):
+                break
+            logits = self.lm_head(self.hidden(nxt, cache=cache)[:, -1])
+        return out
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token (B, 1) from last-position logits (B, V); temperature 0 means greedy."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+
+# ---- Hugging Face GPT2LMHeadModel conversion (its Conv1D stores weights as (in, out)) ----
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    sd = {}
+    for k, v in model.state_dict().items():
+        sd[k] = v.t().contiguous() if k.endswith(_CONV1D) else v.clone()
+    return sd
+
+
+def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> GPT:
+    model = GPT(cfg)
+    ours = model.state_dict()
+    for k in ours:
+        if k not in sd:
+            raise KeyError(f"Hugging Face state dict lacks {k!r}")
+        v = sd[k].t() if k.endswith(_CONV1D) else sd[k]
+        if v.shape != ours[k].shape:
+            raise ValueError(f"{k}: shape {tuple(v.shape)} does not match ours {tuple(ours[k].shape)}")
+        ours[k].copy_(v)
+    return model
+
+
+def hf_config(cfg: GPTConfig) -> dict:
+    """Keyword arguments for `transformers.GPT2Config` matching `cfg`."""
+    return dict(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=cfg.dropout,
+                embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, tie_word_embeddings=True)

@@ -1,0 +1,54 @@
+"""Device and precision, decided in one place: CUDA → bf16 autocast + TF32 + fused AdamW; CPU → fp32."""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+# Dense bf16 peak FLOP/s, for MFU; unknown devices report no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: plain fp32
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @property
+    def peak_flops(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        name = torch.cuda.get_device_name(self.device)
+        return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
+    """Pick the device (`auto`: CUDA if present) and the autocast dtype (`auto`: bf16 on CUDA, fp32 on CPU)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    if dtype not in ("float32", "bfloat16"):  # fp16 would need loss scaling; bf16 does not
+        raise ValueError(f"dtype must be auto, float32 or bfloat16, not {dtype!r}")
+    autocast = None if dtype == "float32" else getattr(torch, dtype)
+    return Runtime(dev, autocast, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))

@@ -1,0 +1,144 @@
+"""Tokenizers: GPT-2 BPE through tiktoken, or a small byte-level BPE for CPU-sized runs.
+
+A tokenizer is named by a *spec* string, recorded in every shard folder and run:
+  "gpt2"                    tiktoken's GPT-2 encoding (downloads once, or reads $TIKTOKEN_CACHE_DIR offline)
+  "gpt2:PATH.tiktoken"      the same ranks from a local r50k_base.tiktoken file (fully offline)
+  "bpe:PATH/tokenizer.json" a byte-level BPE trained by `train_bpe` (HF `tokenizers` format)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .files import atomic_write_text
+
+EOT = "<|endoftext|>"
+GPT2_RANKS_ENV = "LLMRECIPE_GPT2_RANKS"  # optional path to r50k_base.tiktoken, used when the spec is plain "gpt2"
+
+
+class Tokenizer:
+    """The interface every stage uses: encode/decode text, the end-of-text id, the vocabulary size."""
+
+    spec: str
+    vocab_size: int
+    eot_id: int
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def save(self, directory: str | Path) -> None:
+        """Record the tokenizer in a run/shard folder so it can be reloaded with `load_from_dir`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / "tokenizer_spec.json",
+                           json.dumps({"spec": self.spec, "vocab_size": self.vocab_size, "eot_id": self.eot_id}))
+
+
+class GPT2Tokenizer(Tokenizer):
+    def __init__(self, ranks_file: str | None = None):
+        import tiktoken
+
+        ranks_file = ranks_file or os.environ.get(GPT2_RANKS_ENV)
+        if ranks_file:
+            from tiktoken.load import load_tiktoken_bpe
+            from tiktoken_ext.openai_public import r50k_pat_str
+
+            if not Path(ranks_file).is_file():
+                raise FileNotFoundError(f"GPT-2 ranks file not found: {ranks_file}")
+            self.enc = tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=load_tiktoken_bpe(ranks_file),
+                                         special_tokens={EOT: 50256}, explicit_n_vocab=50257)
+        else:
+            self.enc = tiktoken.get_encoding("gpt2")
+        self.spec = "gpt2"  # the ranks are identical either way; where they came from is a machine setting
+        self.vocab_size = self.enc.n_vocab
+        self.eot_id = self.enc.eot_token
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts, num_threads=1)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.enc.decode(list(ids))
+
+
+class BPETokenizer(Tokenizer):
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.path = Path(path)
+        self.tok = HFTokenizer.from_file(str(self.path))
+        self.spec = f"bpe:{self.path}"
+        self.vocab_size = self.tok.get_vocab_size()
+        eot = self.tok.token_to_id(EOT)
+        if eot is None:
+            raise ValueError(f"{self.path}: tokenizer has no {EOT} token")
+        self.eot_id = eot
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / "tokenizer.json"
+        if self.path.resolve() != target.resolve():
+            shutil.copyfile(self.path, target)
+        self.path, self.spec = target, f"bpe:{target}"
+        atomic_write_text(directory / "tokenizer_spec.json",
+                           json.dumps({"spec": "bpe:tokenizer.json", "vocab_size": self.vocab_size,
+                                       "eot_id": self.eot_id}))
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    if spec == "gpt2":
+        return GPT2Tokenizer()
+    if spec.startswith("gpt2:"):
+        return GPT2Tokenizer(spec[len("gpt2:"):])
+    if spec.startswith("bpe:"):
+        return BPETokenizer(spec[len("bpe:"):])
+    raise ValueError(f"unknown tokenizer spec {spec!r}: expected 'gpt2', 'gpt2:FILE.tiktoken' or 'bpe:FILE.json'")
+
+
+def load_from_dir(directory: str | Path) -> Tokenizer:
+    """Reload the tokenizer recorded by `Tokenizer.save` (relative bpe paths resolve inside `directory`)."""
+    meta_path = Path(directory) / "tokenizer_spec.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: no tokenizer recorded in {directory}")
+    spec = json.loads(meta_path.read_text())["spec"]
+    if spec.startswith("bpe:") and not Path(spec[4:]).is_absolute():
+        spec = f"bpe:{Path(directory) / spec[4:]}"
+    return load_tokenizer(spec)
+
+
+def train_bpe(texts: Iterator[str], vocab_size: int, out_file: str | Path) -> BPETokenizer:
+    """Train a byte-level BPE (GPT-2 style pre-tokenisation) with EOT as its only special token."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_file))
+    return BPETokenizer(out_file)
+

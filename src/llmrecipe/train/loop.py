@@ -1,0 +1,190 @@
+"""The one training loop. Stages differ only in what a batch is and what the loss is (`Stage`); the
+optimizer, schedule, accumulation, clipping, autocast, logging, evaluation, checkpoints and resume are here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..runtime import Runtime
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16
+    grad_accum: int = 32
+    max_steps: int = 100_000
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 2000
+    schedule: str = "cosine"  # cosine | constant (both after linear warmup)
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    log_interval: int = 10
+    eval_interval: int = 1000
+    eval_batches: int = 20
+    save_interval: int = 5000
+    keep_checkpoints: int = 2
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+
+
+class Stage(Protocol):
+    """What a training stage hands the loop."""
+
+    name: str
+    model: torch.nn.Module  # parameters with requires_grad=True are trained
+
+    def batch(self, step: int, micro: int) -> Any: ...
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def tokens(self, batch: Any) -> int: ...
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]: ...
+    def finish(self, model: torch.nn.Module, run_dir: Path) -> None: ...
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at `max_steps` (or constant)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on ≥2-D weights only (matmuls, embeddings), not on biases and norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+class MetricsLog:
+    """metrics.jsonl in the run folder; on resume, records after the restored step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is None:
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, resolved_config: dict,
+          resume: bool = False) -> dict:
+    """Run `stage` to `cfg.max_steps`; returns the last logged metrics."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = stage.model.to(rt.device)
+    opt = make_optimizer(model, cfg, rt.device)
+    step, elapsed_before, tokens_seen = 0, 0.0, 0
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None and not resume:
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
+                              "or choose another --out")
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, opt)
+        step, elapsed_before, tokens_seen = state["step"], state["elapsed"], state["tokens_seen"]
+        print(f"resuming {stage.name} from {ckpt} (step {step})")
+    if rt.is_main:
+        (run_dir / "config.json").write_text(json.dumps(resolved_config, indent=2))
+    log = MetricsLog(run_dir / "metrics.jsonl", step if ckpt else None)
+    fwd = torch.compile(model) if cfg.compile else model
+    last: dict = {}
+
+    def checkpoint(at: int) -> None:
+        if rt.is_main:
+            save_checkpoint(run_dir, at, model, opt, dict(
+                elapsed=elapsed_before + time.time() - t_start, tokens_seen=tokens_seen,
+                data_position=at * cfg.grad_accum * cfg.batch_size * rt.world_size, config=resolved_config),
+                keep=cfg.keep_checkpoints)
+
+    t_start = t_window = time.time()
+    window_tokens = 0
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=stage.name, dynamic_ncols=True, disable=not rt.is_main)
+    model.train()
+    try:
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss_sum, extra = 0.0, {}
+            for micro in range(cfg.grad_accum):
+                batch = stage.batch(step, micro)
+                with rt.autocast():
+                    loss, metrics = stage.loss(fwd, batch)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+                for k, v in metrics.items():
+                    extra[k] = extra.get(k, 0.0) + v / cfg.grad_accum
+                n_tokens = stage.tokens(batch) * rt.world_size
+                tokens_seen, window_tokens = tokens_seen + n_tokens, window_tokens + n_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                        cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                now = time.time()
+                tps = window_tokens / max(now - t_window, 1e-9)
+                last = dict(step=step, loss=round(loss_sum, 6), lr=lr, grad_norm=round(float(grad_norm), 6),
+                            tokens_per_sec=round(tps), elapsed=round(elapsed_before + now - t_start, 2),
+                            **{k: round(v, 6) for k, v in extra.items()})
+                mfu = _mfu(stage, rt, tps)
+                if mfu is not None:
+                    last["mfu"] = round(mfu, 4)
+                t_window, window_tokens = now, 0
+                bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                if rt.is_main:
+                    log.write(last)
+            if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.max_steps):
+                val = _evaluate(stage, model, rt)
+                if val and rt.is_main:
+                    log.write({"step": step, **val})
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+                    last.update(val)
+            if step % cfg.save_interval == 0 and step < cfg.max_steps:
+                checkpoint(step)
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(step)
+        raise SystemExit(f"interrupted: saved a checkpoint at step {step}; rerun with --resume to continue")
+    bar.close()
+    checkpoint(step)
+    if rt.is_main:
+        stage.finish(model, run_dir)
+    return last
+
+
+def _evaluate(stage: Stage, model: torch.nn.Module, rt: Runtime) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad(), rt.autocast():
+        out = stage.evaluate(model)
+    model.train()
+    return out
+
+
+def _mfu(stage: Stage, rt: Runtime, tokens_per_sec: float) -> float | None:
+    peak, per_token = rt.peak_flops, getattr(stage, "flops_per_token", None)
+    if peak is None or per_token is None:
+        return None
+    return tokens_per_sec / rt.world_size * per_token / peak

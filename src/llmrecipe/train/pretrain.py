@@ -1,0 +1,90 @@
+"""Stage 1: pre-training. A batch is B windows of T+1 tokens from the shards; the loss is next-token CE."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import save_model
+from ..config import build, load_preset, to_dict
+from ..data.loader import TokenWindows
+from ..model import GPT, GPTConfig
+from ..runtime import Runtime, setup
+from ..tokenizer import load_from_dir
+from .loop import TrainConfig, train
+
+
+@dataclass
+class PretrainConfig:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: str = ""  # a folder written by `llmrecipe prepare`
+
+
+def pretrain_config(preset: str) -> PretrainConfig:
+    p = load_preset(preset)
+    return build(PretrainConfig, {"model": p.get("model", {}), "train": p.get("pretrain", {})})
+
+
+class PretrainStage:
+    name = "pretrain"
+
+    def __init__(self, cfg: PretrainConfig, rt: Runtime):
+        self.cfg, self.rt = cfg, rt
+        self.tokenizer = load_from_dir(cfg.data)
+        if self.tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ValueError(f"{cfg.data}: tokenizer has {self.tokenizer.vocab_size} tokens but the model's "
+                             f"vocab_size is {cfg.model.vocab_size}")
+        tc, T = cfg.train, cfg.model.block_size
+        if tc.grad_accum % rt.world_size:
+            raise ValueError(f"grad_accum {tc.grad_accum} is not divisible by the {rt.world_size} ranks")
+        self.accum_per_rank = tc.grad_accum // rt.world_size
+        self.train_data = TokenWindows(cfg.data, "train", T, tc.seed, cfg.model.vocab_size)
+        self.val_data = TokenWindows(cfg.data, "val", T, tc.seed, cfg.model.vocab_size, shuffle=False)
+        self.model = GPT(cfg.model)
+        n = self.model.num_params()
+        # PaLM appendix B: 6N per token for the matmuls + attention's 12·L·C·T
+        self.flops_per_token = 6 * n + 12 * cfg.model.n_layer * cfg.model.n_embd * T
+        print(f"model: {n:,} parameters; data: {self.train_data.num_windows:,} training windows of {T} tokens")
+
+    def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global sequence numbers: step s holds grad_accum·B of them; rank r takes its contiguous slice."""
+        B = self.cfg.train.batch_size
+        start = (step * self.cfg.train.grad_accum + self.rt.rank * self.accum_per_rank + micro) * B
+        x, y = self.train_data.batch(start, B)
+        return x.to(self.rt.device, non_blocking=True), y.to(self.rt.device, non_blocking=True)
+
+    def loss(self, model, batch):
+        x, y = batch
+        return model(x, y)[1], {}
+
+    def tokens(self, batch) -> int:
+        return batch[0].numel()
+
+    def evaluate(self, model) -> dict[str, float]:
+        B, n_val = self.cfg.train.batch_size, self.val_data.num_windows
+        losses = []
+        for i in range(min(self.cfg.train.eval_batches, -(-n_val // B))):
+            x, y = self.val_data.batch(i * B, B)
+            losses.append(model(x.to(self.rt.device), y.to(self.rt.device))[1].item())
+        val = sum(losses) / len(losses)
+        return {"val_loss": val, "val_ppl": float(torch.tensor(val).exp())}
+
+    def finish(self, model, run_dir: Path) -> None:
+        save_model(run_dir, model, self.tokenizer, {"stage": "pretrain", "data": str(self.cfg.data)})
+
+
+def run_pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> dict:
+    if not cfg.data:
+        raise ValueError("pretrain needs --data: a folder written by `llmrecipe prepare`")
+    if not Path(cfg.data).is_dir():
+        raise FileNotFoundError(f"--data {cfg.data}: no such folder")
+    rt = setup(cfg.train.device, cfg.train.dtype)
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's determinism
+    stage = PretrainStage(cfg, rt)
+    resolved = to_dict(cfg)
+    resolved["data_meta"] = json.loads((Path(cfg.data) / "meta.json").read_text()) \
+        if (Path(cfg.data) / "meta.json").is_file() else None
+    return train(stage, cfg.train, rt, out, resolved, resume)

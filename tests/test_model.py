@@ -1,0 +1,82 @@
+import math
+
+import pytest
+import torch
+
+from llmrecipe.model import GPT, GPTConfig, KVCache, from_hf_state_dict, hf_config, sample, to_hf_state_dict
+
+SMALL = GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=300, block_size=64)
+
+
+def test_gpt2_124m_has_exactly_gpt2_small_parameter_count():
+    with torch.device("meta"):
+        model = GPT(GPTConfig())
+    assert model.num_params() == 124_439_808
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_init_scales_residual_projections():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=8, n_head=4, n_embd=256, vocab_size=1000, block_size=32))
+    assert model.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.transformer.h[0].mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.transformer.h[0].attn.c_attn.bias.abs().max().item() == 0.0
+
+
+def test_kv_cache_step_by_step_equals_full_forward():
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    idx = torch.randint(0, SMALL.vocab_size, (2, 20))
+    full, _ = model(idx)
+    cache = KVCache(SMALL, 2, 20, "cpu")
+    steps = [model(idx[:, :5], cache=cache)[0]]  # a prefill of 5, then one token at a time
+    for t in range(5, 20):
+        steps.append(model(idx[:, t:t + 1], cache=cache)[0])
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_left_padded_batch_matches_unpadded():
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    seq = torch.randint(0, SMALL.vocab_size, (1, 7))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), seq], dim=1)
+    mask = torch.tensor([[0, 0, 0] + [1] * 7])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out, _ = model(padded, positions=positions, key_mask=mask)
+    ref, _ = model(seq)
+    torch.testing.assert_close(out[:, 3:], ref, atol=1e-5, rtol=0)
+
+
+def test_hf_gpt2_loaded_into_ours_gives_same_logits():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(SMALL))).eval()
+    ours = from_hf_state_dict(hf.state_dict(), SMALL).eval()
+    idx = torch.randint(0, SMALL.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
+        back = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(SMALL))).eval()
+        back.load_state_dict(to_hf_state_dict(ours), strict=False)
+        torch.testing.assert_close(back(idx).logits, hf(idx).logits, atol=1e-4, rtol=0)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    assert sample(logits, temperature=0).item() == 0
+    g = torch.Generator().manual_seed(0)
+    draws = {sample(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)}
+    assert draws == {0, 1}
+    # top_p=0.7: p = softmax = [.64, .24, .09, ...]; the smallest prefix reaching 0.7 is tokens {0, 1}
+    draws = {sample(logits, 1.0, top_p=0.7, generator=g).item() for _ in range(200)}
+    assert draws == {0, 1}
+
+
+def test_generate_stops_at_stop_token():
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    idx = torch.tensor([[1, 2, 3]])
+    greedy = model.generate(idx, 10, temperature=0)
+    assert greedy.shape == (1, 13)
+    first = greedy[0, 3].item()
+    stopped = model.generate(idx, 10, temperature=0, stop_ids={first})
+    assert stopped.tolist() == [[1, 2, 3, first]]

@@ -1,0 +1,84 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmrecipe.checkpoint import load_model
+from llmrecipe.model import GPTConfig
+from llmrecipe.train.loop import TrainConfig, lr_at
+from llmrecipe.train.pretrain import PretrainConfig, pretrain_config, run_pretrain
+
+
+def small_cfg(corpus, **train) -> PretrainConfig:
+    base = dict(batch_size=8, grad_accum=1, max_steps=10, lr=3e-3, min_lr=3e-4, warmup_steps=5, log_interval=1,
+                eval_interval=0, save_interval=1000, seed=0)
+    return PretrainConfig(model=GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=64),
+                          train=TrainConfig(**{**base, **train}), data=str(corpus))
+
+
+def losses(run_dir) -> list[float]:
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in recs if "loss" in r]
+
+
+def test_loss_falls_well_below_uniform(small_corpus, tmp_path):
+    cfg = small_cfg(small_corpus, max_steps=300, batch_size=16, lr=1e-2, min_lr=1e-3, eval_interval=300,
+                    log_interval=1)
+    last = run_pretrain(cfg, tmp_path)
+    assert losses(tmp_path)[0] == pytest.approx(math.log(512), abs=0.1)  # uniform at init
+    assert last["loss"] < math.log(512) - 1.2, losses(tmp_path)[::20]
+    assert last["val_loss"] < math.log(512) - 1.0
+    model, tok = load_model(tmp_path)  # the final model folder reloads with its tokenizer
+    assert model.config.vocab_size == 512 and tok.vocab_size == 512
+
+
+def test_gradient_accumulation_matches_one_big_batch(small_corpus, tmp_path):
+    run_pretrain(small_cfg(small_corpus, batch_size=8, grad_accum=1, max_steps=1, warmup_steps=0), tmp_path / "a")
+    run_pretrain(small_cfg(small_corpus, batch_size=2, grad_accum=4, max_steps=1, warmup_steps=0), tmp_path / "b")
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+    assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), abs=1e-5)
+
+
+def test_exact_resume(small_corpus, tmp_path):
+    cfg = small_cfg(small_corpus, max_steps=8, save_interval=4, keep_checkpoints=5)
+    cfg.model.dropout = 0.1  # RNG state must be restored too
+    straight = tmp_path / "straight"
+    run_pretrain(cfg, straight)
+    # simulate a run killed after step 6: its last checkpoint is step 4, metrics run ahead to step 6
+    killed = tmp_path / "killed"
+    shutil.copytree(straight, killed)
+    shutil.rmtree(killed / "checkpoints" / "step_0000008")
+    (killed / "checkpoints" / "latest").write_text("step_0000004\n")
+    (killed / "model.safetensors").unlink()
+    lines = (killed / "metrics.jsonl").read_text().splitlines()[:6]
+    (killed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_pretrain(cfg, killed)
+    run_pretrain(cfg, killed, resume=True)
+    assert losses(killed) == losses(straight) and len(losses(killed)) == 8
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_schedule_warmup_then_cosine_to_min_lr():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+
+
+def test_presets_resolve():
+    big = pretrain_config("gpt2-124m")
+    assert (big.model.n_layer, big.model.n_embd, big.train.batch_size, big.train.grad_accum) == (12, 768, 16, 32)
+    assert (big.train.lr, big.train.min_lr, big.train.warmup_steps, big.train.max_steps) == (6e-4, 6e-5, 2000, 100000)
+    from llmrecipe.config import apply_overrides
+    tiny = apply_overrides(pretrain_config("tiny"), {"max_steps": "300", "n_layer": "2", "model.dropout": "0.1"})
+    assert (tiny.train.max_steps, tiny.model.n_layer, tiny.model.dropout) == (300, 2, 0.1)
+    with pytest.raises(ValueError, match="unknown config key 'n_layers'"):
+        apply_overrides(tiny, {"n_layers": "2"})
+    with pytest.raises(ValueError, match="cannot read 'abc' as int"):
+        apply_overrides(tiny, {"max_steps": "abc"})
