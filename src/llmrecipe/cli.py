@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=int, default=1)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--device", default="auto")
+    r = sub.add_parser("run", help="the whole recipe in one command, with a report")
+    r.add_argument("--preset", default="tiny")
+    r.add_argument("--out", required=True)
+    r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override pre-training config keys")
     return ap
 
 
@@ -109,7 +113,14 @@ def cmd_generate(a) -> None:
         print(("-" * 40 + "\n") if i else "", a.prompt + text, sep="")
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "generate": cmd_generate}
+def cmd_run(a) -> None:
+    from .config import parse_overrides
+    from .recipe import run
+
+    run(a.preset, a.out, parse_overrides(a.set))
+
+
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "generate": cmd_generate, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> None:
