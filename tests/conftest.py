@@ -29,3 +29,19 @@ def small_corpus(data_dir, tmp_path_factory) -> Path:
                                   str(data_dir / "pretrain" / "c4_demo.jsonl")],
                           out=str(out), tokenizer="bpe", bpe_vocab_size=512, workers=1, val_every=20))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base(small_corpus, tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide base pre-trained for 200 steps on the real corpus sample (a model folder)."""
+    from llmrecipe.model import GPTConfig
+    from llmrecipe.train.loop import TrainConfig
+    from llmrecipe.train.pretrain import PretrainConfig, run_pretrain
+
+    out = tmp_path_factory.mktemp("tiny_base")
+    cfg = PretrainConfig(model=GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=256),
+                         train=TrainConfig(batch_size=8, grad_accum=1, max_steps=200, lr=1e-2, min_lr=1e-3,
+                                           warmup_steps=10, log_interval=50, eval_interval=0, save_interval=1000),
+                         data=str(small_corpus))
+    run_pretrain(cfg, out)
+    return out

@@ -15,24 +15,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write, atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text, save_tensors, unique_tensors
+from .lora import load_adapter, merge, read_adapter_config
 from .model import GPT, GPTConfig
 from .tokenizer import Tokenizer, load_from_dir
-
-
-def unique_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop names that alias an earlier tensor (the tied LM head), as safetensors requires."""
-    seen, out = set(), {}
-    for k, v in sd.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-        if key not in seen:
-            seen.add(key)
-            out[k] = v.detach().contiguous().cpu()
-    return out
-
-
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    atomic_write(path, lambda tmp: save_file(unique_tensors(tensors), tmp, metadata=metadata))
 
 
 def save_model(directory: str | Path, model: GPT, tokenizer: Tokenizer, extra: dict | None = None) -> None:
@@ -42,15 +28,43 @@ def save_model(directory: str | Path, model: GPT, tokenizer: Tokenizer, extra: d
     tokenizer.save(directory)
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+def load_model(directory: str | Path, device: str | torch.device = "cpu", adapter: str | Path | None = None,
+               merge_adapters: bool = True) -> tuple[GPT, Tokenizer]:
+    """A model folder, or an adapter folder (its base chain is loaded and merged), plus an optional adapter.
+
+    With `merge_adapters` the result is a plain GPT (fast inference); otherwise the last adapter stays
+    a live LoRA layer.
+    """
     directory = Path(directory)
-    meta_path, weights = directory / "model.json", directory / "model.safetensors"
-    if not meta_path.is_file() or not weights.is_file():
-        raise FileNotFoundError(f"{directory}: not a model folder (needs model.json and model.safetensors)")
-    cfg = GPTConfig(**json.loads(meta_path.read_text())["config"])
-    model = GPT(cfg)
-    load_into(model, load_file(weights), str(weights), strict=True)
-    return model.to(device), load_from_dir(directory)
+    if (directory / "adapter_config.json").is_file() and not (directory / "model.json").is_file():
+        _, base = read_adapter_config(directory)
+        model, tok = load_model(base, device, merge_adapters=True)
+        load_adapter(model, directory)
+    else:
+        meta_path, weights = directory / "model.json", directory / "model.safetensors"
+        if not meta_path.is_file() or not weights.is_file():
+            raise FileNotFoundError(f"{directory}: not a model folder (needs model.json and model.safetensors) "
+                                    "nor an adapter folder (adapter_config.json)")
+        model = GPT(GPTConfig(**json.loads(meta_path.read_text())["config"]))
+        load_into(model, load_file(weights), str(weights), strict=True)
+        tok = load_from_dir(directory)
+    if adapter is not None:
+        merge(model)
+        load_adapter(model, adapter)
+    if merge_adapters:
+        merge(model)
+    return model.to(device), tok
+
+
+def save_hf(directory: str | Path, model: GPT) -> None:
+    """Export as a Hugging Face `GPT2LMHeadModel` folder (needs `transformers`), e.g. for PEFT or other tools."""
+    import transformers
+
+    from .model import hf_config, to_hf_state_dict
+
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(model.config)))
+    hf.load_state_dict(to_hf_state_dict(model), strict=False)
+    hf.save_pretrained(str(directory))
 
 
 def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, strict: bool) -> None:

@@ -54,6 +54,28 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=int, default=1)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--device", default="auto")
+    sf = sub.add_parser("sft", help="stage 2: LoRA instruction tuning on chat data")
+    sf.add_argument("--base", help="model folder from `llmrecipe pretrain`")
+    sf.add_argument("--data", help="hub id (HuggingFaceH4/ultrachat_200k) or local parquet/jsonl/json files")
+    sf.add_argument("--split", help="hub split (default train_sft)")
+    sf.add_argument("--epochs", type=float)
+    sf.add_argument("--lr", type=float)
+    sf.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
+    _add_train_common(sf)
+    c = sub.add_parser("chat", help="interactive chat in the terminal")
+    c.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is loaded)")
+    c.add_argument("--adapter", help="an adapter folder to apply on top of --model")
+    c.add_argument("--system", help="system message")
+    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.7)
+    c.add_argument("--top-k", type=int, default=50)
+    c.add_argument("--top-p", type=float, default=None)
+    c.add_argument("--device", default="auto")
+    m = sub.add_parser("merge", help="fold an adapter into its base and save a plain model folder")
+    m.add_argument("--model", required=True)
+    m.add_argument("--adapter", help="adapter folder (omit when --model is itself an adapter folder)")
+    m.add_argument("--out", required=True)
+    m.add_argument("--hf", action="store_true", help="also write a Hugging Face GPT2LMHeadModel folder in OUT/hf")
     r = sub.add_parser("run", help="the whole recipe in one command, with a report")
     r.add_argument("--preset", default="tiny")
     r.add_argument("--out", required=True)
@@ -93,6 +115,43 @@ def cmd_pretrain(a) -> None:
     print(f"done: {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
 
 
+def cmd_sft(a) -> None:
+    from .config import apply_overrides, parse_overrides
+    from .train.sft import run_sft, sft_config
+
+    cfg = sft_config(a.preset)
+    for key, val in dict(base=a.base, data=a.data, split=a.split, epochs=a.epochs).items():
+        if val is not None:
+            setattr(cfg, key, val)
+    if a.lr is not None:
+        cfg.train.lr = a.lr
+    cfg.strict = cfg.strict or a.strict
+    apply_overrides(cfg, parse_overrides(a.set))
+    last = run_sft(cfg, a.out, resume=a.resume)
+    print(f"done: adapter in {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
+
+
+def cmd_chat(a) -> None:
+    from .chat import chat_repl
+    from .checkpoint import load_model
+    from .runtime import setup
+
+    rt = setup(a.device)
+    model, tok = load_model(a.model, rt.device, adapter=a.adapter)
+    chat_repl(model.eval(), tok, rt, a.system, dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                                                     top_k=a.top_k, top_p=a.top_p))
+
+
+def cmd_merge(a) -> None:
+    from .checkpoint import load_model, save_hf, save_model
+
+    model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
+    save_model(a.out, model, tok, {"stage": "merged", "from": [a.model, a.adapter]})
+    if a.hf:
+        save_hf(f"{a.out}/hf", model)
+    print(f"merged model written to {a.out}")
+
+
 def cmd_generate(a) -> None:
     import torch
 
@@ -120,7 +179,8 @@ def cmd_run(a) -> None:
     run(a.preset, a.out, parse_overrides(a.set))
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "generate": cmd_generate, "run": cmd_run}
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "chat": cmd_chat, "merge": cmd_merge,
+            "generate": cmd_generate, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> None:

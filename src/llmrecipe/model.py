@@ -233,4 +233,6 @@ def hf_config(cfg: GPTConfig) -> dict:
     """Keyword arguments for `transformers.GPT2Config` matching `cfg`."""
     return dict(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                 n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=cfg.dropout,
-                embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, tie_word_embeddings=True)
+                embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, tie_word_embeddings=True,
+                bos_token_id=50256 if cfg.vocab_size > 50256 else None,
+                eos_token_id=50256 if cfg.vocab_size > 50256 else None)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .order import EpochOrder
 from .shards import read_header, read_shard
 from .sources import DataError
 
@@ -35,20 +36,11 @@ class TokenWindows:
         self.num_windows = int(self.cum[-1])
         if self.num_windows == 0:
             raise DataError(f"{directory}: {split} shards hold fewer than seq_len+1 = {seq_len + 1} tokens")
-        self._perm_epoch, self._perm = -1, np.arange(0)
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.num_windows)
-        if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.num_windows, generator=g).numpy(), epoch
-        return self._perm
+        self.order = EpochOrder(self.num_windows, seed, shuffle)
 
     def window(self, k: int) -> np.ndarray:
         """The k-th window of the stream (k may exceed one epoch)."""
-        epoch, i = divmod(k, self.num_windows)
-        j = int(self._order(epoch)[i])
+        j = self.order[k]
         s = int(np.searchsorted(self.cum, j, side="right") - 1)
         off = (j - int(self.cum[s])) * self.seq_len
         w = np.asarray(self.shards[s][off: off + self.seq_len + 1], dtype=np.int64)

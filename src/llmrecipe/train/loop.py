@@ -21,7 +21,7 @@ from ..runtime import Runtime
 class TrainConfig:
     batch_size: int = 16
     grad_accum: int = 32
-    max_steps: int = 100_000
+    max_steps: int = 0  # pre-training: required; SFT/DPO: 0 means derive from epochs
     lr: float = 6e-4
     min_lr: float = 6e-5
     warmup_steps: int = 2000

@@ -10,6 +10,7 @@ import torch
 from ..checkpoint import save_model
 from ..config import build, load_preset, to_dict
 from ..data.loader import TokenWindows
+from ..data.order import item_start
 from ..model import GPT, GPTConfig
 from ..runtime import Runtime, setup
 from ..tokenizer import load_from_dir
@@ -38,9 +39,7 @@ class PretrainStage:
             raise ValueError(f"{cfg.data}: tokenizer has {self.tokenizer.vocab_size} tokens but the model's "
                              f"vocab_size is {cfg.model.vocab_size}")
         tc, T = cfg.train, cfg.model.block_size
-        if tc.grad_accum % rt.world_size:
-            raise ValueError(f"grad_accum {tc.grad_accum} is not divisible by the {rt.world_size} ranks")
-        self.accum_per_rank = tc.grad_accum // rt.world_size
+        item_start(0, 0, tc.batch_size, tc.grad_accum, rt.rank, rt.world_size)  # checks accum vs ranks early
         self.train_data = TokenWindows(cfg.data, "train", T, tc.seed, cfg.model.vocab_size)
         self.val_data = TokenWindows(cfg.data, "val", T, tc.seed, cfg.model.vocab_size, shuffle=False)
         self.model = GPT(cfg.model)
@@ -50,10 +49,9 @@ class PretrainStage:
         print(f"model: {n:,} parameters; data: {self.train_data.num_windows:,} training windows of {T} tokens")
 
     def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global sequence numbers: step s holds grad_accum·B of them; rank r takes its contiguous slice."""
-        B = self.cfg.train.batch_size
-        start = (step * self.cfg.train.grad_accum + self.rt.rank * self.accum_per_rank + micro) * B
-        x, y = self.train_data.batch(start, B)
+        tc = self.cfg.train
+        start = item_start(step, micro, tc.batch_size, tc.grad_accum, self.rt.rank, self.rt.world_size)
+        x, y = self.train_data.batch(start, tc.batch_size)
         return x.to(self.rt.device, non_blocking=True), y.to(self.rt.device, non_blocking=True)
 
     def loss(self, model, batch):
@@ -79,6 +77,8 @@ class PretrainStage:
 def run_pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> dict:
     if not cfg.data:
         raise ValueError("pretrain needs --data: a folder written by `llmrecipe prepare`")
+    if cfg.train.max_steps <= 0:
+        raise ValueError("pretrain needs max_steps > 0")
     if not Path(cfg.data).is_dir():
         raise FileNotFoundError(f"--data {cfg.data}: no such folder")
     rt = setup(cfg.train.device, cfg.train.dtype)

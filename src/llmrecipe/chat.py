@@ -1,0 +1,94 @@
+"""The ONE chat template, used by SFT, DPO, chat, serving and evaluation alike.
+
+    <|system|>\\n{content}<EOT><|user|>\\n{content}<EOT><|assistant|>\\n{content}<EOT>...
+
+Role markers are plain text, tokenized by the model's own BPE (`<|user|>` is a few GPT-2 tokens), and the
+end of every turn is the tokenizer's existing `<|endoftext|>` token. Nothing is added to the vocabulary,
+so the embedding matrix never grows and an adapter-only file stays a few MB; the model already knows EOT
+as "stop" from pre-training. Each segment is tokenized on its own, so the template's token boundaries are
+identical at training and inference time and response spans are exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tokenizer import Tokenizer
+
+ROLES = ("system", "user", "assistant")
+IGNORE = -100
+
+
+def marker(role: str) -> str:
+    return f"<|{role}|>\n"
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    labels: list[int]  # = ids on assistant content + its EOT, IGNORE elsewhere
+
+    @property
+    def response_spans(self) -> list[tuple[int, int]]:
+        """[start, end) of each trained span (assistant content + EOT)."""
+        spans, start = [], None
+        for i, lab in enumerate(self.labels + [IGNORE]):
+            if lab != IGNORE and start is None:
+                start = i
+            elif lab == IGNORE and start is not None:
+                spans.append((start, i))
+                start = None
+        return spans
+
+
+def encode_chat(messages: list[dict], tok: Tokenizer, add_generation_prompt: bool = False) -> Encoded:
+    """Token ids and labels for a conversation; with `add_generation_prompt`, ends with the assistant marker."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for m in messages:
+        role = m["role"]
+        if role not in ROLES:
+            raise ValueError(f"unknown chat role {role!r} (expected one of {', '.join(ROLES)})")
+        head = tok.encode(marker(role))
+        body = tok.encode(m["content"]) + [tok.eot_id]
+        ids += head + body
+        labels += [IGNORE] * len(head) + (body if role == "assistant" else [IGNORE] * len(body))
+    if add_generation_prompt:
+        head = tok.encode(marker("assistant"))
+        ids += head
+        labels += [IGNORE] * len(head)
+    return Encoded(ids, labels)
+
+
+def render(messages: list[dict], add_generation_prompt: bool = False, eot: str = "<|endoftext|>") -> str:
+    """The template as text (for display and for external tools)."""
+    text = "".join(f"{marker(m['role'])}{m['content']}{eot}" for m in messages)
+    return text + (marker("assistant") if add_generation_prompt else "")
+
+
+def chat_repl(model, tok: Tokenizer, rt, system: str | None, sampling: dict) -> None:
+    """Terminal chat: the history is re-encoded through the template each turn (oldest turns dropped to fit)."""
+    import torch
+
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    print("chat: empty line or Ctrl-D to quit, /reset to clear the history")
+    while True:
+        try:
+            user = input("you> ").strip()
+        except EOFError:
+            break
+        if not user:
+            break
+        if user == "/reset":
+            history = history[:1] if system else []
+            continue
+        history.append({"role": "user", "content": user})
+        budget = model.config.block_size - sampling["max_new_tokens"]
+        ids = encode_chat(history, tok, add_generation_prompt=True).ids
+        while len(ids) > budget and len(history) > 1:
+            history.pop(1 if system else 0)
+            ids = encode_chat(history, tok, add_generation_prompt=True).ids
+        with torch.no_grad(), rt.autocast():
+            out = model.generate(torch.tensor([ids[-budget:]], device=rt.device), stop_ids={tok.eot_id}, **sampling)
+        reply = tok.decode(t for t in out[0, len(ids[-budget:]):].tolist() if t != tok.eot_id)
+        print(f"assistant> {reply}")
+        history.append({"role": "assistant", "content": reply})

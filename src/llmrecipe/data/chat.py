@@ -1,0 +1,103 @@
+"""Chat (SFT) data in the ultrachat_200k schema: `prompt`, `prompt_id`, `messages` = [{role, content}, ...].
+
+Bad rows are skipped and counted (the first few named), or rejected with `strict`. Conversations are
+tokenized through the one chat template; every assistant turn is trained on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..chat import IGNORE, ROLES, Encoded, encode_chat
+from ..tokenizer import Tokenizer
+from .sources import DataError, Row, iter_rows
+
+
+@dataclass
+class LoadReport:
+    rows: int = 0
+    kept: int = 0
+    skipped: int = 0
+    examples: list[str] = field(default_factory=list)  # "file, row N: why" for the first few
+    truncated: int = 0
+    dropped_after_truncation: int = 0
+
+    def skip(self, why: str, strict: bool) -> None:
+        if strict:
+            raise DataError(why)
+        self.skipped += 1
+        if len(self.examples) < 5:
+            self.examples.append(why)
+
+    def __str__(self) -> str:
+        s = f"{self.rows:,} rows: {self.kept:,} kept, {self.skipped:,} skipped"
+        if self.examples:
+            s += " (" + "; ".join(self.examples) + ")"
+        if self.truncated:
+            s += f"; {self.truncated:,} truncated to the context"
+        if self.dropped_after_truncation:
+            s += f", {self.dropped_after_truncation:,} dropped (no response left after truncation)"
+        return s
+
+
+def check_messages(row: Row, field_name: str = "messages") -> tuple[list[dict] | None, str]:
+    """(messages, "") for a valid conversation, else (None, the reason naming file/row/field)."""
+    msgs = row.data.get(field_name)
+    if msgs is None:
+        return None, f"{row.where()}: no {field_name!r} field"
+    if not isinstance(msgs, list) or not msgs:
+        return None, f"{row.where(field_name)}: expected a non-empty list of messages"
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            return None, f"{row.where(field_name)}[{i}]: expected {{'role': str, 'content': str}}"
+        if m["role"] not in ROLES:
+            return None, f"{row.where(field_name)}[{i}]: unknown role {m['role']!r}"
+        if m["role"] == "assistant" and not m["content"].strip():
+            return None, f"{row.where(field_name)}[{i}]: empty assistant turn"
+        out.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "assistant" for m in out):
+        return None, f"{row.where(field_name)}: no assistant turn"
+    return out, ""
+
+
+def load_chat(spec: str | list[str], tok: Tokenizer, max_len: int, split: str = "train_sft", strict: bool = False,
+              limit: int | None = None) -> tuple[list[Encoded], LoadReport]:
+    """Tokenized conversations, each cut to `max_len` + 1 tokens (inputs and shifted targets)."""
+    rep, out = LoadReport(), []
+    for row in iter_rows(spec, split):
+        if limit is not None and rep.rows >= limit:
+            break
+        rep.rows += 1
+        msgs, why = check_messages(row)
+        if msgs is None:
+            rep.skip(why, strict)
+            continue
+        enc = encode_chat(msgs, tok)
+        if len(enc.ids) > max_len + 1:
+            rep.truncated += 1
+            enc = Encoded(enc.ids[: max_len + 1], enc.labels[: max_len + 1])
+            if all(lab == IGNORE for lab in enc.labels[1:]):
+                rep.dropped_after_truncation += 1
+                continue
+        rep.kept += 1
+        out.append(enc)
+    if not out:
+        raise DataError(f"{spec}: no usable conversations ({rep})")
+    return out, rep
+
+
+def collate(examples: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (x, y): x = ids[:-1], y = labels[1:], padding ignored in the loss.
+
+    Right padding needs no attention mask: causal attention never lets a real token see a later pad.
+    """
+    T = max(len(e.ids) for e in examples) - 1
+    x = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.ids) - 1
+        x[i, :n] = torch.tensor(e.ids[:-1])
+        y[i, :n] = torch.tensor(e.labels[1:])
+    return x, y

@@ -1,0 +1,174 @@
+"""LoRA: y = W x + (alpha / r) · B A x on chosen nn.Linear layers, with the base weights frozen.
+
+`LoRALinear` *is* an nn.Linear (same `weight`/`bias` parameters, same names), with `lora_A`/`lora_B`
+added, so state-dict keys stay `transformer.h.0.attn.c_attn.weight` and the adapter keys are exactly
+PEFT's (`...c_attn.lora_A.weight`). Adapters save in PEFT's file format and load with PEFT onto the HF
+export of the base model.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from .files import atomic_write_json, save_tensors
+
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
+
+
+class LoRALinear(nn.Linear):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+        self.weight, self.bias = base.weight, base.bias  # shared, not copied
+        dev, dt = base.weight.device, base.weight.dtype
+        self.lora_A = nn.Linear(base.in_features, r, bias=False, device=dev, dtype=dt)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False, device=dev, dtype=dt)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.scaling = alpha / r
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.enabled, self.merged = True, False
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.enabled and not self.merged:
+            y = y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        return y
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.weight += self.delta_weight().to(self.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight -= self.delta_weight().to(self.weight.dtype)
+            self.merged = False
+
+
+def _matches(name: str, targets: list[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def inject(model: nn.Module, cfg: LoRAConfig) -> list[str]:
+    """Wrap matching nn.Linear layers (not the LM head), freeze everything else; returns wrapped names."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear) and _matches(name, cfg.target_modules):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout))
+            wrapped.append(name)
+    if not wrapped:
+        raise ValueError(f"LoRA target_modules {cfg.target_modules} matched no nn.Linear layer")
+    return wrapped
+
+
+def lora_layers(model: nn.Module) -> list[LoRALinear]:
+    return [m for m in model.modules() if isinstance(m, LoRALinear)]
+
+
+def trainable_summary(model: nn.Module) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    return f"trainable params: {trainable:,} || base params: {base:,} || trainable%: {100 * trainable / base:.4f}"
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and turn the layers back into plain nn.Linear."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            module.merge()
+            plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            plain.weight, plain.bias = module.weight, module.bias
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, plain)
+    return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """The base model's function without copying it (DPO's reference)."""
+    layers = lora_layers(model)
+    states = [m.enabled for m in layers]
+    for m in layers:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m, s in zip(layers, states):
+            m.enabled = s
+
+
+# ---- PEFT file format ----
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {PEFT_PREFIX + n: p for n, p in model.named_parameters() if "lora_A" in n or "lora_B" in n}
+
+
+def save_adapter(directory: str | Path, model: nn.Module, cfg: LoRAConfig, base_path: str) -> None:
+    """`adapter_model.safetensors` + `adapter_config.json`, as PEFT writes them for GPT-2."""
+    directory = Path(directory)
+    save_tensors(directory / "adapter_model.safetensors", adapter_state_dict(model), {"format": "pt"})
+    atomic_write_json(directory / "adapter_config.json", {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base_path),
+        "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
+        "target_modules": sorted(cfg.target_modules), "fan_in_fan_out": True,  # GPT-2's Conv1D layout in HF
+        "bias": "none", "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
+        "use_rslora": False, "use_dora": False, "layers_to_transform": None, "layers_pattern": None,
+        "rank_pattern": {}, "alpha_pattern": {}, "revision": None,
+    })
+
+
+def read_adapter_config(directory: str | Path) -> tuple[LoRAConfig, str]:
+    path = Path(directory) / "adapter_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: not an adapter folder (no adapter_config.json)")
+    c = json.loads(path.read_text())
+    if c.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{path}: peft_type {c.get('peft_type')!r} is not LORA")
+    targets = c["target_modules"]
+    cfg = LoRAConfig(r=int(c["r"]), alpha=float(c["lora_alpha"]), dropout=float(c.get("lora_dropout", 0.0)),
+                     target_modules=[targets] if isinstance(targets, str) else list(targets))
+    return cfg, c.get("base_model_name_or_path", "")
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> LoRAConfig:
+    """Inject the adapter described in `directory` into `model` and load its weights."""
+    cfg, _ = read_adapter_config(directory)
+    inject(model, cfg)
+    path = Path(directory) / "adapter_model.safetensors"
+    sd = {k.removeprefix(PEFT_PREFIX).replace(".default.", "."): v for k, v in load_file(path).items()}
+    own = dict(model.named_parameters())
+    for k, v in sd.items():
+        if k not in own:
+            raise ValueError(f"{path}: tensor {k!r} matches no LoRA layer of the model")
+        if v.shape != own[k].shape:
+            raise ValueError(f"{path}: {k!r} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+        with torch.no_grad():
+            own[k].copy_(v)
+    missing = [n for n in own if ("lora_A" in n or "lora_B" in n) and n not in sd]
+    if missing:
+        raise ValueError(f"{path}: missing adapter tensors, e.g. {missing[0]!r}")
+    return cfg

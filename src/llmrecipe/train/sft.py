@@ -1,0 +1,109 @@
+"""Stage 2: LoRA instruction tuning. A batch is right-padded chat examples; the loss is cross-entropy on
+response tokens only (assistant content + end of turn), mean over the batch's response tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..chat import IGNORE
+from ..checkpoint import load_model
+from ..config import build, load_preset, to_dict
+from ..data.chat import collate, load_chat
+from ..data.order import EpochOrder, item_start
+from ..files import atomic_write_json
+from ..lora import LoRAConfig, inject, save_adapter, trainable_summary
+from ..runtime import Runtime, setup
+from .loop import TrainConfig, train
+
+
+@dataclass
+class SFTConfig:
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=8, grad_accum=1, lr=2e-4, min_lr=2e-5, warmup_steps=0, schedule="constant", weight_decay=0.0,
+        log_interval=10, eval_interval=0, save_interval=500))
+    base: str = ""  # model folder from stage 1 (or any model/adapter folder)
+    data: str = "HuggingFaceH4/ultrachat_200k"  # hub id or local parquet/jsonl/json files
+    split: str = "train_sft"
+    epochs: float = 3.0  # used when train.max_steps is 0
+    max_examples: int | None = None
+    val_examples: int = 0  # held out from the end of the data for validation loss
+    strict: bool = False  # reject bad rows instead of skipping them
+
+
+def sft_config(preset: str) -> SFTConfig:
+    p = load_preset(preset).get("sft", {})
+    return build(SFTConfig, {"lora": p.get("lora", {}), "train": p.get("train", {}),
+                             **{k: v for k, v in p.items() if k not in ("lora", "train")}})
+
+
+def steps_for(n_examples: int, epochs: float, tc: TrainConfig) -> int:
+    return max(1, math.ceil(epochs * n_examples / (tc.batch_size * tc.grad_accum)))
+
+
+class ExampleBatches:
+    """Global item numbers → shuffled examples (a new order each epoch), rank-sliced like pre-training."""
+
+    def __init__(self, examples: list, tc: TrainConfig, rt: Runtime):
+        self.examples, self.tc, self.rt = examples, tc, rt
+        self.order = EpochOrder(len(examples), tc.seed)
+
+    def __call__(self, step: int, micro: int) -> list:
+        start = item_start(step, micro, self.tc.batch_size, self.tc.grad_accum, self.rt.rank, self.rt.world_size)
+        return [self.examples[self.order[k]] for k in range(start, start + self.tc.batch_size)]
+
+
+class SFTStage:
+    name = "sft"
+
+    def __init__(self, cfg: SFTConfig, rt: Runtime):
+        self.cfg, self.rt = cfg, rt
+        self.model, self.tokenizer = load_model(cfg.base)
+        examples, self.report = load_chat(cfg.data, self.tokenizer, self.model.config.block_size, cfg.split,
+                                          cfg.strict, cfg.max_examples)
+        print(f"sft data: {self.report}")
+        n_val = min(cfg.val_examples, len(examples) - 1)
+        self.val = examples[len(examples) - n_val:] if n_val > 0 else []
+        self.train_examples = examples[: len(examples) - n_val]
+        self.batches = ExampleBatches(self.train_examples, cfg.train, rt)
+        inject(self.model, cfg.lora)
+        print(trainable_summary(self.model))
+
+    def batch(self, step: int, micro: int):
+        x, y = collate(self.batches(step, micro), self.tokenizer.eot_id)
+        return x.to(self.rt.device), y.to(self.rt.device)
+
+    def loss(self, model, batch):
+        x, y = batch
+        return model(x, y)[1], {}
+
+    def tokens(self, batch) -> int:
+        return int((batch[1] != IGNORE).sum())  # response tokens: the ones the loss sees
+
+    def evaluate(self, model) -> dict[str, float]:
+        if not self.val:
+            return {}
+        losses = [self.loss(model, tuple(t.to(self.rt.device) for t in collate(self.val[i:i + 8], self.tokenizer.eot_id)))[0].item()
+                  for i in range(0, len(self.val), 8)]
+        return {"val_loss": sum(losses) / len(losses)}
+
+    def finish(self, model, run_dir: Path) -> None:
+        save_adapter(run_dir, model, self.cfg.lora, str(Path(self.cfg.base).resolve()))
+        self.tokenizer.save(run_dir)
+        atomic_write_json(run_dir / "data_report.json", vars(self.report))
+
+
+def run_sft(cfg: SFTConfig, out: str | Path, resume: bool = False) -> dict:
+    if not cfg.base:
+        raise ValueError("sft needs --base: a model folder from `llmrecipe pretrain`")
+    rt = setup(cfg.train.device, cfg.train.dtype)
+    torch.manual_seed(cfg.train.seed)
+    stage = SFTStage(cfg, rt)
+    if cfg.train.max_steps <= 0:
+        cfg.train.max_steps = steps_for(len(stage.train_examples), cfg.epochs, cfg.train)
+    return train(stage, cfg.train, rt, out, to_dict(cfg), resume)
+

@@ -1,0 +1,144 @@
+import json
+import pytest
+import torch
+
+from llmrecipe.chat import IGNORE, encode_chat, render
+from llmrecipe.checkpoint import load_model, save_hf, save_model
+from llmrecipe.data.chat import collate, load_chat
+from llmrecipe.data.sources import DataError
+from llmrecipe.lora import LoRAConfig, adapters_disabled, inject, load_adapter, merge, save_adapter
+from llmrecipe.tokenizer import load_from_dir
+from llmrecipe.train.loop import TrainConfig
+from llmrecipe.train.sft import SFTConfig, run_sft
+
+CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4."}]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tiny_base):
+    return tiny_base
+
+
+def test_template_round_trip_response_spans(data_dir, small_corpus):
+    from llmrecipe.tokenizer import GPT2Tokenizer
+    for tok in (GPT2Tokenizer(), load_from_dir(small_corpus)):
+        enc = encode_chat(CONV, tok)
+        spans = enc.response_spans
+        assert [tok.decode(enc.ids[a:b - 1]) for a, b in spans] == ["Hello! How can I help?", "4."]
+        assert all(enc.ids[b - 1] == tok.eot_id for a, b in spans)
+        assert tok.decode(enc.ids) == render(CONV)
+        gen = encode_chat(CONV[:2], tok, add_generation_prompt=True)
+        assert tok.decode(gen.ids).endswith("<|assistant|>\n") and all(lab == IGNORE for lab in gen.labels)
+
+
+def test_masked_positions_get_zero_gradient(base_dir):
+    model, tok = load_model(base_dir)
+    x, y = collate([encode_chat(CONV, tok), encode_chat(CONV[1:3], tok)], tok.eot_id)
+    logits, _ = model(x)
+    logits.retain_grad()
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE)
+    loss.backward()
+    g = logits.grad.abs().sum(-1)
+    assert (g[y == IGNORE] == 0).all()
+    assert (g[y != IGNORE] > 0).all()
+    assert model(x, y)[1].item() == pytest.approx(loss.item(), abs=1e-6)  # the model's loss is this masked mean
+
+
+def test_merge_and_disable(base_dir):
+    model, _ = load_model(base_dir)
+    inject(model, LoRAConfig(r=4, alpha=8, dropout=0.0))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    model.eval()
+    idx = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        with_adapter = model(idx)[0]
+        base, _ = load_model(base_dir)
+        with adapters_disabled(model):
+            torch.testing.assert_close(model(idx)[0], base(idx)[0], atol=1e-6, rtol=0)
+        assert (with_adapter - base(idx)[0]).abs().max() > 1e-3
+        torch.testing.assert_close(merge(model)(idx)[0], with_adapter, atol=1e-5, rtol=0)
+
+
+def test_peft_loads_our_adapter_onto_hf_export(base_dir, tmp_path):
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    model, _ = load_model(base_dir)
+    cfg = LoRAConfig(r=4, alpha=8, dropout=0.0)
+    inject(model, cfg)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    save_adapter(tmp_path / "adapter", model, cfg, str(base_dir))
+    base, _ = load_model(base_dir)
+    save_hf(tmp_path / "hf", base)
+    hf = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf"),
+                                        tmp_path / "adapter").eval()
+    idx = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model.eval()(idx)[0], atol=1e-4, rtol=0)
+        reloaded, _ = load_model(base_dir, adapter=tmp_path / "adapter")
+        torch.testing.assert_close(reloaded(idx)[0], model(idx)[0], atol=1e-5, rtol=0)
+
+
+def sft_cfg(base_dir, data, **train) -> SFTConfig:
+    tc = dict(batch_size=4, grad_accum=1, max_steps=0, lr=1e-2, warmup_steps=0, schedule="constant",
+              weight_decay=0.0, log_interval=1, eval_interval=0, save_interval=1000, seed=0)
+    return SFTConfig(lora=LoRAConfig(r=8, alpha=16, dropout=0.0), train=TrainConfig(**{**tc, **train}),
+                     base=str(base_dir), data=str(data))
+
+
+def mean_chat_loss(model_dir, data) -> float:
+    model, tok = load_model(model_dir)
+    examples, _ = load_chat(str(data), tok, model.config.block_size)
+    with torch.no_grad():
+        return sum(model.eval()(*collate([e], tok.eot_id))[1].item() for e in examples) / len(examples)
+
+
+def test_sft_loss_falls_on_real_chat_sample(base_dir, data_dir, tmp_path):
+    data = data_dir / "sft" / "ultrachat_200k_sample20.jsonl"
+    run_sft(sft_cfg(base_dir, data, max_steps=60, batch_size=4, lr=1e-2), tmp_path)
+    before, after = mean_chat_loss(base_dir, data), mean_chat_loss(tmp_path, data)
+    assert after < before - 0.1, (before, after)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(files) and "model.safetensors" not in files
+
+
+def test_only_lora_parameters_change(base_dir, data_dir, tmp_path):
+    from llmrecipe.runtime import setup
+    from llmrecipe.train.loop import train
+    from llmrecipe.train.sft import SFTStage
+
+    cfg = sft_cfg(base_dir, data_dir / "sft" / "ultrachat_200k_sample20.jsonl", max_steps=2, lr=1e-2)
+    rt = setup("cpu")
+    stage = SFTStage(cfg, rt)
+    before = {n: p.detach().clone() for n, p in stage.model.named_parameters()}
+    train(stage, cfg.train, rt, tmp_path, {})
+    for n, p in stage.model.named_parameters():
+        if "lora_" in n:
+            assert p.requires_grad and not torch.equal(p, before[n]), n
+        else:
+            assert not p.requires_grad and torch.equal(p, before[n]), n
+
+
+def test_bad_rows_are_skipped_and_named_or_rejected_when_strict(base_dir, tmp_path):
+    _, tok = load_model(base_dir)
+    rows = [{"messages": CONV}, {"prompt": "no messages"}, {"messages": [{"role": "bot", "content": "x"}]},
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]},
+            {"messages": [{"role": "user", "content": "only a question"}]}, {"messages": CONV[1:3]}]
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples, rep = load_chat(str(f), tok, 128)
+    assert (rep.rows, rep.kept, rep.skipped, len(examples)) == (6, 2, 4, 2)
+    text = str(rep)
+    for why in ("line 2: no 'messages' field", "line 3, field 'messages'[0]: unknown role 'bot'",
+                "empty assistant turn", "line 5, field 'messages': no assistant turn"):
+        assert why in text.replace("row", "line"), text
+    with pytest.raises(DataError, match="chat.jsonl, row 2: no 'messages' field"):
+        load_chat(str(f), tok, 128, strict=True)
+    lengths = sorted(len(encode_chat(m, tok).ids) for m in (CONV, CONV[1:3]))
+    examples, rep = load_chat(str(f), tok, lengths[1] - 3)  # the long conversation loses 2 tokens, the short fits
+    assert (rep.truncated, rep.kept, len(examples[0].ids)) == (1, 2, lengths[1] - 2)
