@@ -62,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     sf.add_argument("--lr", type=float)
     sf.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
     _add_train_common(sf)
+    dp = sub.add_parser("dpo", help="stage 3: DPO with a fresh LoRA on the SFT model")
+    dp.add_argument("--sft", help="adapter folder from `llmrecipe sft` (or any model folder)")
+    dp.add_argument("--data", help="hub id (HuggingFaceH4/ultrafeedback_binarized) or local files (UFB or HH format)")
+    dp.add_argument("--split", help="hub split (default train_prefs)")
+    dp.add_argument("--beta", type=float)
+    dp.add_argument("--epochs", type=float)
+    dp.add_argument("--lr", type=float)
+    dp.add_argument("--reference", choices=["adapter", "copy"], help="reference = policy with LoRA disabled "
+                    "(default, no extra memory) or a frozen copy")
+    dp.add_argument("--precompute-reference", action="store_true", help="score the reference once, cache it")
+    dp.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
+    _add_train_common(dp)
     c = sub.add_parser("chat", help="interactive chat in the terminal")
     c.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is loaded)")
     c.add_argument("--adapter", help="an adapter folder to apply on top of --model")
@@ -115,20 +127,33 @@ def cmd_pretrain(a) -> None:
     print(f"done: {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
 
 
-def cmd_sft(a) -> None:
+def _tune(a, make_config, run, fields: tuple[str, ...]) -> None:
+    """Shared by sft and dpo: preset → flags → --set overrides → run."""
     from .config import apply_overrides, parse_overrides
-    from .train.sft import run_sft, sft_config
 
-    cfg = sft_config(a.preset)
-    for key, val in dict(base=a.base, data=a.data, split=a.split, epochs=a.epochs).items():
-        if val is not None:
+    cfg = make_config(a.preset)
+    for key in fields:
+        val = getattr(a, key, None)
+        if val is not None and val is not False:
             setattr(cfg, key, val)
     if a.lr is not None:
         cfg.train.lr = a.lr
-    cfg.strict = cfg.strict or a.strict
     apply_overrides(cfg, parse_overrides(a.set))
-    last = run_sft(cfg, a.out, resume=a.resume)
+    last = run(cfg, a.out, resume=a.resume)
     print(f"done: adapter in {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
+
+
+def cmd_sft(a) -> None:
+    from .train.sft import run_sft, sft_config
+
+    _tune(a, sft_config, run_sft, ("base", "data", "split", "epochs", "strict"))
+
+
+def cmd_dpo(a) -> None:
+    from .train.dpo import dpo_config, run_dpo
+
+    _tune(a, dpo_config, run_dpo, ("sft", "data", "split", "beta", "epochs", "reference", "precompute_reference",
+                                   "strict"))
 
 
 def cmd_chat(a) -> None:
@@ -179,7 +204,7 @@ def cmd_run(a) -> None:
     run(a.preset, a.out, parse_overrides(a.set))
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "chat": cmd_chat, "merge": cmd_merge,
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "chat": cmd_chat, "merge": cmd_merge,
             "generate": cmd_generate, "run": cmd_run}
 
 

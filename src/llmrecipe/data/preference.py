@@ -1,0 +1,119 @@
+"""Preference pairs for DPO, from the two common formats:
+
+- ultrafeedback_binarized (HuggingFaceH4): `prompt`, `chosen` and `rejected` as message lists ending with
+  the assistant's answer (plus `score_chosen`, `score_rejected`);
+- Anthropic HH-RLHF: `chosen` and `rejected` as whole transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...")
+  sharing a prefix; the prompt is everything before the final assistant turn.
+
+Each pair becomes (prompt messages, chosen reply, rejected reply), tokenized through the chat template.
+Pairs with identical replies, or whose prompt alone fills the context, are dropped and counted.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..chat import IGNORE, Encoded, encode_chat
+from ..tokenizer import Tokenizer
+from .chat import LoadReport, check_messages, collate
+from .sources import DataError, Row, iter_rows
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+@dataclass
+class Pair:
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+
+
+@dataclass
+class EncodedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]  # reply tokens + EOT
+    rejected_ids: list[int]
+
+
+def parse_hh(transcript: str) -> list[dict]:
+    parts = _HH_TURN.split("\n\n" + transcript.lstrip("\n"))
+    if len(parts) < 3 or parts[0].strip():
+        raise ValueError("not an HH transcript ('\\n\\nHuman: ...\\n\\nAssistant: ...')")
+    return [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+            for who, text in zip(parts[1::2], parts[2::2])]
+
+
+def _split_last_reply(msgs: list[dict], row: Row, field: str) -> tuple[list[dict], str]:
+    if msgs[-1]["role"] != "assistant":
+        raise ValueError(f"{row.where(field)}: the last message must be the assistant's reply")
+    return msgs[:-1], msgs[-1]["content"]
+
+
+def to_pair(row: Row) -> Pair:
+    """A Pair from either format; ValueError (naming file/row/field) for a malformed row."""
+    d = row.data
+    for f in ("chosen", "rejected"):
+        if f not in d:
+            raise ValueError(f"{row.where()}: no {f!r} field")
+    if isinstance(d["chosen"], str):  # HH: whole transcripts
+        try:
+            chosen, rejected = parse_hh(d["chosen"]), parse_hh(d["rejected"])
+        except ValueError as e:
+            raise ValueError(f"{row.where('chosen')}: {e}") from None
+        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+            raise ValueError(f"{row.where()}: transcripts must end with an Assistant turn")
+        if chosen[:-1] != rejected[:-1]:
+            raise ValueError(f"{row.where()}: chosen and rejected do not share the same prompt")
+        return Pair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"])
+    c_msgs, why = check_messages(row, "chosen")
+    r_msgs, why_r = check_messages(row, "rejected")
+    if c_msgs is None or r_msgs is None:
+        raise ValueError(why or why_r)
+    prompt, chosen = _split_last_reply(c_msgs, row, "chosen")
+    prompt_r, rejected = _split_last_reply(r_msgs, row, "rejected")
+    if prompt != prompt_r:
+        raise ValueError(f"{row.where()}: chosen and rejected do not share the same prompt")
+    return Pair(prompt, chosen, rejected)
+
+
+def load_pairs(spec: str | list[str], tok: Tokenizer, max_len: int, split: str = "train_prefs", strict: bool = False,
+               limit: int | None = None) -> tuple[list[EncodedPair], LoadReport]:
+    rep, out = LoadReport(), []
+    identical = too_long = 0
+    for row in iter_rows(spec, split):
+        if limit is not None and rep.rows >= limit:
+            break
+        rep.rows += 1
+        try:
+            pair = to_pair(row)
+        except ValueError as e:
+            rep.skip(str(e), strict)
+            continue
+        if pair.chosen.strip() == pair.rejected.strip():
+            identical += 1
+            continue
+        prompt_ids = encode_chat(pair.prompt, tok, add_generation_prompt=True).ids
+        if len(prompt_ids) >= max_len:
+            too_long += 1
+            continue
+        room = max_len + 1 - len(prompt_ids)
+        replies = [tok.encode(r) + [tok.eot_id] for r in (pair.chosen, pair.rejected)]
+        if any(len(r) > room for r in replies):
+            rep.truncated += 1
+        out.append(EncodedPair(prompt_ids, replies[0][:room], replies[1][:room]))
+        rep.kept += 1
+    rep.examples.append(f"dropped {identical} identical pairs and {too_long} whose prompt fills the context")
+    if not out:
+        raise DataError(f"{spec}: no usable preference pairs ({rep})")
+    return out, rep
+
+
+def collate_pairs(pairs: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of 2B rows, chosen first then rejected (one forward for both); y is IGNORE except on replies."""
+    def seq(prompt: list[int], reply: list[int]) -> Encoded:
+        return Encoded(prompt + reply, [IGNORE] * len(prompt) + reply)
+
+    return collate([seq(p.prompt_ids, p.chosen_ids) for p in pairs] +
+                   [seq(p.prompt_ids, p.rejected_ids) for p in pairs], pad_id)

@@ -1,0 +1,159 @@
+"""Stage 3: DPO. The policy is the SFT model (adapter merged) plus a fresh LoRA; the reference is the same
+weights with that LoRA disabled, so no second copy of the model is held. A batch is B pairs, chosen and
+rejected concatenated into one forward; the loss is −log σ(β[(log π_w − log ref_w) − (log π_l − log ref_l)]).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..chat import IGNORE
+from ..checkpoint import load_model
+from ..config import build, load_preset, to_dict
+from ..data.preference import EncodedPair, collate_pairs, load_pairs
+from ..files import atomic_write, atomic_write_json
+from ..lora import LoRAConfig, adapters_disabled, inject, save_adapter, trainable_summary
+from ..runtime import Runtime, setup
+from .loop import TrainConfig, train
+from .sft import ExampleBatches, steps_for
+
+
+@dataclass
+class DPOConfig:
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=4, grad_accum=1, lr=5e-6, min_lr=5e-7, warmup_steps=0, schedule="constant", weight_decay=0.0,
+        log_interval=10, eval_interval=0, save_interval=500))
+    sft: str = ""  # adapter (or model) folder from stage 2; its chain is merged into the starting weights
+    data: str = "HuggingFaceH4/ultrafeedback_binarized"
+    split: str = "train_prefs"
+    beta: float = 0.1
+    epochs: float = 2.0  # used when train.max_steps is 0
+    reference: str = "adapter"  # adapter: the policy with its LoRA disabled | copy: a frozen deep copy
+    precompute_reference: bool = False  # one pass over the data, cached in the run folder
+    max_examples: int | None = None
+    strict: bool = False
+
+
+def dpo_config(preset: str) -> DPOConfig:
+    p = load_preset(preset).get("dpo", {})
+    return build(DPOConfig, {"lora": p.get("lora", {}), "train": p.get("train", {}),
+                             **{k: v for k, v in p.items() if k not in ("lora", "train")}})
+
+
+def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t log p(target_t) over positions where `mask` is true, per row (B,)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    tok = torch.gather(logp, 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (tok * mask).sum(-1)
+
+
+def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO loss and the metrics DPO runs are read by, from policy/reference log-probs of chosen/rejected."""
+    chosen_reward, rejected_reward = beta * (pc - rc), beta * (pr - rr)
+    loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
+    metrics = {"rewards/chosen": chosen_reward.mean().item(), "rewards/rejected": rejected_reward.mean().item(),
+               "rewards/accuracy": (chosen_reward > rejected_reward).float().mean().item(),
+               "rewards/margin": (chosen_reward - rejected_reward).mean().item(),
+               "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item()}
+    return loss, metrics
+
+
+class DPOStage:
+    name = "dpo"
+
+    def __init__(self, cfg: DPOConfig, rt: Runtime, run_dir: Path):
+        self.cfg, self.rt = cfg, rt
+        self.model, self.tokenizer = load_model(cfg.sft, merge_adapters=True)
+        self.pairs, self.report = load_pairs(cfg.data, self.tokenizer, self.model.config.block_size, cfg.split,
+                                             cfg.strict, cfg.max_examples)
+        print(f"dpo data: {self.report}")
+        self.ref_model = copy.deepcopy(self.model).requires_grad_(False).eval() if cfg.reference == "copy" else None
+        if cfg.reference not in ("adapter", "copy"):
+            raise ValueError(f"reference must be 'adapter' or 'copy', not {cfg.reference!r}")
+        inject(self.model, cfg.lora)
+        print(trainable_summary(self.model))
+        self.index = {id(p): i for i, p in enumerate(self.pairs)}
+        self.batches = ExampleBatches(self.pairs, cfg.train, rt)
+        self.ref_cache = self._precompute(run_dir / "reference_logps.safetensors") if cfg.precompute_reference \
+            else None
+
+    def _policy_logps(self, model, x, y) -> torch.Tensor:
+        logits, _ = model(x)
+        return sequence_logps(logits, y, y != IGNORE)
+
+    @torch.no_grad()
+    def reference_logps(self, x, y) -> torch.Tensor:
+        if self.ref_model is not None:
+            return self._policy_logps(self.ref_model.to(x.device), x, y)
+        was_training = self.model.training
+        self.model.eval()  # no dropout in the reference
+        with adapters_disabled(self.model):
+            out = self._policy_logps(self.model, x, y)
+        self.model.train(was_training)
+        return out
+
+    def _precompute(self, path: Path) -> torch.Tensor:
+        """(N, 2) reference log-probs of (chosen, rejected) for every pair, cached beside the run."""
+        if path.is_file():
+            cache = load_file(path)["logps"]
+            if cache.shape[0] == len(self.pairs):
+                return cache
+        out = []
+        model = self.model.to(self.rt.device)
+        for i in range(0, len(self.pairs), 8):
+            chunk = self.pairs[i:i + 8]
+            x, y = (t.to(self.rt.device) for t in collate_pairs(chunk, self.tokenizer.eot_id))
+            with self.rt.autocast():
+                lp = self.reference_logps(x, y).float().cpu()
+            out.append(torch.stack([lp[: len(chunk)], lp[len(chunk):]], dim=1))
+        cache = torch.cat(out)
+        atomic_write(path, lambda tmp: save_file({"logps": cache}, tmp))
+        return cache
+
+    def batch(self, step: int, micro: int):
+        pairs: list[EncodedPair] = self.batches(step, micro)
+        x, y = collate_pairs(pairs, self.tokenizer.eot_id)
+        ids = torch.tensor([self.index[id(p)] for p in pairs])
+        return x.to(self.rt.device), y.to(self.rt.device), ids
+
+    def loss(self, model, batch):
+        x, y, ids = batch
+        n = len(ids)
+        policy = self._policy_logps(model, x, y)
+        if self.ref_cache is not None:
+            ref = self.ref_cache[ids].to(policy.device)
+            rc, rr = ref[:, 0], ref[:, 1]
+        else:
+            ref = self.reference_logps(x, y)
+            rc, rr = ref[:n], ref[n:]
+        return dpo_loss(policy[:n], policy[n:], rc, rr, self.cfg.beta)
+
+    def tokens(self, batch) -> int:
+        return int((batch[1] != IGNORE).sum())
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {}
+
+    def finish(self, model, run_dir: Path) -> None:
+        save_adapter(run_dir, model, self.cfg.lora, str(Path(self.cfg.sft).resolve()))
+        self.tokenizer.save(run_dir)
+        atomic_write_json(run_dir / "data_report.json", vars(self.report))
+
+
+def run_dpo(cfg: DPOConfig, out: str | Path, resume: bool = False) -> dict:
+    if not cfg.sft:
+        raise ValueError("dpo needs --sft: the adapter folder from `llmrecipe sft`")
+    rt = setup(cfg.train.device, cfg.train.dtype)
+    torch.manual_seed(cfg.train.seed)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    stage = DPOStage(cfg, rt, Path(out))
+    if cfg.train.max_steps <= 0:
+        cfg.train.max_steps = steps_for(len(stage.pairs), cfg.epochs, cfg.train)
+    return train(stage, cfg.train, rt, out, to_dict(cfg), resume)
