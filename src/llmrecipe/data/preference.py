@@ -1,9 +1,10 @@
-"""Preference pairs for DPO, from the two common formats:
+"""Preference pairs for DPO, from the common formats:
 
 - ultrafeedback_binarized (HuggingFaceH4): `prompt`, `chosen` and `rejected` as message lists ending with
   the assistant's answer (plus `score_chosen`, `score_rejected`);
 - Anthropic HH-RLHF: `chosen` and `rejected` as whole transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...")
-  sharing a prefix; the prompt is everything before the final assistant turn.
+  sharing a prefix; the prompt is everything before the final assistant turn;
+- flat pairs: `prompt`, `chosen`, `rejected` as plain strings (trl-lib's flattened exports).
 
 Each pair becomes (prompt messages, chosen reply, rejected reply), tokenized through the chat template.
 Pairs with identical replies, or whose prompt alone fills the context, are dropped and counted.
@@ -57,6 +58,11 @@ def to_pair(row: Row) -> Pair:
     for f in ("chosen", "rejected"):
         if f not in d:
             raise ValueError(f"{row.where()}: no {f!r} field")
+    if isinstance(d["chosen"], str) and isinstance(d.get("prompt"), str) and not d["chosen"].lstrip("\n").startswith(
+            "Human: "):  # flat pairs (prompt, chosen, rejected as strings), as trl-lib's exports
+        if not isinstance(d["rejected"], str):
+            raise ValueError(f"{row.where('rejected')}: expected a string like 'chosen'")
+        return Pair([{"role": "user", "content": d["prompt"]}], d["chosen"], d["rejected"])
     if isinstance(d["chosen"], str):  # HH: whole transcripts
         try:
             chosen, rejected = parse_hh(d["chosen"]), parse_hh(d["rejected"])
