@@ -88,6 +88,19 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--adapter", help="adapter folder (omit when --model is itself an adapter folder)")
     m.add_argument("--out", required=True)
     m.add_argument("--hf", action="store_true", help="also write a Hugging Face GPT2LMHeadModel folder in OUT/hf")
+    ev = sub.add_parser("eval", help="stage 4: evaluate one model, or compare several in a table")
+    ev.add_argument("--model", help="model or adapter folder")
+    ev.add_argument("--adapter", help="adapter folder applied on top of --model")
+    ev.add_argument("--compare", nargs="+", metavar="NAME=PATH", help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
+    ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k (or all)")
+    ev.add_argument("--limit", type=int, help="first N items per suite (stratified by category where there is one)")
+    ev.add_argument("--data-dir", help="local copies in the hub's schema (e.g. ../shared/data/eval); default: the hub")
+    ev.add_argument("--out", help="summary JSON (single model; default MODEL/eval.json) or table path (--compare)")
+    ev.add_argument("--prompting", choices=["auto", "chat", "plain"], default="auto",
+                    help="force the chat template or plain few-shot text (default: chat for SFT/DPO models)")
+    ev.add_argument("--mmlu-scoring", choices=["letter", "text"], help="rank option letters (default) or texts")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--device", default="auto")
     r = sub.add_parser("run", help="the whole recipe in one command, with a report")
     r.add_argument("--preset", default="tiny")
     r.add_argument("--out", required=True)
@@ -197,6 +210,32 @@ def cmd_generate(a) -> None:
         print(("-" * 40 + "\n") if i else "", a.prompt + text, sep="")
 
 
+def cmd_eval(a) -> None:
+    from pathlib import Path
+
+    from .eval import make_suites
+    from .eval.harness import evaluate, load_eval_model, write_table
+    from .runtime import setup
+
+    if bool(a.model) == bool(a.compare):
+        raise ValueError("eval needs either --model or --compare NAME=PATH ...")
+    rt = setup(a.device)
+    chat = {"auto": None, "chat": True, "plain": False}[a.prompting]
+    suites = make_suites(a.suites, a.data_dir, scoring=a.mmlu_scoring)
+    if a.model:
+        m = load_eval_model(a.model, a.adapter, chat, rt=rt, batch_size=a.batch_size)
+        evaluate(m, suites, a.out or Path(a.model) / "eval.json", a.limit)
+        return
+    results = {}
+    for item in a.compare:
+        name, _, path = item.partition("=")
+        if not path:
+            raise ValueError(f"--compare expects NAME=PATH, got {item!r}")
+        m = load_eval_model(path, None, chat, name=name, rt=rt, batch_size=a.batch_size)
+        results[name] = evaluate(m, suites, Path(path) / "eval.json", a.limit)
+    print(write_table(results, [s.name for s in suites], a.out or "table.md"))
+
+
 def cmd_run(a) -> None:
     from .config import parse_overrides
     from .recipe import run
@@ -205,7 +244,7 @@ def cmd_run(a) -> None:
 
 
 COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "chat": cmd_chat, "merge": cmd_merge,
-            "generate": cmd_generate, "run": cmd_run}
+            "generate": cmd_generate, "eval": cmd_eval, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> None:

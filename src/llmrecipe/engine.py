@@ -1,0 +1,142 @@
+"""The small inference engine shared by evaluation, chat and serving: batched log-likelihood scoring and
+batched generation with the KV cache.
+
+Scoring right-pads (causal attention never lets a real token see a later pad). Generation left-pads
+so every row's next token sits in the last column; a key mask hides the pads and positions restart at 0
+for each row, so a prompt's output is the same alone or in a batch of unequal lengths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .model import GPT, KVCache, sample
+from .runtime import Runtime
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class Scored:
+    logprob: float  # Σ log p(continuation | context)
+    greedy: bool  # every continuation token was the argmax
+    n_tokens: int
+
+
+class Engine:
+    def __init__(self, model: GPT, tokenizer: Tokenizer, rt: Runtime, batch_size: int = 16):
+        self.model, self.tok, self.rt, self.batch_size = model.eval().to(rt.device), tokenizer, rt, batch_size
+        self.block = model.config.block_size
+
+    # ---- scoring ----
+    @torch.no_grad()
+    def score(self, requests: list[tuple[list[int], list[int]]]) -> list[Scored]:
+        """Log-likelihood of each continuation after its context; contexts too long are cut from the left."""
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]) - len(requests[i][1]))
+        out: list[Scored | None] = [None] * len(requests)
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b: b + self.batch_size]
+            seqs, spans = [], []
+            for i in idx:
+                ctx, cont = requests[i]
+                if not cont:
+                    raise ValueError("score: empty continuation")
+                full = (ctx + cont)[-(self.block + 1):]
+                seqs.append(full)
+                spans.append(len(cont))
+            T = max(len(s) for s in seqs) - 1
+            x = torch.zeros(len(seqs), T, dtype=torch.long)
+            for r, s in enumerate(seqs):
+                x[r, : len(s) - 1] = torch.tensor(s[:-1])
+            with self.rt.autocast():
+                logits = self.model(x.to(self.rt.device))[0].float()
+            logp = torch.log_softmax(logits, -1)
+            for r, (s, n) in enumerate(zip(seqs, spans)):
+                pos = torch.arange(len(s) - 1 - n, len(s) - 1)
+                target = torch.tensor(s[-n:], device=logp.device)
+                lp = logp[r, pos].gather(-1, target[:, None]).squeeze(-1)
+                greedy = bool((logp[r, pos].argmax(-1) == target).all())
+                out[idx[r]] = Scored(lp.sum().item(), greedy, n)
+        return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def next_token_logprobs(self, contexts: list[list[int]], candidates: list[int]) -> torch.Tensor:
+        """(N, len(candidates)) log-probs of single candidate tokens after each context: one forward each."""
+        rows = []
+        for b in range(0, len(contexts), self.batch_size):
+            chunk = [c[-self.block:] for c in contexts[b: b + self.batch_size]]
+            T = max(len(c) for c in chunk)
+            x = torch.zeros(len(chunk), T, dtype=torch.long)
+            for r, c in enumerate(chunk):
+                x[r, : len(c)] = torch.tensor(c)
+            last = torch.tensor([len(c) - 1 for c in chunk])
+            with self.rt.autocast():
+                h = self.model.hidden(x.to(self.rt.device))
+                logits = self.model.lm_head(h[torch.arange(len(chunk)), last.to(h.device)]).float()
+            rows.append(torch.log_softmax(logits, -1)[:, candidates].cpu())
+        return torch.cat(rows)
+
+    # ---- generation ----
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, stop: list[str] | None = None,
+                 seed: int | None = None) -> list[list[int]]:
+        """New tokens for each prompt (EOT and any stop string end a row; the stop itself is not returned)."""
+        out: list[list[int] | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        g = torch.Generator(device=self.rt.device)
+        g.manual_seed(seed if seed is not None else 0)
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b: b + self.batch_size]
+            results = self._generate_batch([prompts[i] for i in idx], max_new_tokens, temperature, top_k, top_p,
+                                           stop or [], g)
+            for i, r in zip(idx, results):
+                out[i] = r
+        return out  # type: ignore[return-value]
+
+    def _generate_batch(self, prompts, max_new, temperature, top_k, top_p, stop, g) -> list[list[int]]:
+        dev, B = self.rt.device, len(prompts)
+        budget = max(1, min(max_new, self.block - 1))
+        prompts = [p[-(self.block - budget):] or [self.tok.eot_id] for p in prompts]
+        P = max(len(p) for p in prompts)
+        max_new = min(max_new, self.block - P)
+        x = torch.zeros(B, P, dtype=torch.long)
+        key_mask = torch.zeros(B, P + max_new, dtype=torch.long)
+        for r, p in enumerate(prompts):
+            x[r, P - len(p):] = torch.tensor(p)
+            key_mask[r, P - len(p):] = 1
+        key_mask[:, P:] = 1
+        x, key_mask = x.to(dev), key_mask.to(dev)
+        positions = (key_mask[:, :P].cumsum(-1) - 1).clamp(min=0)
+        cache = KVCache(self.model.config, B, P + max_new, dev, self.model.transformer.wte.weight.dtype)
+        new: list[list[int]] = [[] for _ in range(B)]
+        done = [False] * B
+        with self.rt.autocast():
+            h = self.model.hidden(x, cache=cache, positions=positions, key_mask=key_mask)
+            logits = self.model.lm_head(h[:, -1]).float()
+            for t in range(max_new):
+                nxt = sample(logits, temperature, top_k, top_p, g)
+                for r in range(B):
+                    if not done[r]:
+                        done[r] = self._append(new[r], int(nxt[r]), stop)
+                if all(done) or t == max_new - 1:
+                    break
+                pos = positions[:, -1:] + 1 + t
+                h = self.model.hidden(nxt, cache=cache, positions=pos, key_mask=key_mask)
+                logits = self.model.lm_head(h[:, -1]).float()
+        return new
+
+    def _append(self, row: list[int], token: int, stop: list[str]) -> bool:
+        """Add a token to a row; True when the row is finished (EOT or a stop string, which is cut off)."""
+        if token == self.tok.eot_id:
+            return True
+        row.append(token)
+        if stop:
+            text = self.tok.decode(row[-32:])
+            for s in stop:
+                if s in text:
+                    full = self.tok.decode(row)
+                    cut = self.tok.encode(full[: full.index(s)])
+                    row[:] = cut
+                    return True
+        return False

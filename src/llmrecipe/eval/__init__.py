@@ -1,0 +1,22 @@
+"""Stage 4: evaluation suites on one harness (see harness.py)."""
+from __future__ import annotations
+
+from .gsm8k import GSM8K
+from .harness import Suite
+from .mmlu_pro import MMLUPro
+
+SUITES = {"mmlu_pro": MMLUPro, "gsm8k": GSM8K}
+
+
+def make_suites(names: str, data_dir: str | None, **options) -> list[Suite]:
+    """`names`: comma-separated suite names or "all"; options are passed to the suites that take them."""
+    chosen = list(SUITES) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown suite(s) {', '.join(unknown)} (available: {', '.join(SUITES)})")
+    suites = []
+    for n in chosen:
+        cls = SUITES[n]
+        fields = cls.__dataclass_fields__
+        suites.append(cls(data_dir=data_dir, **{k: v for k, v in options.items() if k in fields and v is not None}))
+    return suites

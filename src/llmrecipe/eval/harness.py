@@ -1,0 +1,150 @@
+"""The evaluation harness: a model under test, suites that score it item by item, resumable per-item
+records, and the base/SFT/DPO table.
+
+A suite turns items into records ({"id", ..., "correct"}) through `EvalModel`'s engine; the harness
+keeps the records as JSONL beside the summary, so a rerun with the same model and settings skips items
+already scored and a reader can see why a model scored what it did.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+from tqdm import tqdm
+
+from ..checkpoint import load_model
+from ..engine import Engine
+from ..files import atomic_write_json, atomic_write_text
+from ..runtime import Runtime, setup
+from ..tokenizer import Tokenizer
+
+
+@dataclass
+class EvalModel:
+    name: str
+    engine: Engine
+    chat: bool  # prompt through the chat template (SFT/DPO) or as plain few-shot text (base)
+    source: dict = field(default_factory=dict)
+
+    @property
+    def tok(self) -> Tokenizer:
+        return self.engine.tok
+
+
+def is_chat_folder(path: str | Path, adapter: str | None) -> bool:
+    """Anything with an adapter, or a merged SFT/DPO model, is a chat model."""
+    p = Path(path)
+    if adapter or (p / "adapter_config.json").is_file():
+        return True
+    meta = p / "model.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("stage") == "merged"
+
+
+def load_eval_model(path: str, adapter: str | None = None, chat: bool | None = None, name: str | None = None,
+                    rt: Runtime | None = None, batch_size: int = 16) -> EvalModel:
+    rt = rt or setup()
+    model, tok = load_model(path, rt.device, adapter=adapter, merge_adapters=True)
+    is_chat = is_chat_folder(path, adapter) if chat is None else chat
+    return EvalModel(name or Path(path).name, Engine(model, tok, rt, batch_size), is_chat,
+                     {"model": str(path), "adapter": adapter, "prompting": "chat" if is_chat else "few-shot"})
+
+
+class Suite(Protocol):
+    name: str
+
+    def items(self, limit: int | None) -> list[dict]: ...
+    def settings(self) -> dict: ...
+    def evaluate(self, model: EvalModel, items: list[dict]) -> list[dict]: ...
+    def summarize(self, records: list[dict]) -> dict: ...
+
+
+def stratified(items: list[dict], limit: int | None, key: str | None) -> list[dict]:
+    """The first `limit` items, taken round-robin over `key` groups (all items when limit is None)."""
+    if limit is None or limit >= len(items):
+        return items
+    if key is None:
+        return items[:limit]
+    groups: dict[Any, list[dict]] = {}
+    for it in items:
+        groups.setdefault(it[key], []).append(it)
+    out, queues = [], [list(g) for g in groups.values()]
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
+
+
+def _settings_hash(model: EvalModel, suite: Suite) -> str:
+    blob = json.dumps({"model": model.source, "suite": suite.name, "settings": suite.settings()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | None, chunk: int = 32) -> dict:
+    """Score the suite's items (skipping those already in `records_path` for these settings)."""
+    key = _settings_hash(model, suite)
+    done: dict[str, dict] = {}
+    if records_path.is_file():
+        for line in records_path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("settings") == key:
+                done[str(rec["id"])] = rec
+    items = suite.items(limit)
+    todo = [it for it in items if str(it["id"]) not in done]
+    t0 = time.time()
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{model.name}/{suite.name}", unit="item",
+              dynamic_ncols=True) as bar:
+        for i in range(0, len(todo), chunk):
+            recs = suite.evaluate(model, todo[i: i + chunk])
+            with open(records_path, "a") as f:
+                for r in recs:
+                    r["settings"] = key
+                    done[str(r["id"])] = r
+                    f.write(json.dumps(r) + "\n")
+            bar.update(len(recs))
+    records = [done[str(it["id"])] for it in items]
+    summary = suite.summarize(records)
+    summary.update(items=len(records), seconds=round(time.time() - t0, 2), prompting=model.source["prompting"])
+    return summary
+
+
+def evaluate(model: EvalModel, suites: Iterable[Suite], out: str | Path, limit: int | None = None) -> dict:
+    """Run suites; write `out` (summary JSON) and `<out stem>.<suite>.jsonl` (per-item records) beside it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = {"model": model.source, "limit": limit, "suites": {}}
+    for suite in suites:
+        results["suites"][suite.name] = run_suite(model, suite, out.with_name(f"{out.stem}.{suite.name}.jsonl"), limit)
+        print(f"{model.name} {suite.name}: " + headline(suite.name, results["suites"][suite.name]))
+    atomic_write_json(out, results)
+    return results
+
+
+HEADLINE = {"mmlu_pro": ("accuracy", "{:.1%}"), "gsm8k": ("strict", "{:.1%}")}
+
+
+def headline(suite: str, summary: dict) -> str:
+    key, fmt = HEADLINE.get(suite, ("score", "{}"))
+    value = summary.get(key)
+    return summary.get("display") or (fmt.format(value) if isinstance(value, (int, float)) else str(value))
+
+
+def compare_table(results: dict[str, dict], suites: list[str]) -> str:
+    """Markdown table: one row per model (base, sft, dpo), one column per suite."""
+    lines = ["| model | " + " | ".join(suites) + " |", "|---|" + "---:|" * len(suites)]
+    for name, res in results.items():
+        cells = [headline(s, res["suites"][s]) if s in res["suites"] else "n/a" for s in suites]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(results: dict[str, dict], suites: list[str], out: str | Path) -> str:
+    table = compare_table(results, suites)
+    out = Path(out)
+    atomic_write_text(out.with_suffix(".md"), table)
+    atomic_write_json(out.with_suffix(".json"), {name: r["suites"] for name, r in results.items()})
+    return table

@@ -1,0 +1,132 @@
+"""MMLU-Pro (TIGER-Lab): 12,032 questions, up to 10 options A–J, 14 categories; 5-shot from the validation
+split of the same category; ranked by log-likelihood.
+
+`scoring="letter"`: the log-prob of each option letter right after "Answer:" — one forward per question
+when every letter is a single token (GPT-2: " A" … " J"). `scoring="text"`: the length-normalised
+log-likelihood of each option's text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..chat import encode_chat
+from ..data.sources import DataError, iter_rows
+from .harness import EvalModel, stratified
+
+LETTERS = "ABCDEFGHIJ"
+HUB = "TIGER-Lab/MMLU-Pro"
+
+
+def load_split(data_dir: str | None, split: str) -> list[dict]:
+    """Rows of a split from `data_dir/mmlu_pro/` (parquet preferred, else jsonl) or the hub."""
+    if data_dir:
+        folder = Path(data_dir) / "mmlu_pro"
+        files = sorted(folder.glob(f"{split}-*.parquet")) or sorted(folder.glob(f"{split}*.jsonl"))
+        if not files:
+            raise DataError(f"{folder}: no {split} split (expected {split}-*.parquet or {split}.jsonl)")
+        rows = iter_rows([str(f) for f in files])
+    else:
+        rows = iter_rows(HUB, split)
+    out = []
+    for row in rows:
+        d = row.data
+        for f in ("question", "options", "answer", "category"):
+            if f not in d:
+                raise DataError(f"{row.where()}: no {f!r} field")
+        opts = [o for o in d["options"] if o is not None]
+        if not 2 <= len(opts) <= 10 or d["answer"] not in LETTERS[: len(opts)]:
+            raise DataError(f"{row.where('answer')}: answer {d['answer']!r} does not name one of {len(opts)} options")
+        out.append({"id": d.get("question_id", row.index), "question": d["question"], "options": list(opts),
+                    "answer": d["answer"], "category": d["category"]})
+    return out
+
+
+def format_question(item: dict, with_answer: bool) -> str:
+    opts = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(item["options"]))
+    return f"Question: {item['question']}\nOptions:\n{opts}\nAnswer:" + (f" {item['answer']}\n\n" if with_answer else "")
+
+
+@dataclass
+class MMLUPro:
+    data_dir: str | None = None
+    shots: int = 5
+    scoring: str = "letter"  # letter | text
+    name: str = "mmlu_pro"
+
+    def __post_init__(self):
+        if self.scoring not in ("letter", "text"):
+            raise ValueError(f"mmlu_pro scoring must be 'letter' or 'text', not {self.scoring!r}")
+        self._val: dict[str, list[dict]] | None = None
+
+    def settings(self) -> dict:
+        return {"shots": self.shots, "scoring": self.scoring}
+
+    def items(self, limit: int | None) -> list[dict]:
+        return stratified(load_split(self.data_dir, "test"), limit, "category")
+
+    def exemplars(self, category: str) -> list[dict]:
+        if self._val is None:
+            self._val = {}
+            for it in load_split(self.data_dir, "validation"):
+                self._val.setdefault(it["category"], []).append(it)
+        return self._val.get(category, [])[: self.shots]
+
+    def prompt(self, model: EvalModel, item: dict) -> list[int]:
+        """Few-shot prompt ending in "Answer:", dropping shots until it fits the context."""
+        shots = self.exemplars(item["category"])
+        room = model.engine.block - 1
+        while True:
+            head = f"The following are multiple choice questions (with answers) about {item['category']}.\n\n"
+            body = head + "".join(format_question(s, True) for s in shots) + format_question(item, False)
+            if model.chat:  # the question as the user's turn; the reply starts with "Answer:"
+                user = body[: -len("Answer:")].rstrip()
+                ids = encode_chat([{"role": "user", "content": user}], model.tok, add_generation_prompt=True).ids
+                ids += model.tok.encode("Answer:")
+            else:
+                ids = model.tok.encode(body)
+            if len(ids) <= room or not shots:
+                return ids[-room:]
+            shots = shots[:-1]
+
+    def evaluate(self, model: EvalModel, items: list[dict]) -> list[dict]:
+        prompts = [self.prompt(model, it) for it in items]
+        if self.scoring == "letter":
+            scores = self._letter_scores(model, items, prompts)
+        else:
+            scores = self._text_scores(model, items, prompts)
+        recs = []
+        for it, sc in zip(items, scores):
+            pred = LETTERS[max(range(len(sc)), key=sc.__getitem__)]
+            recs.append({"id": it["id"], "category": it["category"], "gold": it["answer"], "pred": pred,
+                         "correct": pred == it["answer"], "scores": [round(s, 4) for s in sc],
+                         "n_options": len(it["options"])})
+        return recs
+
+    def _letter_scores(self, model: EvalModel, items, prompts) -> list[list[float]]:
+        letter_ids = [model.tok.encode(f" {c}") for c in LETTERS]
+        if all(len(t) == 1 for t in letter_ids):
+            lp = model.engine.next_token_logprobs(prompts, [t[0] for t in letter_ids])
+            return [lp[i, : len(it["options"])].tolist() for i, it in enumerate(items)]
+        reqs = [(p, letter_ids[k]) for p, it in zip(prompts, items) for k in range(len(it["options"]))]
+        return self._regroup(items, [s.logprob for s in model.engine.score(reqs)])
+
+    def _text_scores(self, model: EvalModel, items, prompts) -> list[list[float]]:
+        reqs = [(p, model.tok.encode(f" {o}")) for p, it in zip(prompts, items) for o in it["options"]]
+        return self._regroup(items, [s.logprob / s.n_tokens for s in model.engine.score(reqs)])
+
+    @staticmethod
+    def _regroup(items, flat: list[float]) -> list[list[float]]:
+        out, k = [], 0
+        for it in items:
+            out.append(flat[k: k + len(it["options"])])
+            k += len(it["options"])
+        return out
+
+    def summarize(self, records: list[dict]) -> dict:
+        cats: dict[str, list[bool]] = {}
+        for r in records:
+            cats.setdefault(r["category"], []).append(r["correct"])
+        return {"accuracy": sum(r["correct"] for r in records) / len(records),
+                "random_baseline": sum(1 / r["n_options"] for r in records) / len(records),
+                "per_category": {c: sum(v) / len(v) for c, v in sorted(cats.items())}}
