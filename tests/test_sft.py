@@ -142,3 +142,24 @@ def test_bad_rows_are_skipped_and_named_or_rejected_when_strict(base_dir, tmp_pa
     lengths = sorted(len(encode_chat(m, tok).ids) for m in (CONV, CONV[1:3]))
     examples, rep = load_chat(str(f), tok, lengths[1] - 3)  # the long conversation loses 2 tokens, the short fits
     assert (rep.truncated, rep.kept, len(examples[0].ids)) == (1, 2, lengths[1] - 2)
+
+
+def test_packing_keeps_every_token_and_label(base_dir):
+    from llmrecipe.data.chat import pack
+    _, tok = load_model(base_dir)
+    examples = [encode_chat(CONV[1:3], tok), encode_chat(CONV, tok), encode_chat(CONV[3:], tok)] * 4
+    longest = max(len(e.ids) for e in examples)
+    packed = pack(examples, longest * 2)
+    assert len(packed) < len(examples) and all(len(p.ids) <= longest * 2 + 1 for p in packed)
+    assert sum((p.ids for p in packed), []) == sum((e.ids for e in examples), [])
+    assert sum((p.labels for p in packed), []) == sum((e.labels for e in examples), [])
+
+
+def test_chat_command_answers_through_the_template(base_dir):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "llmrecipe", "chat", "--model", str(base_dir), "--max-new-tokens", "8",
+                        "--system", "Be brief."], input="Hello\n/reset\nAgain\n\n", capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("assistant> ") == 2

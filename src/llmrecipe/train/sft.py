@@ -12,7 +12,7 @@ import torch
 from ..chat import IGNORE
 from ..checkpoint import load_model
 from ..config import build, load_preset, to_dict
-from ..data.chat import collate, load_chat
+from ..data.chat import collate, load_chat, pack
 from ..data.order import EpochOrder, item_start
 from ..files import atomic_write_json
 from ..lora import LoRAConfig, inject, save_adapter, trainable_summary
@@ -33,6 +33,7 @@ class SFTConfig:
     max_examples: int | None = None
     val_examples: int = 0  # held out from the end of the data for validation loss
     strict: bool = False  # reject bad rows instead of skipping them
+    packing: bool = False  # concatenate short conversations up to the context (fewer pad tokens)
 
 
 def sft_config(preset: str) -> SFTConfig:
@@ -69,6 +70,10 @@ class SFTStage:
         n_val = min(cfg.val_examples, len(examples) - 1)
         self.val = examples[len(examples) - n_val:] if n_val > 0 else []
         self.train_examples = examples[: len(examples) - n_val]
+        if cfg.packing:
+            n = len(self.train_examples)
+            self.train_examples = pack(self.train_examples, self.model.config.block_size)
+            print(f"packing: {n:,} conversations → {len(self.train_examples):,} sequences")
         self.batches = ExampleBatches(self.train_examples, cfg.train, rt)
         inject(self.model, cfg.lora)
         print(trainable_summary(self.model))
