@@ -67,14 +67,18 @@ def save_hf(directory: str | Path, model: GPT) -> None:
     hf.save_pretrained(str(directory))
 
 
-def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, strict: bool) -> None:
-    """Load `sd` into `model`, tolerating the tied head; errors name the file and the tensor."""
-    own = model.state_dict()
+def check_tensors(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source: str) -> None:
     for k, v in sd.items():
         if k not in own:
             raise ValueError(f"{source}: unexpected tensor {k!r}")
         if v.shape != own[k].shape:
             raise ValueError(f"{source}: {k!r} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+
+
+def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, strict: bool) -> None:
+    """Load `sd` into `model`, tolerating the tied head; errors name the file and the tensor."""
+    own = model.state_dict()
+    check_tensors(own, sd, source)
     missing = set(own) - set(sd) - {"lm_head.weight"}
     if strict and missing:
         raise ValueError(f"{source}: missing tensors {sorted(missing)[:5]}")
@@ -82,41 +86,44 @@ def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, 
 
 
 # ---- training checkpoints ----
+# Full (unsharded) state dicts keyed by parameter name, through torch.distributed.checkpoint's state_dict
+# API: the same files whether written by 1 process, W DDP ranks or W FSDP shards, and loadable by any.
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, state in sd["state"].items():
-        for k, v in state.items():
-            tensors[f"{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    return tensors, sd["param_groups"]
+_FULL = dict(full_state_dict=True, cpu_offload=True)
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    return {"state": state, "param_groups": groups}
+def _gather(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Trainable weights and optimizer state, gathered in full (a collective under FSDP: call on every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    inner = getattr(model, "module", model)
+    trainable = {n for n, p in inner.named_parameters() if p.requires_grad}
+    sd = get_model_state_dict(model, options=StateDictOptions(**_FULL))
+    osd = get_optimizer_state_dict(model, opt, options=StateDictOptions(**_FULL))
+    return {k: v for k, v in sd.items() if k in trainable}, osd
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    state: dict, keep: int = 2) -> Path:
-    """Write checkpoints/step_N atomically, point `latest` at it, and prune all but the newest `keep`."""
+                    state: dict, keep: int = 2, write: bool = True) -> Path:
+    """Write checkpoints/step_N atomically (from the rank with `write`), point `latest` at it, prune to `keep`."""
+    weights, osd = _gather(model, opt)
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step_{step:07d}"
+    if not write:
+        return final
     tmp = ckpt_root / f".tmp_step_{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    save_file(unique_tensors(trainable), tmp / "trainable.safetensors")
-    opt_tensors, groups = _flatten_optimizer(opt)
-    save_file({k: v.contiguous().cpu() for k, v in opt_tensors.items()}, tmp / "optimizer.safetensors")
+    save_file(unique_tensors(weights), tmp / "trainable.safetensors")
+    opt_tensors = {f"{name}::{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+                   for name, st in osd["state"].items() for k, v in st.items()}
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, tmp / "rng.safetensors")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "param_groups": groups}, indent=2))
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "param_groups": osd["param_groups"]},
+                                               indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     atomic_write_text(ckpt_root / "latest", final.name + "\n")
@@ -134,13 +141,19 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
-    """Restore trainable parameters, optimizer and RNG from `path`; returns its state.json."""
+    """Restore trainable weights, optimizer and RNG from `path` (on every rank); returns its state.json."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
     state = json.loads((path / "state.json").read_text())
-    load_into(model, load_file(path / "trainable.safetensors"), str(path / "trainable.safetensors"), strict=False)
-    device = next(model.parameters()).device
-    opt_tensors = {k: v.to(device) if not k.endswith(".step") else v
-                   for k, v in load_file(path / "optimizer.safetensors").items()}
-    opt.load_state_dict(_unflatten_optimizer(opt_tensors, state["param_groups"]))
+    weights = load_file(path / "trainable.safetensors")
+    check_tensors(getattr(model, "module", model).state_dict(), weights, str(path / "trainable.safetensors"))
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    opt_state: dict[str, dict] = {}
+    for key, v in load_file(path / "optimizer.safetensors").items():
+        name, k = key.split("::", 1)
+        opt_state.setdefault(name, {})[k] = v
+    set_optimizer_state_dict(model, opt, {"state": opt_state, "param_groups": state["param_groups"]},
+                             options=StateDictOptions(full_state_dict=True))
     rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():

@@ -4,8 +4,10 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
+import torch.distributed as dist
 
 # Dense bf16 peak FLOP/s, for MFU; unknown devices report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
@@ -26,6 +28,39 @@ class Runtime:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def wrap(self, model: torch.nn.Module, parallel: str) -> torch.nn.Module:
+        """PyTorch's own engines: DDP (replicas, gradient all-reduce) or FSDP2 (sharded params/grads/state)."""
+        if not self.distributed:
+            return model
+        if parallel == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return DistributedDataParallel(model, device_ids=ids)
+        if parallel == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for block in model.transformer.h:
+                fully_shard(block)
+            return fully_shard(model)
+        raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {parallel!r}")
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average scalars over ranks (what a 1-process run with the same global batch would log)."""
+        if not self.distributed or not values:
+            return values
+        t = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return dict(zip(values, (t / self.world_size).tolist()))
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
 
     @property
     def peak_flops(self) -> float | None:
@@ -51,4 +86,9 @@ def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
     if dtype not in ("float32", "bfloat16"):  # fp16 would need loss scaling; bf16 does not
         raise ValueError(f"dtype must be auto, float32 or bfloat16, not {dtype!r}")
     autocast = None if dtype == "float32" else getattr(torch, dtype)
-    return Runtime(dev, autocast, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    rt = Runtime(dev, autocast, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    if rt.distributed and not dist.is_initialized():
+        # NCCL on CUDA, gloo on CPU; a dead peer fails collectives after this timeout at the latest
+        timeout = timedelta(seconds=float(os.environ.get("LLMRECIPE_DIST_TIMEOUT", 600)))
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+    return rt

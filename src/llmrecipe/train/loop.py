@@ -3,8 +3,10 @@ optimizer, schedule, accumulation, clipping, autocast, logging, evaluation, chec
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
+    parallel: str = "ddp"  # with several ranks (torchrun): ddp | fsdp
 
 
 class Stage(Protocol):
@@ -90,10 +93,16 @@ class MetricsLog:
 
 def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, resolved_config: dict,
           resume: bool = False) -> dict:
-    """Run `stage` to `cfg.max_steps`; returns the last logged metrics."""
+    """Run `stage` to `cfg.max_steps` on this process's rank; returns the last logged metrics."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.grad_accum % rt.world_size:
+        raise ValueError(f"grad_accum {cfg.grad_accum} is not divisible by the {rt.world_size} ranks")
+    accum = cfg.grad_accum // rt.world_size  # the global batch stays what the config says
     model = stage.model.to(rt.device)
+    if rt.distributed and cfg.parallel == "fsdp" and any(not p.requires_grad for p in model.parameters()):
+        raise ValueError("parallel=fsdp is for full training (pretrain); LoRA stages use ddp")
+    wrapped = rt.wrap(model, cfg.parallel)
     opt = make_optimizer(model, cfg, rt.device)
     step, elapsed_before, tokens_seen = 0, 0.0, 0
     ckpt = latest_checkpoint(run_dir)
@@ -101,24 +110,25 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
                               "or choose another --out")
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, opt)
+        state = load_checkpoint(ckpt, wrapped, opt)
         step, elapsed_before, tokens_seen = state["step"], state["elapsed"], state["tokens_seen"]
-        print(f"resuming {stage.name} from {ckpt} (step {step})")
+        if rt.is_main:
+            print(f"resuming {stage.name} from {ckpt} (step {step})")
     if rt.is_main:
         (run_dir / "config.json").write_text(json.dumps(resolved_config, indent=2))
-    log = MetricsLog(run_dir / "metrics.jsonl", step if ckpt else None)
-    fwd = torch.compile(model) if cfg.compile else model
+    log = MetricsLog(run_dir / "metrics.jsonl", step if ckpt else None) if rt.is_main else None
+    fwd = torch.compile(wrapped) if cfg.compile else wrapped
     last: dict = {}
-
-    def checkpoint(at: int) -> None:
-        if rt.is_main:
-            save_checkpoint(run_dir, at, model, opt, dict(
-                elapsed=elapsed_before + time.time() - t_start, tokens_seen=tokens_seen,
-                data_position=at * cfg.grad_accum * cfg.batch_size * rt.world_size, config=resolved_config),
-                keep=cfg.keep_checkpoints)
-
     t_start = t_window = time.time()
     window_tokens = 0
+
+    def checkpoint(at: int) -> None:
+        save_checkpoint(run_dir, at, wrapped, opt, dict(
+            elapsed=elapsed_before + time.time() - t_start, tokens_seen=tokens_seen,
+            data_position=at * cfg.grad_accum * cfg.batch_size, world_size=rt.world_size, config=resolved_config),
+            keep=cfg.keep_checkpoints, write=rt.is_main)
+        rt.barrier()
+
     bar = tqdm(total=cfg.max_steps, initial=step, desc=stage.name, dynamic_ncols=True, disable=not rt.is_main)
     model.train()
     try:
@@ -126,39 +136,25 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss_sum, extra = 0.0, {}
-            for micro in range(cfg.grad_accum):
-                batch = stage.batch(step, micro)
-                with rt.autocast():
-                    loss, metrics = stage.loss(fwd, batch)
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item() / cfg.grad_accum
-                for k, v in metrics.items():
-                    extra[k] = extra.get(k, 0.0) + v / cfg.grad_accum
-                n_tokens = stage.tokens(batch) * rt.world_size
-                tokens_seen, window_tokens = tokens_seen + n_tokens, window_tokens + n_tokens
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                        cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            metrics, n_tokens = _step(stage, fwd, wrapped, opt, step, accum, cfg, rt)
+            tokens_seen, window_tokens = tokens_seen + n_tokens, window_tokens + n_tokens
             step += 1
             bar.update(1)
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
                 now = time.time()
                 tps = window_tokens / max(now - t_window, 1e-9)
-                last = dict(step=step, loss=round(loss_sum, 6), lr=lr, grad_norm=round(float(grad_norm), 6),
-                            tokens_per_sec=round(tps), elapsed=round(elapsed_before + now - t_start, 2),
-                            **{k: round(v, 6) for k, v in extra.items()})
-                mfu = _mfu(stage, rt, tps)
-                if mfu is not None:
+                last = dict(step=step, loss=round(metrics.pop("loss"), 6), lr=lr,
+                            grad_norm=round(metrics.pop("grad_norm"), 6), tokens_per_sec=round(tps),
+                            elapsed=round(elapsed_before + now - t_start, 2), **{k: round(v, 6) for k, v in metrics.items()})
+                if (mfu := _mfu(stage, rt, tps)) is not None:
                     last["mfu"] = round(mfu, 4)
                 t_window, window_tokens = now, 0
-                bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-                if rt.is_main:
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                if log:
                     log.write(last)
             if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.max_steps):
-                val = _evaluate(stage, model, rt)
-                if val and rt.is_main:
+                val = _evaluate(stage, wrapped if cfg.parallel == "fsdp" else model, rt)
+                if val and log:
                     log.write({"step": step, **val})
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
                     last.update(val)
@@ -168,11 +164,63 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
         bar.close()
         checkpoint(step)
         raise SystemExit(f"interrupted: saved a checkpoint at step {step}; rerun with --resume to continue")
+    except RuntimeError as e:  # a peer died or hung (gloo/NCCL errors): fail clearly instead of hanging
+        if not (rt.distributed and _PEER_LOST.search(str(e))):
+            raise
+        raise SystemExit(f"rank {rt.rank}: lost contact with another rank at step {step} "
+                         f"({_PEER_LOST.search(str(e)).group(0)}); resume from the last checkpoint with --resume"
+                         ) from None
     bar.close()
     checkpoint(step)
+    final = _unsharded(wrapped, model, rt) if rt.distributed and cfg.parallel == "fsdp" else model
     if rt.is_main:
-        stage.finish(model, run_dir)
+        stage.finish(final, run_dir)
+    rt.barrier()
     return last
+
+
+_PEER_LOST = re.compile(r"Connection (reset|closed)[^.\n]*|[Tt]imed? ?out[^.\n]*|NCCL error[^.\n]*|"
+                        r"Broken pipe[^.\n]*")
+
+
+def _step(stage: Stage, fwd, wrapped, opt, step: int, accum: int, cfg: TrainConfig, rt: Runtime
+          ) -> tuple[dict[str, float], int]:
+    """One optimizer step over `accum` micro-batches; gradients sync on the last one only."""
+    sums: dict[str, float] = {"loss": 0.0}
+    n_tokens = 0
+    for micro in range(accum):
+        batch = stage.batch(step, micro)
+        last_micro = micro == accum - 1
+        no_sync = getattr(wrapped, "no_sync", None) if rt.distributed and not last_micro else None
+        with no_sync() if no_sync else contextlib.nullcontext():
+            with rt.autocast():
+                loss, metrics = stage.loss(fwd, batch)
+            (loss / accum).backward()
+        sums["loss"] += loss.item() / accum
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v / accum
+        n_tokens += stage.tokens(batch) * rt.world_size
+    norm = torch.nn.utils.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad],
+                                          cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    out = rt.mean(sums)
+    out["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    return out, n_tokens
+
+
+def _unsharded(wrapped, model, rt: Runtime):
+    """A plain copy of an FSDP-trained GPT on rank 0 (gathering is a collective: every rank calls this)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ..model import GPT
+
+    sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not rt.is_main:
+        return None
+    plain = GPT(model.config)
+    plain.load_state_dict(sd, strict=False)
+    return plain
 
 
 def _evaluate(stage: Stage, model: torch.nn.Module, rt: Runtime) -> dict[str, float]:

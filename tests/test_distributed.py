@@ -1,0 +1,109 @@
+"""Real multi-process training on CPU (gloo), launched the way users launch it: torchrun -m llmrecipe."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmrecipe.cli import main
+
+SMALL = ["n_layer=2", "n_head=2", "n_embd=64", "vocab_size=512", "block_size=64", "batch_size=4", "grad_accum=2",
+         "lr=3e-3", "warmup_steps=2", "log_interval=1", "eval_interval=0", "save_interval=3", "keep_checkpoints=5"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmrecipe"]
+
+
+def torchrun(*args, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def losses(d: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def weights_close(a: Path, b: Path, name: str = "model.safetensors") -> None:
+    wa, wb = load_file(a / name), load_file(b / name)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def one_proc(small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    main(["pretrain", "--data", str(small_corpus), "--out", str(out), "--set", "max_steps=6", *SMALL])
+    return out
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process_and_resume_in_one(one_proc, small_corpus, tmp_path, parallel):
+    two = tmp_path / "two"
+    torchrun("pretrain", "--data", str(small_corpus), "--out", str(two), "--set", "max_steps=6", f"parallel={parallel}",
+             *SMALL)
+    assert losses(two) == pytest.approx(losses(one_proc), abs=1e-5) and len(losses(two)) == 6
+    weights_close(one_proc, two)
+    # the step-3 checkpoint written by 2 ranks continues identically in 1 process
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000006")
+    (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
+    (resumed / "model.safetensors").unlink()
+    main(["pretrain", "--data", str(small_corpus), "--out", str(resumed), "--resume", "--set", "max_steps=6", *SMALL])
+    assert losses(resumed) == pytest.approx(losses(two), abs=1e-5)
+    weights_close(two, resumed)
+
+
+def test_sft_and_dpo_steps_match_one_process(tiny_base, data_dir, tmp_path):
+    common = ["batch_size=2", "grad_accum=2", "max_steps=2", "log_interval=1", "lr=5e-3"]
+    sft = ["sft", "--base", str(tiny_base), "--data", str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl")]
+    main([*sft, "--out", str(tmp_path / "sft1"), "--set", *common])
+    torchrun(*sft, "--out", str(tmp_path / "sft2"), "--set", *common)
+    assert losses(tmp_path / "sft2") == pytest.approx(losses(tmp_path / "sft1"), abs=1e-5)
+    weights_close(tmp_path / "sft1", tmp_path / "sft2", "adapter_model.safetensors")
+    dpo = ["dpo", "--sft", str(tmp_path / "sft1"), "--data",
+           str(data_dir / "preference" / "ultrafeedback" / "train_clean.jsonl")]
+    main([*dpo, "--out", str(tmp_path / "dpo1"), "--set", *common, "max_examples=16"])
+    torchrun(*dpo, "--out", str(tmp_path / "dpo2"), "--set", *common, "max_examples=16")
+    m1 = [json.loads(x) for x in (tmp_path / "dpo1" / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (tmp_path / "dpo2" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(m1, m2):
+        for k in ("loss", "rewards/margin", "rewards/accuracy", "logps/chosen"):
+            assert a[k] == pytest.approx(b[k], abs=1e-4), k
+
+
+def test_killing_one_rank_ends_the_other_with_a_clear_message(small_corpus, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "LLMRECIPE_DIST_TIMEOUT": "30"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "llmrecipe", "pretrain", "--data", str(small_corpus),
+                                       "--out", str(tmp_path / "run"), "--set", "max_steps=100000",
+                                       "save_interval=100000", *SMALL[:-2]],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        assert time.time() < deadline and procs[0].poll() is None, "training did not start"
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    t0 = time.time()
+    try:
+        _, err = procs[0].communicate(timeout=90)
+    finally:
+        for p in procs:
+            p.kill()
+    assert time.time() - t0 < 90 and procs[0].returncode != 0
+    assert "rank 0: lost contact with another rank" in err, err[-2000:]
