@@ -107,3 +107,18 @@ def test_killing_one_rank_ends_the_other_with_a_clear_message(small_corpus, tmp_
             p.kill()
     assert time.time() - t0 < 90 and procs[0].returncode != 0
     assert "rank 0: lost contact with another rank" in err, err[-2000:]
+
+
+def test_eval_shards_items_over_ranks_with_the_same_records(tiny_base, data_dir, tmp_path):
+    args = ["eval", "--model", str(tiny_base), "--suites", "mmlu_pro", "--limit", "9", "--data-dir",
+            str(data_dir / "eval")]
+    main([*args, "--out", str(tmp_path / "one" / "eval.json")])
+    torchrun(*args, "--out", str(tmp_path / "two" / "eval.json"))
+
+    def records(d):
+        recs = [json.loads(x) for x in (tmp_path / d / "eval.mmlu_pro.jsonl").read_text().splitlines()]
+        return sorted(({k: v for k, v in r.items() if k != "scores"} for r in recs), key=lambda r: str(r["id"]))
+
+    assert records("one") == records("two") and len(records("two")) == 9
+    one, two = (json.loads((tmp_path / d / "eval.json").read_text())["suites"]["mmlu_pro"] for d in ("one", "two"))
+    assert one["accuracy"] == two["accuracy"] and one["per_category"] == two["per_category"]

@@ -233,7 +233,8 @@ def cmd_eval(a) -> None:
             raise ValueError(f"--compare expects NAME=PATH, got {item!r}")
         m = load_eval_model(path, None, chat, name=name, rt=rt, batch_size=a.batch_size)
         results[name] = evaluate(m, suites, Path(path) / "eval.json", a.limit)
-    print(write_table(results, [s.name for s in suites], a.out or "table.md"))
+    if rt.is_main:
+        print(write_table(results, [s.name for s in suites], a.out or "table.md"))
 
 
 def cmd_run(a) -> None:

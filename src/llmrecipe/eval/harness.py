@@ -84,9 +84,19 @@ def _settings_hash(model: EvalModel, suite: Suite) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
 def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | None, chunk: int = 32) -> dict:
-    """Score the suite's items (skipping those already in `records_path` for these settings)."""
+    """Score the suite's items (skipping those already in `records_path` for these settings).
+
+    Under torchrun each rank scores every W-th remaining item; the records are gathered and rank 0 writes them.
+    """
     key = _settings_hash(model, suite)
+    rank, world = _rank_world()
     done: dict[str, dict] = {}
     if records_path.is_file():
         for line in records_path.read_text().splitlines():
@@ -94,22 +104,38 @@ def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | N
             if rec.get("settings") == key:
                 done[str(rec["id"])] = rec
     items = suite.items(limit)
-    todo = [it for it in items if str(it["id"]) not in done]
+    mine = [it for it in items if str(it["id"]) not in done][rank::world]
     t0 = time.time()
-    with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{model.name}/{suite.name}", unit="item",
-              dynamic_ncols=True) as bar:
-        for i in range(0, len(todo), chunk):
-            recs = suite.evaluate(model, todo[i: i + chunk])
-            with open(records_path, "a") as f:
-                for r in recs:
-                    r["settings"] = key
-                    done[str(r["id"])] = r
-                    f.write(json.dumps(r) + "\n")
-            bar.update(len(recs))
+    new: list[dict] = []
+    with tqdm(total=len(items), initial=len(done), desc=f"{model.name}/{suite.name}", unit="item",
+              dynamic_ncols=True, disable=rank != 0) as bar:
+        for i in range(0, len(mine), chunk):
+            recs = suite.evaluate(model, mine[i: i + chunk])
+            for r in recs:
+                r["settings"] = key
+            if world == 1:  # write as we go, so an interrupted run keeps its work
+                _append_records(records_path, recs)
+            new += recs
+            bar.update(len(recs) * world)
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[list[dict] | None] = [None] * world
+        dist.all_gather_object(gathered, new)
+        new = [r for part in gathered for r in (part or [])]
+        if rank == 0:
+            _append_records(records_path, new)
+    done.update({str(r["id"]): r for r in new})
     records = [done[str(it["id"])] for it in items]
     summary = suite.summarize(records)
     summary.update(items=len(records), seconds=round(time.time() - t0, 2), prompting=model.source["prompting"])
     return summary
+
+
+def _append_records(path: Path, records: list[dict]) -> None:
+    with open(path, "a") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
 
 
 def evaluate(model: EvalModel, suites: Iterable[Suite], out: str | Path, limit: int | None = None) -> dict:
@@ -117,10 +143,13 @@ def evaluate(model: EvalModel, suites: Iterable[Suite], out: str | Path, limit: 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {"model": model.source, "limit": limit, "suites": {}}
+    main = _rank_world()[0] == 0
     for suite in suites:
         results["suites"][suite.name] = run_suite(model, suite, out.with_name(f"{out.stem}.{suite.name}.jsonl"), limit)
-        print(f"{model.name} {suite.name}: " + headline(suite.name, results["suites"][suite.name]))
-    atomic_write_json(out, results)
+        if main:
+            print(f"{model.name} {suite.name}: " + headline(suite.name, results["suites"][suite.name]))
+    if main:
+        atomic_write_json(out, results)
     return results
 
 
