@@ -8,6 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LLMRECIPE_DATA", ROOT.parent / "shared" / "data")).resolve()
+if (DATA / "nltk_data").is_dir():
+    os.environ.setdefault("NLTK_DATA", str(DATA / "nltk_data"))
 if (DATA / "tokenizer" / "tiktoken_cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(DATA / "tokenizer" / "tiktoken_cache"))
 

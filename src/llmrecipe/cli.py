@@ -92,15 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="model or adapter folder")
     ev.add_argument("--adapter", help="adapter folder applied on top of --model")
     ev.add_argument("--compare", nargs="+", metavar="NAME=PATH", help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
-    ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k (or all)")
+    ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k,ifeval (or all)")
     ev.add_argument("--limit", type=int, help="first N items per suite (stratified by category where there is one)")
     ev.add_argument("--data-dir", help="local copies in the hub's schema (e.g. ../shared/data/eval); default: the hub")
     ev.add_argument("--out", help="summary JSON (single model; default MODEL/eval.json) or table path (--compare)")
     ev.add_argument("--prompting", choices=["auto", "chat", "plain"], default="auto",
                     help="force the chat template or plain few-shot text (default: chat for SFT/DPO models)")
     ev.add_argument("--mmlu-scoring", choices=["letter", "text"], help="rank option letters (default) or texts")
+    ev.add_argument("--max-new-tokens", type=int, help="generation budget for gsm8k / ifeval (ifeval default 1280)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--device", default="auto")
+    isc = sub.add_parser("ifeval-score", help="score any model's IFEval responses (official JSONL format)")
+    isc.add_argument("--responses", required=True, help='JSONL lines {"prompt": ..., "response": ...}')
+    isc.add_argument("--data-dir", help="folder holding ifeval/input_data.jsonl (default: google/IFEval from the hub)")
+    isc.add_argument("--out", help="also write per-prompt verdicts as JSONL here")
     r = sub.add_parser("run", help="the whole recipe in one command, with a report")
     r.add_argument("--preset", default="tiny")
     r.add_argument("--out", required=True)
@@ -221,7 +226,7 @@ def cmd_eval(a) -> None:
         raise ValueError("eval needs either --model or --compare NAME=PATH ...")
     rt = setup(a.device)
     chat = {"auto": None, "chat": True, "plain": False}[a.prompting]
-    suites = make_suites(a.suites, a.data_dir, scoring=a.mmlu_scoring)
+    suites = make_suites(a.suites, a.data_dir, scoring=a.mmlu_scoring, max_new_tokens=a.max_new_tokens)
     if a.model:
         m = load_eval_model(a.model, a.adapter, chat, rt=rt, batch_size=a.batch_size)
         evaluate(m, suites, a.out or Path(a.model) / "eval.json", a.limit)
@@ -237,6 +242,20 @@ def cmd_eval(a) -> None:
         print(write_table(results, [s.name for s in suites], a.out or "table.md"))
 
 
+def cmd_ifeval_score(a) -> None:
+    import json
+
+    from .eval.ifeval import report, score_file
+
+    summary, records = score_file(a.responses, a.data_dir)
+    print(report(summary))
+    for iid, acc in summary["per_instruction_strict"].items():
+        print(f"  {iid:48s} {acc:.2%}")
+    if a.out:
+        with open(a.out, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
+
 def cmd_run(a) -> None:
     from .config import parse_overrides
     from .recipe import run
@@ -245,7 +264,8 @@ def cmd_run(a) -> None:
 
 
 COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "chat": cmd_chat, "merge": cmd_merge,
-            "generate": cmd_generate, "eval": cmd_eval, "run": cmd_run}
+            "generate": cmd_generate, "eval": cmd_eval, "ifeval-score": cmd_ifeval_score,
+            "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from .gsm8k import GSM8K
 from .harness import Suite
+from .ifeval import IFEval
 from .mmlu_pro import MMLUPro
 
-SUITES = {"mmlu_pro": MMLUPro, "gsm8k": GSM8K}
+SUITES = {"mmlu_pro": MMLUPro, "gsm8k": GSM8K, "ifeval": IFEval}
 
 
 def make_suites(names: str, data_dir: str | None, **options) -> list[Suite]:

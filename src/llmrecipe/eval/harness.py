@@ -153,7 +153,7 @@ def evaluate(model: EvalModel, suites: Iterable[Suite], out: str | Path, limit: 
     return results
 
 
-HEADLINE = {"mmlu_pro": ("accuracy", "{:.1%}"), "gsm8k": ("strict", "{:.1%}")}
+HEADLINE = {"mmlu_pro": ("accuracy", "{:.1%}"), "gsm8k": ("strict", "{:.1%}"), "ifeval": ("prompt_strict", "{:.1%}")}
 
 
 def headline(suite: str, summary: dict) -> str:
