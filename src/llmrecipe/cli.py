@@ -75,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
     _add_train_common(dp)
     c = sub.add_parser("chat", help="interactive chat in the terminal")
-    c.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is loaded)")
+    c.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is loaded); "
+                   "with --url, the served model's name")
+    c.add_argument("--url", help="chat with a served model instead (e.g. http://127.0.0.1:8000/v1)")
+    c.add_argument("--api-key", help="Bearer key for --url (default: $LLMRECIPE_API_KEY)")
     c.add_argument("--adapter", help="an adapter folder to apply on top of --model")
     c.add_argument("--system", help="system message")
     c.add_argument("--max-new-tokens", type=int, default=256)
@@ -92,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="model or adapter folder")
     ev.add_argument("--adapter", help="adapter folder applied on top of --model")
     ev.add_argument("--compare", nargs="+", metavar="NAME=PATH", help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
-    ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k,ifeval (or all)")
+    ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench (or all)")
     ev.add_argument("--limit", type=int, help="first N items per suite (stratified by category where there is one)")
     ev.add_argument("--data-dir", help="local copies in the hub's schema (e.g. ../shared/data/eval); default: the hub")
     ev.add_argument("--out", help="summary JSON (single model; default MODEL/eval.json) or table path (--compare)")
@@ -102,6 +105,30 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, help="generation budget for gsm8k / ifeval (ifeval default 1280)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--device", default="auto")
+    sv = sub.add_parser("serve", help="OpenAI-compatible server: a base model plus named adapters")
+    sv.add_argument("--model", required=True, help="model folder (or an adapter folder, served merged)")
+    sv.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                    help="a named adapter, selected by the request's model field (repeatable)")
+    sv.add_argument("--name", default="base", help="the model id of --model itself (default base)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $LLMRECIPE_API_KEY if set)")
+    sv.add_argument("--device", default="auto")
+    mt = sub.add_parser("mt-bench", help="MT-Bench pairwise comparison of two models")
+    mt.add_argument("mode", choices=["pairwise"])
+    mt.add_argument("--a", required=True, metavar="NAME=PATH")
+    mt.add_argument("--b", required=True, metavar="NAME=PATH")
+    mt.add_argument("--data-dir", required=True, help="folder holding mt_bench/ (question.jsonl, judge_prompts.jsonl)")
+    mt.add_argument("--limit", type=int)
+    mt.add_argument("--max-new-tokens", type=int, default=1024)
+    mt.add_argument("--out", help="write the verdicts as JSON here")
+    mt.add_argument("--device", default="auto")
+    for q in (ev, mt):
+        q.add_argument("--judge-model", help="judge model name (OpenAI's API unless --judge-url)")
+        q.add_argument("--judge-url", help="any OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
+        q.add_argument("--judge-cache", help="verdict cache file (default ~/.cache/llmrecipe/judge.jsonl)")
+        q.add_argument("--judge-concurrency", type=int, default=8)
+        q.add_argument("--judge-timeout", type=float, default=120.0)
     isc = sub.add_parser("ifeval-score", help="score any model's IFEval responses (official JSONL format)")
     isc.add_argument("--responses", required=True, help='JSONL lines {"prompt": ..., "response": ...}')
     isc.add_argument("--data-dir", help="folder holding ifeval/input_data.jsonl (default: google/IFEval from the hub)")
@@ -175,6 +202,11 @@ def cmd_dpo(a) -> None:
 
 
 def cmd_chat(a) -> None:
+    if a.url:
+        from .serve import chat_remote
+
+        return chat_remote(a.url, a.model, a.system, dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                                                          top_p=a.top_p), a.api_key or os.environ.get("LLMRECIPE_API_KEY"))
     from .chat import chat_repl
     from .checkpoint import load_model
     from .runtime import setup
@@ -226,7 +258,12 @@ def cmd_eval(a) -> None:
         raise ValueError("eval needs either --model or --compare NAME=PATH ...")
     rt = setup(a.device)
     chat = {"auto": None, "chat": True, "plain": False}[a.prompting]
-    suites = make_suites(a.suites, a.data_dir, scoring=a.mmlu_scoring, max_new_tokens=a.max_new_tokens)
+    suites = make_suites(a.suites, a.data_dir, scoring=a.mmlu_scoring, max_new_tokens=a.max_new_tokens,
+                         judge=_judge(a))
+    if any(s.name == "mt_bench" and not s.active for s in suites):
+        from .eval.mt_bench import NO_JUDGE_HINT
+
+        print(f"mt_bench: n/a (no judge). {NO_JUDGE_HINT}")
     if a.model:
         m = load_eval_model(a.model, a.adapter, chat, rt=rt, batch_size=a.batch_size)
         evaluate(m, suites, a.out or Path(a.model) / "eval.json", a.limit)
@@ -240,6 +277,53 @@ def cmd_eval(a) -> None:
         results[name] = evaluate(m, suites, Path(path) / "eval.json", a.limit)
     if rt.is_main:
         print(write_table(results, [s.name for s in suites], a.out or "table.md"))
+
+
+def _judge(a):
+    from .eval.judge import DEFAULT_CACHE, OPENAI_URL, Judge
+
+    if not a.judge_model:
+        return None
+    return Judge(a.judge_model, a.judge_url or OPENAI_URL, timeout=a.judge_timeout, concurrency=a.judge_concurrency,
+                 cache_path=a.judge_cache or DEFAULT_CACHE)
+
+
+def cmd_serve(a) -> None:
+    from .serve import serve
+
+    adapters = {}
+    for item in a.adapter:
+        name, _, path = item.partition("=")
+        if not path:
+            raise ValueError(f"--adapter expects NAME=PATH, got {item!r}")
+        adapters[name] = path
+    serve(a.model, adapters, a.host, a.port, a.api_key or os.environ.get("LLMRECIPE_API_KEY"), a.device)
+
+
+def cmd_mt_bench(a) -> None:
+    import json
+
+    from .eval.harness import load_eval_model
+    from .eval.mt_bench import NO_JUDGE_HINT, pairwise
+    from .runtime import setup
+
+    judge = _judge(a)
+    if judge is None or not judge.configured:
+        raise ValueError(NO_JUDGE_HINT)
+    rt = setup(a.device)
+    models = []
+    for spec in (a.a, a.b):
+        name, _, path = spec.partition("=")
+        if not path:
+            raise ValueError(f"expected NAME=PATH, got {spec!r}")
+        models.append(load_eval_model(path, None, True, name=name, rt=rt))
+    res = pairwise(models[0], models[1], judge, a.data_dir, a.limit, a.max_new_tokens)
+    print(f"{res['a']} vs {res['b']} (judge {res['judge']}, {res['comparisons']} comparisons, both orders): "
+          f"win {res['win']}, tie {res['tie']}, loss {res['loss']} "
+          f"({res['inconsistent']} inconsistent, {res['unparseable']} unparseable counted as ties)")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=2)
 
 
 def cmd_ifeval_score(a) -> None:
@@ -265,6 +349,7 @@ def cmd_run(a) -> None:
 
 COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "chat": cmd_chat, "merge": cmd_merge,
             "generate": cmd_generate, "eval": cmd_eval, "ifeval-score": cmd_ifeval_score,
+            "serve": cmd_serve, "mt-bench": cmd_mt_bench,
             "run": cmd_run}
 
 

@@ -8,6 +8,7 @@ for each row, so a prompt's output is the same alone or in a batch of unequal le
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -95,6 +96,19 @@ class Engine:
         return out  # type: ignore[return-value]
 
     def _generate_batch(self, prompts, max_new, temperature, top_k, top_p, stop, g) -> list[list[int]]:
+        new: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        steps = self._steps(prompts, max_new, temperature, top_k, top_p, g)
+        for nxt in steps:
+            for r, tok in enumerate(nxt):
+                if not done[r]:
+                    done[r] = self._append(new[r], tok, stop)
+            if all(done):
+                steps.close()
+        return new
+
+    def _steps(self, prompts, max_new, temperature, top_k, top_p, g) -> Iterator[list[int]]:
+        """Yield each step's next token for every row (left-padded batch, KV cache)."""
         dev, B = self.rt.device, len(prompts)
         budget = max(1, min(max_new, self.block - 1))
         prompts = [p[-(self.block - budget):] or [self.tok.eot_id] for p in prompts]
@@ -109,22 +123,44 @@ class Engine:
         x, key_mask = x.to(dev), key_mask.to(dev)
         positions = (key_mask[:, :P].cumsum(-1) - 1).clamp(min=0)
         cache = KVCache(self.model.config, B, P + max_new, dev, self.model.transformer.wte.weight.dtype)
-        new: list[list[int]] = [[] for _ in range(B)]
-        done = [False] * B
-        with self.rt.autocast():
+        with torch.no_grad(), self.rt.autocast():
             h = self.model.hidden(x, cache=cache, positions=positions, key_mask=key_mask)
             logits = self.model.lm_head(h[:, -1]).float()
             for t in range(max_new):
                 nxt = sample(logits, temperature, top_k, top_p, g)
-                for r in range(B):
-                    if not done[r]:
-                        done[r] = self._append(new[r], int(nxt[r]), stop)
-                if all(done) or t == max_new - 1:
+                yield nxt.view(-1).tolist()
+                if t == max_new - 1:
                     break
                 pos = positions[:, -1:] + 1 + t
                 h = self.model.hidden(nxt, cache=cache, positions=pos, key_mask=key_mask)
                 logits = self.model.lm_head(h[:, -1]).float()
-        return new
+
+    def stream(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+               top_p: float | None = None, stop: list[str] | None = None, seed: int | None = None
+               ) -> Iterator[str]:
+        """Text pieces of one prompt's continuation as they are generated (stop strings never leak out)."""
+        g = torch.Generator(device=self.rt.device)
+        g.manual_seed(seed if seed is not None else 0)
+        stop = stop or []
+        hold = max((len(s) for s in stop), default=1) - 1
+        tokens: list[int] = []
+        sent = 0
+        for (tok,) in self._steps([prompt], max_new_tokens, temperature, top_k, top_p, g):
+            if tok == self.tok.eot_id:
+                break
+            tokens.append(tok)
+            text = self.tok.decode(tokens)
+            cut = min((text.find(s) for s in stop if s in text), default=-1)
+            if cut >= 0:
+                yield text[sent:cut]
+                return
+            safe = len(text) - hold
+            if safe > sent and not text.endswith("\ufffd"):
+                yield text[sent:safe]
+                sent = safe
+        text = self.tok.decode(tokens)
+        if len(text) > sent:
+            yield text[sent:]
 
     def _append(self, row: list[int], token: int, stop: list[str]) -> bool:
         """Add a token to a row; True when the row is finished (EOT or a stop string, which is cut off)."""

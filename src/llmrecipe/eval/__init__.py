@@ -5,8 +5,9 @@ from .gsm8k import GSM8K
 from .harness import Suite
 from .ifeval import IFEval
 from .mmlu_pro import MMLUPro
+from .mt_bench import MTBench
 
-SUITES = {"mmlu_pro": MMLUPro, "gsm8k": GSM8K, "ifeval": IFEval}
+SUITES = {"mmlu_pro": MMLUPro, "gsm8k": GSM8K, "ifeval": IFEval, "mt_bench": MTBench}
 
 
 def make_suites(names: str, data_dir: str | None, **options) -> list[Suite]:

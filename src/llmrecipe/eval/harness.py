@@ -50,7 +50,7 @@ def load_eval_model(path: str, adapter: str | None = None, chat: bool | None = N
     model, tok = load_model(path, rt.device, adapter=adapter, merge_adapters=True)
     is_chat = is_chat_folder(path, adapter) if chat is None else chat
     return EvalModel(name or Path(path).name, Engine(model, tok, rt, batch_size), is_chat,
-                     {"model": str(path), "adapter": adapter, "prompting": "chat" if is_chat else "few-shot"})
+                     {"model": str(path), "adapter": str(adapter) if adapter else None, "prompting": "chat" if is_chat else "few-shot"})
 
 
 class Suite(Protocol):

@@ -1,0 +1,247 @@
+"""The server as users meet it: a real process on 127.0.0.1, the real `openai` client, MT-Bench judged by it."""
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from llmrecipe.checkpoint import load_model
+from llmrecipe.engine import Engine
+from llmrecipe.eval.harness import evaluate, load_eval_model
+from llmrecipe.eval.judge import Judge, JudgeError
+from llmrecipe.eval.mt_bench import MTBench, pairwise, parse_pair, parse_score
+from llmrecipe.lora import LoRAConfig
+from llmrecipe.runtime import setup
+from llmrecipe.train.loop import TrainConfig
+from llmrecipe.train.sft import SFTConfig, run_sft
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_base, data_dir, tmp_path_factory):
+    out = {}
+    for name, lr in (("sft_a", 2e-2), ("sft_b", 5e-2)):
+        d = tmp_path_factory.mktemp(name)
+        run_sft(SFTConfig(lora=LoRAConfig(r=4, alpha=8, dropout=0.0),
+                          train=TrainConfig(batch_size=2, grad_accum=1, max_steps=3, lr=lr, warmup_steps=0,
+                                            schedule="constant", log_interval=1, eval_interval=0, save_interval=100),
+                          base=str(tiny_base), data=str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl")), d)
+        out[name] = d
+    return out
+
+
+def start_server(tiny_base, adapters, *extra):
+    args = [sys.executable, "-m", "llmrecipe", "serve", "--model", str(tiny_base), "--port", "0", "--device", "cpu",
+            *[f"--adapter={n}={p}" for n, p in adapters.items()], *extra]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    m = re.search(r"http://127.0.0.1:(\d+)/v1", line)
+    assert m, line + proc.stderr.read()
+    return proc, f"http://127.0.0.1:{m.group(1)}/v1"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_base, adapters):
+    proc, url = start_server(tiny_base, adapters)
+    yield url
+    proc.kill()
+
+
+def raw(url, path, body: bytes, key=None):
+    req = urllib.request.Request(url + path, body, {"Content-Type": "application/json",
+                                                    **({"Authorization": f"Bearer {key}"} if key else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_openai_client_list_chat_completion_stream_and_adapters(server, tiny_base, adapters):
+    client = openai.OpenAI(base_url=server, api_key="unused")
+    assert sorted(m.id for m in client.models.list().data) == ["base", "sft_a", "sft_b"]
+    msgs = [{"role": "user", "content": "Tell me about the history of science."}]
+    outs = {}
+    for name in ("base", "sft_a", "sft_b", "base"):
+        r = client.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0)
+        assert r.choices[0].message.role == "assistant" and r.usage.completion_tokens <= 12
+        assert r.usage.prompt_tokens > 5 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+        outs.setdefault(name, r.choices[0].message.content)
+        assert outs[name] == r.choices[0].message.content  # switching back and forth changes nothing
+    # each adapter answers exactly as the same adapter loaded locally
+    from llmrecipe.chat import encode_chat
+    for name in ("sft_a", "sft_b"):
+        model, tok = load_model(tiny_base, adapter=adapters[name])
+        ids = encode_chat(msgs, tok, add_generation_prompt=True).ids
+        assert tok.decode(Engine(model, tok, setup("cpu")).generate([ids], 12)[0]) == outs[name]
+    assert len(set(outs.values())) > 1
+    c = client.completions.create(model="base", prompt="The history of", max_tokens=8, temperature=0)
+    assert c.choices[0].text and c.usage.completion_tokens <= 8
+    pieces = [ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
+        model="sft_a", messages=msgs, max_tokens=12, temperature=0, stream=True)]
+    assert "".join(pieces) == outs["sft_a"]
+    s1 = client.chat.completions.create(model="base", messages=msgs, max_tokens=10, temperature=1.0, seed=7)
+    s2 = client.chat.completions.create(model="base", messages=msgs, max_tokens=10, temperature=1.0, seed=7)
+    assert s1.choices[0].message.content == s2.choices[0].message.content
+
+
+def test_bad_requests_get_4xx_in_openai_shape_and_the_server_survives(server):
+    msgs = [{"role": "user", "content": "hi"}]
+    cases = [(b"{not json", 400), (json.dumps({"model": "nope", "messages": msgs}).encode(), 404),
+             (json.dumps({"model": "base", "messages": msgs, "max_tokens": -1}).encode(), 400),
+             (json.dumps({"model": "base", "messages": msgs, "max_tokens": 10 ** 9}).encode(), 400),
+             (json.dumps({"model": "base", "messages": "hi"}).encode(), 400),
+             (json.dumps({"model": "base", "messages": msgs, "temperature": "hot"}).encode(), 400),
+             (json.dumps({"model": "base", "messages": [{"role": "user", "content": "word " * 400}]}).encode(), 400)]
+    for body, status in cases:
+        code, resp = raw(server, "/chat/completions", body)
+        assert code == status and set(resp["error"]) >= {"message", "type", "param", "code"}, (body[:40], resp)
+    code, resp = raw(server, "/chat/completions", json.dumps({"model": "base", "messages": msgs, "max_tokens": 2}).encode())
+    assert code == 200
+    client = openai.OpenAI(base_url=server, api_key="x")
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="missing", messages=msgs)
+
+
+def test_concurrent_requests_do_not_corrupt_each_other(server):
+    client = openai.OpenAI(base_url=server, api_key="x")
+    msgs = [{"role": "user", "content": "Describe the river."}]
+    want = {n: client.chat.completions.create(model=n, messages=msgs, max_tokens=10, temperature=0)
+            .choices[0].message.content for n in ("base", "sft_a", "sft_b")}
+    got, errors = [], []
+
+    def hit(name):
+        try:
+            got.append((name, client.chat.completions.create(model=name, messages=msgs, max_tokens=10, temperature=0)
+                        .choices[0].message.content))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=hit, args=(n,)) for n in ["base", "sft_a", "sft_b"] * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 12 and all(text == want[n] for n, text in got)
+
+
+def test_api_key_is_required_when_set(tiny_base, adapters):
+    proc, url = start_server(tiny_base, {}, "--api-key", "s3cret")
+    try:
+        code, resp = raw(url, "/chat/completions", json.dumps({"model": "base", "messages": [
+            {"role": "user", "content": "hi"}], "max_tokens": 2}).encode())
+        assert code == 401 and resp["error"]["type"] == "authentication_error"
+        client = openai.OpenAI(base_url=url, api_key="s3cret")
+        assert client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=2).choices[0].message.content is not None
+    finally:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def judge_server(tiny_base, tmp_path_factory):
+    """A weak judge with a context long enough for MT-Bench's judge prompts, served by our own server."""
+    import torch
+
+    from llmrecipe.checkpoint import save_model
+    from llmrecipe.model import GPT, GPTConfig
+    from llmrecipe.tokenizer import load_from_dir
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("judge")
+    save_model(d, GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=512, block_size=8192)),
+               load_from_dir(tiny_base))
+    proc, url = start_server(d, {})
+    yield url
+    proc.kill()
+
+
+def requests_seen(url) -> int:
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as r:
+        return json.loads(r.read())["requests"]
+
+
+def test_mt_bench_end_to_end_with_our_server_as_judge(judge_server, tiny_base, adapters, data_dir, tmp_path):
+    server = judge_server
+    judge = Judge("base", server, cache_path=tmp_path / "cache.jsonl", concurrency=4, max_tokens=12)
+    suite = MTBench(data_dir=str(data_dir / "eval"), judge=judge, max_new_tokens=8)
+    model = load_eval_model(str(tiny_base), adapters["sft_a"], name="sft_a")
+    before = requests_seen(server)
+    res = evaluate(model, [suite], tmp_path / "eval.json", limit=3)["suites"]["mt_bench"]
+    assert requests_seen(server) - before == 6 == judge.calls  # 3 questions x 2 turns
+    assert res["items"] == 3 and res["unparseable"] == 6 and res["judge"] == "base"  # a random judge: no [[N]]
+    assert res["display"] == "n/a (6 unparseable)"
+    recs = [json.loads(x) for x in (tmp_path / "eval.mt_bench.jsonl").read_text().splitlines()]
+    assert all(len(r["answers"]) == 2 and len(r["judgments"]) == 2 for r in recs)
+    # a rerun (fresh records, same answers) is served from the verdict cache: no new requests
+    (tmp_path / "eval.mt_bench.jsonl").unlink()
+    judge2 = Judge("base", server, cache_path=tmp_path / "cache.jsonl", max_tokens=12)
+    evaluate(model, [MTBench(data_dir=str(data_dir / "eval"), judge=judge2, max_new_tokens=8)],
+             tmp_path / "eval.json", limit=3)
+    assert judge2.calls == 0 and requests_seen(server) - before == 6
+    # pairwise: every (question, turn) judged in both orders
+    b = load_eval_model(str(tiny_base), adapters["sft_b"], name="sft_b")
+    pw = pairwise(model, b, Judge("base", server, cache_path=tmp_path / "pw.jsonl", max_tokens=12), str(data_dir / "eval"),
+                  limit=2, max_new_tokens=8)
+    assert pw["comparisons"] == 4 and pw["win"] + pw["tie"] + pw["loss"] == 4
+    assert requests_seen(server) - before == 6 + 8
+
+
+def test_no_judge_reads_na_and_parsers():
+    suite = MTBench(data_dir=None, judge=None)
+    assert suite.items(None) == [] and suite.summarize([])["display"] == "n/a (no judge)"
+    assert parse_score("Rating: [[7]]") == 7 and parse_score("[8.5]") == 8.5 and parse_score("great") is None
+    assert parse_pair("[[B]]") == "B" and parse_pair("[[C]]") == "tie" and parse_pair("dunno") is None
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    hits = 0
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        type(self).hits += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if type(self).hits == 1:
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Rating: [[6]]"}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Silent(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        time.sleep(5)
+
+
+def test_judge_retries_5xx_and_times_out_clearly(tmp_path):
+    for handler in (_Flaky, _Silent):
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        judge = Judge("m", url, cache_path=tmp_path / f"{handler.__name__}.jsonl", timeout=0.5, retries=2, backoff=0.05)
+        try:
+            if handler is _Flaky:
+                assert judge.ask("t", "", "q") == "Rating: [[6]]" and _Flaky.hits == 2
+            else:
+                t0 = time.time()
+                with pytest.raises(JudgeError, match=r"failed after 2 attempts .*timeout 0.5s"):
+                    judge.ask("t", "", "q")
+                assert time.time() - t0 < 4
+        finally:
+            httpd.shutdown()
