@@ -136,7 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the whole recipe in one command, with a report")
     r.add_argument("--preset", default="tiny")
     r.add_argument("--out", required=True)
-    r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override pre-training config keys")
+    r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config keys: max_steps=100 (pre-training), sft.epochs=1, dpo.beta=0.2, eval.limit=20")
+    r.add_argument("--data-dir", help="local copies of every data set in the hub's schema (e.g. ../shared/data)")
     return ap
 
 
@@ -344,7 +346,7 @@ def cmd_run(a) -> None:
     from .config import parse_overrides
     from .recipe import run
 
-    run(a.preset, a.out, parse_overrides(a.set))
+    run(a.preset, a.out, parse_overrides(a.set), a.data_dir)
 
 
 COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "chat": cmd_chat, "merge": cmd_merge,

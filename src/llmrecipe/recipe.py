@@ -1,8 +1,9 @@
-"""`llmrecipe run`: the stage chain with skip/resume, and a report at the end.
+"""`llmrecipe run`: the whole chain — data → pre-train → SFT → DPO → evaluate → report — in one command.
 
-Each stage writes its folder under the run and a `done.json` holding a hash of its resolved config and
-inputs. A rerun skips stages whose hash matches, resumes an interrupted one from its last checkpoint, and
-reruns a stage (and everything after it) whose config changed.
+Each stage writes its folder under the run and a `done.json` holding a hash of its resolved config and of
+the stage before it. A rerun skips stages whose hash matches, resumes an interrupted one from its last
+checkpoint (evaluation from its per-item records), and reruns a stage whose config changed, and so every
+stage after it.
 """
 from __future__ import annotations
 
@@ -10,99 +11,140 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from .checkpoint import latest_checkpoint, load_model
-from .config import apply_overrides, load_preset, to_dict
+from .checkpoint import latest_checkpoint
+from .config import apply_overrides, build, load_preset, to_dict
 from .data.prepare import PrepareConfig, prepare
-from .data.world import write_pretrain_corpus
-from .files import atomic_write_json, atomic_write_text
+from .data.world import write_chat_data, write_eval_sets, write_pretrain_corpus
+from .eval import make_suites
+from .eval.harness import evaluate, load_eval_model, write_table
+from .files import atomic_write_json
+from .report import write_report
+from .train.dpo import dpo_config, run_dpo
 from .train.pretrain import pretrain_config, run_pretrain
+from .train.sft import run_sft, sft_config
+
+STAGES = ("pretrain", "sft", "dpo")
+# `run --data-dir D` for the hub presets: where each stage finds its data set's parquet files under D
+# (eval suites read D/eval/<suite>/ in the layout the suites document).
+DATA_DIR_LAYOUT = {"pretrain": "pretrain/*.parquet", "sft": "sft/*.parquet", "dpo": "preference/ultrafeedback/*train*.parquet"}
+
+
+@dataclass
+class EvalConfig:
+    suites: str = "all"
+    limit: int | None = None  # items per suite (stratified for MMLU-Pro)
+    max_new_tokens: int | None = None  # None: each suite's own default
+    scoring: str | None = None  # MMLU-Pro: "letter" (the benchmark's way) or "text" (rank the option texts)
+    shots: int | None = None  # few-shot exemplars for MMLU-Pro and GSM8K (None: 5 and 8, as the benchmarks)
 
 
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _stage(name: str, folder: Path, key: dict, work: Callable[[bool], dict], timings: dict) -> dict:
-    """Run `work(resume)` unless `folder/done.json` matches `key`; returns the stage's summary."""
+def _stage(name: str, folder: Path, key: dict, work: Callable[[bool], dict], timings: dict,
+           resumable: bool = True) -> tuple[dict, str]:
+    """Run `work(resume)` unless `folder/done.json` matches `key`; returns (summary, this stage's hash).
+    A stage that cannot resume (`resumable=False`) starts from an empty folder after an interruption."""
     marker, digest = folder / "done.json", _hash(key)
     if marker.is_file():
         done = json.loads(marker.read_text())
         if done["hash"] == digest:
             print(f"[{name}] up to date, skipped")
             timings[name] = done["seconds"]
-            return done["summary"]
+            return done["summary"], digest
         print(f"[{name}] config changed: rerunning")
         shutil.rmtree(folder)
+    elif folder.exists() and not resumable:
+        shutil.rmtree(folder)
     resume = latest_checkpoint(folder) is not None
-    print(f"[{name}] " + ("resuming" if resume else "running"))
+    print(f"[{name}] " + ("resuming from its last checkpoint" if resume else "running"), flush=True)
     t0 = time.time()
     summary = work(resume)
     timings[name] = round(time.time() - t0, 1)
     atomic_write_json(marker, {"hash": digest, "seconds": timings[name], "summary": summary})
-    return summary
+    return summary, digest
 
 
-def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None) -> dict:
+def split_overrides(overrides: dict[str, str]) -> dict[str, dict[str, str]]:
+    """`sft.lr=1e-3` → {"sft": {"lr": "1e-3"}}; bare keys go to pre-training; `eval.limit=20` to evaluation,
+    `world.sft_conversations=1000` to the generated world."""
+    out: dict[str, dict[str, str]] = {s: {} for s in (*STAGES, "eval", "world")}
+    for k, v in overrides.items():
+        head, _, rest = k.partition(".")
+        if head in out and rest:
+            out[head][rest] = v
+        else:
+            out["pretrain"][k] = v
+    return out
+
+
+def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, data_dir: str | None = None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    p = load_preset(preset)
+    p, ov = load_preset(preset), split_overrides(overrides or {})
     timings: dict[str, float] = {}
     world = p.get("world")
     if world:
-        corpus = out / "world" / "pretrain.jsonl"
-        _stage("world", out / "world", world, lambda _: {"file": str(write_pretrain_corpus(
-            corpus, world["pretrain_docs"], world["seed"]))}, timings)
-        source: str | list[str] = str(corpus)
+        world = {**world, **{k: int(v) for k, v in ov["world"].items()}}
+        _, after = _stage("world", out / "world", world, lambda _: _make_world(out / "world", world), timings,
+                          resumable=False)
+        source, sft_data, dpo_data = str(out / "world" / "pretrain.jsonl"), *[str(out / "world" / f) for f in (
+            "sft.jsonl", "preferences.jsonl")]
+        eval_dir = str(out / "world" / "eval")
     else:
-        source = p["prepare"]["source"]
+        after, source = "", p["prepare"]["source"]
+        sft_data = dpo_data = None
+        eval_dir = data_dir
+        if data_dir:  # the real loaders on the hub's parquet files, downloaded into DATA_DIR_LAYOUT
+            source, sft_data, dpo_data = (str(Path(data_dir) / DATA_DIR_LAYOUT[k]) for k in ("pretrain", "sft", "dpo"))
+            eval_dir = str(Path(data_dir) / "eval")
     prep = PrepareConfig(**{**p.get("prepare", {}), "source": source, "out": str(out / "data")})
-    data = _stage("data", out / "data", to_dict(prep) | {"after": _hash(world)},
-                  lambda _: prepare(prep), timings)
-    cfg = apply_overrides(pretrain_config(preset), overrides or {})
-    cfg.data = str(out / "data")
-    base = _stage("pretrain", out / "base", to_dict(cfg) | {"after": _hash(data)},
-                  lambda resume: run_pretrain(cfg, out / "base", resume=resume), timings)
-    sample = _sample(out / "base", "One day")
-    results = {"preset": preset, "timings_s": timings, "data": data, "pretrain": base, "sample": sample}
+    data, after = _stage("data", out / "data", to_dict(prep) | {"after": after}, lambda _: prepare(prep), timings,
+                          resumable=False)
+    pre = apply_overrides(pretrain_config(preset), ov["pretrain"])
+    pre.data = str(out / "data")
+    base, after = _stage("pretrain", out / "base", to_dict(pre) | {"after": after},
+                         lambda resume: run_pretrain(pre, out / "base", resume=resume), timings)
+    sft = apply_overrides(sft_config(preset), ov["sft"])
+    sft.base, sft.data = str(out / "base"), sft_data or sft.data
+    sft_sum, after = _stage("sft", out / "sft", to_dict(sft) | {"after": after},
+                            lambda resume: run_sft(sft, out / "sft", resume=resume), timings)
+    dpo = apply_overrides(dpo_config(preset), ov["dpo"])
+    dpo.sft, dpo.data = str(out / "sft"), dpo_data or dpo.data
+    dpo_sum, after = _stage("dpo", out / "dpo", to_dict(dpo) | {"after": after},
+                            lambda resume: run_dpo(dpo, out / "dpo", resume=resume), timings)
+    ev = apply_overrides(build(EvalConfig, p.get("eval", {})), ov["eval"])
+    table, _ = _stage("eval", out / "eval", to_dict(ev) | {"data_dir": eval_dir, "after": after},
+                      lambda _: _evaluate(out, ev, eval_dir), timings)
+    results = {"preset": preset, "timings_s": timings, "inputs": {"pretrain": source, "sft": sft.data, "dpo": dpo.data,
+               "eval": eval_dir or "the hub"}, "data": data, "pretrain": base, "sft": sft_sum, "dpo": dpo_sum,
+               "table": table}
     atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "report.md", _report(results))
+    write_report(out, results)
+    print(table["markdown"])
     print(f"report: {out / 'report.md'}")
     return results
 
 
-def _sample(model_dir: Path, prompt: str) -> str:
-    model, tok = load_model(model_dir)
-    model.eval()
-    g = torch.Generator().manual_seed(0)
-    ids = tok.encode(prompt)
-    out = model.generate(torch.tensor([ids]), 60, temperature=0.8, top_k=50, stop_ids={tok.eot_id}, generator=g)
-    return prompt + tok.decode(t for t in out[0].tolist()[len(ids):] if t != tok.eot_id)
+def _make_world(folder: Path, world: dict) -> dict:
+    write_pretrain_corpus(folder / "pretrain.jsonl", world["pretrain_docs"], world["seed"])
+    write_chat_data(folder, world["sft_conversations"], world["preference_pairs"], world["seed"])
+    write_eval_sets(folder / "eval", world["seed"], world["eval_items"])
+    return {k: v for k, v in world.items()}
 
 
-def _report(r: dict) -> str:
-    pt = r["pretrain"]
-    rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in r["timings_s"].items())
-    return f"""# llmrecipe run — preset `{r['preset']}`
-
-## Stages
-| stage | seconds |
-|---|---:|
-{rows}
-
-## Data
-{r['data']['documents']:,} documents → {r['data']['train_tokens']:,} training and {r['data']['val_tokens']:,} validation
-tokens (tokenizer `{r['data']['tokenizer']}`, vocabulary {r['data']['vocab_size']:,}).
-
-## Pre-training
-final step {pt.get('step')}: train loss {pt.get('loss')}, validation loss {pt.get('val_loss', float('nan')):.4f}
-(perplexity {pt.get('val_ppl', float('nan')):.2f}), {pt.get('tokens_per_sec')} tokens/s.
-
-Sample (temperature 0.8, top-k 50):
-
-> {r['sample'].replace(chr(10), ' ')}
-"""
+def _evaluate(out: Path, ev: EvalConfig, eval_dir: str | None) -> dict:
+    suites = make_suites(ev.suites, eval_dir, max_new_tokens=ev.max_new_tokens, scoring=ev.scoring, shots=ev.shots)
+    names = [s.name for s in suites]
+    results = {}
+    for name in STAGES:
+        folder = out / {"pretrain": "base"}.get(name, name)
+        model = load_eval_model(str(folder), name={"pretrain": "base"}.get(name, name))
+        results[model.name] = evaluate(model, suites, out / "eval" / f"{model.name}.json", ev.limit)
+    markdown = write_table(results, names, out / "eval" / "table.md")
+    return {"suites": names, "markdown": markdown, "scores": {m: r["suites"] for m, r in results.items()}}

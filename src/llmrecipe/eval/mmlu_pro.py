@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import encode_chat
+from ..data.mcq import LETTERS, format_question, header
 from ..data.sources import DataError, iter_rows
 from .harness import EvalModel, stratified
 
-LETTERS = "ABCDEFGHIJ"
 HUB = "TIGER-Lab/MMLU-Pro"
 
 
@@ -40,11 +40,6 @@ def load_split(data_dir: str | None, split: str) -> list[dict]:
         out.append({"id": d.get("question_id", row.index), "question": d["question"], "options": list(opts),
                     "answer": d["answer"], "category": d["category"]})
     return out
-
-
-def format_question(item: dict, with_answer: bool) -> str:
-    opts = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(item["options"]))
-    return f"Question: {item['question']}\nOptions:\n{opts}\nAnswer:" + (f" {item['answer']}\n\n" if with_answer else "")
 
 
 @dataclass
@@ -77,8 +72,7 @@ class MMLUPro:
         shots = self.exemplars(item["category"])
         room = model.engine.block - 1
         while True:
-            head = f"The following are multiple choice questions (with answers) about {item['category']}.\n\n"
-            body = head + "".join(format_question(s, True) for s in shots) + format_question(item, False)
+            body = header(item["category"]) + "".join(format_question(s, True) for s in shots) + format_question(item, False)
             if model.chat:  # the question as the user's turn; the reply starts with "Answer:"
                 user = body[: -len("Answer:")].rstrip()
                 ids = encode_chat([{"role": "user", "content": user}], model.tok, add_generation_prompt=True).ids

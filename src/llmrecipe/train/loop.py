@@ -79,12 +79,21 @@ class MetricsLog:
     """metrics.jsonl in the run folder; on resume, records after the restored step are dropped."""
 
     def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
+        self.path, self.kept = path, []
         if resume_step is None:
             path.unlink(missing_ok=True)
         elif path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in keep))
+            self.kept = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+            self.kept = [r for r in self.kept if r.get("step", 0) <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.kept))
+
+    def last(self) -> dict:
+        """The kept records of the last logged step merged (train + validation): a resumed run that has
+        no steps left returns the same summary as the run that was interrupted."""
+        if not self.kept:
+            return {}
+        final = self.kept[-1]["step"]
+        return {k: v for r in self.kept if r["step"] == final for k, v in r.items()}
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -118,7 +127,7 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
         (run_dir / "config.json").write_text(json.dumps(resolved_config, indent=2))
     log = MetricsLog(run_dir / "metrics.jsonl", step if ckpt else None) if rt.is_main else None
     fwd = torch.compile(wrapped) if cfg.compile else wrapped
-    last: dict = {}
+    last: dict = log.last() if log else {}
     t_start = t_window = time.time()
     window_tokens = 0
 
@@ -144,7 +153,7 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
                 now = time.time()
                 tps = window_tokens / max(now - t_window, 1e-9)
                 last = dict(step=step, loss=round(metrics.pop("loss"), 6), lr=lr,
-                            grad_norm=round(metrics.pop("grad_norm"), 6), tokens_per_sec=round(tps),
+                            grad_norm=round(metrics.pop("grad_norm"), 6), tokens_per_sec=round(tps), tokens=tokens_seen,
                             elapsed=round(elapsed_before + now - t_start, 2), **{k: round(v, 6) for k, v in metrics.items()})
                 if (mfu := _mfu(stage, rt, tps)) is not None:
                     last["mfu"] = round(mfu, 4)

@@ -1,0 +1,112 @@
+"""The run's report: report.md, and PNG plots of every stage's curves and of the base/SFT/DPO table."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .files import atomic_write_text
+
+
+def _metrics(folder: Path) -> list[dict]:
+    f = folder / "metrics.jsonl"
+    return [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
+
+
+def plot_curves(out: Path) -> list[str]:
+    """loss_<stage>.png for each training stage; DPO also reward accuracy and margin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for stage, folder in (("pretrain", "base"), ("sft", "sft"), ("dpo", "dpo")):
+        recs = [r for r in _metrics(out / folder) if "loss" in r]
+        if not recs:
+            continue
+        keys = ["loss"] + (["rewards/accuracy", "rewards/margin"] if stage == "dpo" else [])
+        fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+        for ax, k in zip(axes[0], keys):
+            ax.plot([r["step"] for r in recs], [r[k] for r in recs], label=f"train {k}")
+            val = [r for r in _metrics(out / folder) if "val_loss" in r]
+            if k == "loss" and val:
+                ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+            ax.set_xlabel("step")
+            ax.set_title(f"{stage}: {k}")
+            ax.legend()
+        fig.tight_layout()
+        name = f"loss_{stage}.png"
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def plot_table(out: Path, scores: dict[str, dict], suites: list[str]) -> str | None:
+    """eval.png: one group of bars per suite (numeric headline scores only), one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .eval.harness import HEADLINE
+
+    numeric = [s for s in suites if any(isinstance(scores[m].get(s, {}).get(HEADLINE.get(s, ("score",))[0]),
+                                                   (int, float)) for m in scores)]
+    if not numeric:
+        return None
+    fig, ax = plt.subplots(figsize=(1.8 * len(numeric) * len(scores), 3.5))
+    width = 0.8 / len(scores)
+    for i, (model, res) in enumerate(scores.items()):
+        vals = [res.get(s, {}).get(HEADLINE.get(s, ("score",))[0]) or 0 for s in numeric]
+        ax.bar([j + i * width for j in range(len(numeric))], vals, width, label=model)
+    ax.set_xticks([j + width * (len(scores) - 1) / 2 for j in range(len(numeric))], numeric)
+    ax.set_ylabel("score")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "eval.png", dpi=100)
+    plt.close(fig)
+    return "eval.png"
+
+
+def _n_params(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def _size(path: Path) -> str:
+    return f"{_n_params(path):,} parameters, {path.stat().st_size / 2**20:.2f} MB"
+
+
+def write_report(out: Path, r: dict) -> None:
+    plots = plot_curves(out) + [p for p in [plot_table(out, r["table"]["scores"], r["table"]["suites"])] if p]
+    rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in r["timings_s"].items())
+    pt, sft, dpo, src = r["pretrain"], r["sft"], r["dpo"], r["inputs"]
+    text = f"""# llmrecipe run — preset `{r['preset']}`
+
+## Base / SFT / DPO
+{r['table']['markdown']}
+## Stages
+| stage | seconds |
+|---|---:|
+{rows}
+| total | {sum(r['timings_s'].values()):.1f} |
+
+## Data
+- pre-training: `{src['pretrain']}`: {r['data']['documents']:,} documents → {r['data']['train_tokens']:,} training and
+  {r['data']['val_tokens']:,} validation tokens (tokenizer `{r['data']['tokenizer']}`, vocabulary {r['data']['vocab_size']:,}).
+- SFT: `{src['sft']}`; DPO: `{src['dpo']}`; evaluation: `{src['eval']}`.
+
+## Training
+| stage | steps | tokens seen | final loss | size |
+|---|---:|---:|---:|---|
+| pre-training | {pt.get('step')} | {pt.get('tokens', 0):,} | {pt.get('loss')} (validation {pt.get('val_loss', 'n/a')}) | {_size(out / 'base' / 'model.safetensors')} |
+| SFT (LoRA) | {sft.get('step')} | {sft.get('tokens', 0):,} | {sft.get('loss')} | adapter: {_size(out / 'sft' / 'adapter_model.safetensors')} |
+| DPO (LoRA) | {dpo.get('step')} | {dpo.get('tokens', 0):,} | {dpo.get('loss')} (reward accuracy {dpo.get('rewards/accuracy')}, margin {dpo.get('rewards/margin')}) | adapter: {_size(out / 'dpo' / 'adapter_model.safetensors')} |
+
+## Plots
+""" + "\n".join(f"![{p}]({p})" for p in plots) + "\n"
+    atomic_write_text(out / "report.md", text)

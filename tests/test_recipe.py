@@ -1,0 +1,144 @@
+"""`llmrecipe run`: the whole chain on the embedded world (quality, report, skip, kill + resume) and the
+real preset on the shared hub files."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmrecipe.checkpoint import latest_checkpoint
+from llmrecipe.recipe import run
+
+# A reduced `tiny` (≈4 minutes on 2 CPU cores): a smaller world, half the pre-training, fewer eval items.
+REDUCED = {"world.pretrain_docs": "10000", "world.sft_conversations": "2000", "world.preference_pairs": "800",
+           "world.eval_items": "40", "max_steps": "500", "eval_interval": "0"}
+# A much smaller run for the kill/resume and rerun tests: only determinism matters there.
+SMALL = {"world.pretrain_docs": "400", "world.sft_conversations": "120", "world.preference_pairs": "48",
+         "world.eval_items": "6", "max_steps": "24", "save_interval": "4", "eval_interval": "0",
+         "sft.train.max_steps": "16", "sft.train.save_interval": "3", "dpo.train.max_steps": "12",
+         "dpo.train.save_interval": "2", "eval.max_new_tokens": "12", "eval.suites": "mmlu_pro,gsm8k,ifeval"}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _headline(results: dict, model: str, suite: str) -> float:
+    key = {"mmlu_pro": "accuracy", "gsm8k": "strict", "ifeval": "prompt_strict"}[suite]
+    return results["table"]["scores"][model][suite][key]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("tiny_run")
+    return out, run("tiny", out, dict(REDUCED))
+
+
+def test_tiny_recipe_improves_stage_by_stage(tiny_run):
+    _, r = tiny_run
+    base, sft, dpo = (_headline(r, m, "ifeval") for m in ("base", "sft", "dpo"))
+    assert base < sft < dpo, f"instruction following base {base:.2f}, sft {sft:.2f}, dpo {dpo:.2f}"
+    for suite in ("mmlu_pro", "gsm8k"):
+        b, s, d = (_headline(r, m, suite) for m in ("base", "sft", "dpo"))
+        assert b < s <= d + 0.05, f"{suite}: base {b:.2f}, sft {s:.2f}, dpo {d:.2f}"
+    assert r["table"]["scores"]["dpo"]["mt_bench"]["display"] == "n/a (no judge)"
+
+
+def test_tiny_recipe_report_artifacts(tiny_run):
+    out, r = tiny_run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["table"]["scores"] == r["table"]["scores"]
+    assert set(saved["timings_s"]) == {"world", "data", "pretrain", "sft", "dpo", "eval"}
+    assert all(t > 0 for k, t in saved["timings_s"].items() if k in ("pretrain", "sft", "dpo"))
+    first = json.loads((out / "base" / "metrics.jsonl").read_text().splitlines()[0])
+    assert saved["pretrain"]["loss"] < first["loss"] - 2.0  # pre-training learned the world's language
+    assert saved["dpo"]["rewards/accuracy"] > 0.5 and saved["dpo"]["rewards/margin"] > 0
+    report = (out / "report.md").read_text()
+    assert r["table"]["markdown"] in report and "| total |" in report
+    for png in ("loss_pretrain.png", "loss_sft.png", "loss_dpo.png", "eval.png"):
+        data = (out / png).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5_000, png
+        assert f"]({png})" in report
+    # each eval analog is in its real suite's file layout and schema
+    world = out / "world" / "eval"
+    assert json.loads((world / "ifeval" / "input_data.jsonl").read_text().splitlines()[0])["instruction_id_list"]
+    assert json.loads((world / "gsm8k" / "test.jsonl").read_text().splitlines()[0])["answer"].split("#### ")[1].isdigit()
+
+
+def test_tiny_recipe_rerun_skips_everything(tiny_run, capsys):
+    out, r = tiny_run
+    capsys.readouterr()
+    again = run("tiny", out, dict(REDUCED))
+    printed = capsys.readouterr().out
+    assert printed.count("up to date, skipped") == 6, printed
+    assert again["table"] == r["table"]
+
+
+def _without_seconds(scores: dict) -> dict:
+    return {m: {s: {k: v for k, v in r.items() if k != "seconds"} for s, r in suites.items()}
+            for m, suites in scores.items()}
+
+
+def _cli(out: Path, overrides: dict) -> list[str]:
+    return [sys.executable, "-m", "llmrecipe", "run", "--preset", "tiny", "--out", str(out), "--set",
+            *(f"{k}={v}" for k, v in overrides.items())]
+
+
+def _kill_inside(cmd: list[str], stage_dir: Path, rng: random.Random) -> None:
+    """Start `run`, wait until `stage_dir` holds a checkpoint, wait a random moment, SIGKILL the whole group."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while latest_checkpoint(stage_dir) is None:
+        assert proc.poll() is None, f"run ended before {stage_dir.name} checkpointed: {proc.stderr.read()[-2000:]}"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0, 0.5))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (stage_dir / "done.json").exists(), f"the kill landed after {stage_dir.name} finished"
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_cli(ref, SMALL), check=True, capture_output=True)
+    rng = random.Random(8)
+    for stage in ("base", "sft", "dpo"):
+        _kill_inside(_cli(killed, SMALL), killed / stage, rng)
+    subprocess.run(_cli(killed, SMALL), check=True, capture_output=True)
+    a, b = (json.loads((d / "results.json").read_text()) for d in (ref, killed))
+    assert _without_seconds(a["table"]["scores"]) == _without_seconds(b["table"]["scores"])
+    for k in ("pretrain", "sft", "dpo"):
+        assert a[k]["loss"] == b[k]["loss"] and a[k]["step"] == b[k]["step"]
+    for f in ("base/model.safetensors", "sft/adapter_model.safetensors", "dpo/adapter_model.safetensors"):
+        x, y = load_file(ref / f), load_file(killed / f)
+        assert all(torch.equal(x[n], y[n]) for n in x), f
+
+    # a changed DPO setting reruns DPO and evaluation only
+    changed = subprocess.run(_cli(killed, {**SMALL, "dpo.beta": "0.3"}), check=True, capture_output=True, text=True)
+    for stage in ("world", "data", "pretrain", "sft"):
+        assert f"[{stage}] up to date, skipped" in changed.stdout
+    assert "[dpo] config changed: rerunning" in changed.stdout and "[eval] config changed" in changed.stdout
+    assert json.loads((killed / "dpo" / "config.json").read_text())["beta"] == 0.3
+
+
+def test_real_preset_chain_on_the_hub_files(data_dir, tmp_path):
+    """gpt2-124m's loaders and suites end to end on the shared hub files, shrunk to a few steps."""
+    shrink = {"model.n_layer": "1", "model.n_head": "2", "model.n_embd": "32", "model.block_size": "512",
+              "batch_size": "2", "grad_accum": "1", "max_steps": "3", "warmup_steps": "1", "eval_interval": "0",
+              "eval_batches": "1", "sft.train.max_steps": "2", "sft.train.batch_size": "2", "sft.train.grad_accum": "1",
+              "dpo.train.max_steps": "2", "dpo.train.batch_size": "2", "dpo.train.grad_accum": "1",
+              "dpo.max_examples": "16", "eval.limit": "2", "eval.max_new_tokens": "8"}
+    r = run("gpt2-124m", tmp_path, shrink, data_dir=str(data_dir))
+    assert r["data"]["tokenizer"] == "gpt2" and r["data"]["source"].endswith("pretrain/*.parquet")
+    assert r["sft"]["step"] == 2 and r["dpo"]["step"] == 2
+    assert r["table"]["suites"] == ["mmlu_pro", "gsm8k", "ifeval", "mt_bench"]
+    for model in ("base", "sft", "dpo"):
+        scores = r["table"]["scores"][model]
+        assert scores["mmlu_pro"]["items"] == 2 and scores["gsm8k"]["items"] == 2 and scores["ifeval"]["items"] == 2
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "eval.png").is_file()
