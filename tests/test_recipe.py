@@ -19,7 +19,7 @@ from llmrecipe.checkpoint import latest_checkpoint
 from llmrecipe.recipe import run
 
 # A reduced `tiny` (≈4 minutes on 2 CPU cores): a smaller world, half the pre-training, fewer eval items.
-REDUCED = {"world.pretrain_docs": "10000", "world.sft_conversations": "2000", "world.preference_pairs": "800",
+REDUCED = {"world.pretrain_docs": "10000", "world.sft_conversations": "2000", "world.preference_pairs": "1600",
            "world.eval_items": "40", "max_steps": "500", "eval_interval": "0"}
 # A much smaller run for the kill/resume and rerun tests: only determinism matters there.
 SMALL = {"world.pretrain_docs": "400", "world.sft_conversations": "120", "world.preference_pairs": "48",
@@ -142,3 +142,11 @@ def test_real_preset_chain_on_the_hub_files(data_dir, tmp_path):
         scores = r["table"]["scores"][model]
         assert scores["mmlu_pro"]["items"] == 2 and scores["gsm8k"]["items"] == 2 and scores["ifeval"]["items"] == 2
     assert (tmp_path / "report.md").is_file() and (tmp_path / "eval.png").is_file()
+
+
+def test_bad_override_fails_before_any_stage_runs(tmp_path):
+    with pytest.raises(ValueError, match="world.nope"):
+        run("tiny", tmp_path / "r", {"world.nope": "1"})
+    with pytest.raises(ValueError, match="unknown config key 'nope'"):
+        run("tiny", tmp_path / "r", {"dpo.nope": "1"})
+    assert not (tmp_path / "r").exists()

@@ -84,41 +84,29 @@ def split_overrides(overrides: dict[str, str]) -> dict[str, dict[str, str]]:
 
 
 def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, data_dir: str | None = None) -> dict:
-    out = Path(out)
+    out, p, ov = Path(out), load_preset(preset), split_overrides(overrides or {})
+    world, (source, sft_data, dpo_data, eval_dir) = _world_config(p, ov["world"]), _inputs(p, out, data_dir)
+    # every config is resolved before anything runs: a bad key fails now, not after pre-training
+    prep = PrepareConfig(**{**p.get("prepare", {}), "source": source, "out": str(out / "data")})
+    pre = apply_overrides(pretrain_config(preset), ov["pretrain"])
+    sft, dpo = apply_overrides(sft_config(preset), ov["sft"]), apply_overrides(dpo_config(preset), ov["dpo"])
+    ev = apply_overrides(build(EvalConfig, p.get("eval", {})), ov["eval"])
+    pre.data, sft.base, dpo.sft = str(out / "data"), str(out / "base"), str(out / "sft")
+    sft.data, dpo.data = sft_data or sft.data, dpo_data or dpo.data
     out.mkdir(parents=True, exist_ok=True)
-    p, ov = load_preset(preset), split_overrides(overrides or {})
     timings: dict[str, float] = {}
-    world = p.get("world")
+    after = ""
     if world:
-        world = {**world, **{k: int(v) for k, v in ov["world"].items()}}
         _, after = _stage("world", out / "world", world, lambda _: _make_world(out / "world", world), timings,
                           resumable=False)
-        source, sft_data, dpo_data = str(out / "world" / "pretrain.jsonl"), *[str(out / "world" / f) for f in (
-            "sft.jsonl", "preferences.jsonl")]
-        eval_dir = str(out / "world" / "eval")
-    else:
-        after, source = "", p["prepare"]["source"]
-        sft_data = dpo_data = None
-        eval_dir = data_dir
-        if data_dir:  # the real loaders on the hub's parquet files, downloaded into DATA_DIR_LAYOUT
-            source, sft_data, dpo_data = (str(Path(data_dir) / DATA_DIR_LAYOUT[k]) for k in ("pretrain", "sft", "dpo"))
-            eval_dir = str(Path(data_dir) / "eval")
-    prep = PrepareConfig(**{**p.get("prepare", {}), "source": source, "out": str(out / "data")})
     data, after = _stage("data", out / "data", to_dict(prep) | {"after": after}, lambda _: prepare(prep), timings,
-                          resumable=False)
-    pre = apply_overrides(pretrain_config(preset), ov["pretrain"])
-    pre.data = str(out / "data")
+                         resumable=False)
     base, after = _stage("pretrain", out / "base", to_dict(pre) | {"after": after},
                          lambda resume: run_pretrain(pre, out / "base", resume=resume), timings)
-    sft = apply_overrides(sft_config(preset), ov["sft"])
-    sft.base, sft.data = str(out / "base"), sft_data or sft.data
     sft_sum, after = _stage("sft", out / "sft", to_dict(sft) | {"after": after},
                             lambda resume: run_sft(sft, out / "sft", resume=resume), timings)
-    dpo = apply_overrides(dpo_config(preset), ov["dpo"])
-    dpo.sft, dpo.data = str(out / "sft"), dpo_data or dpo.data
     dpo_sum, after = _stage("dpo", out / "dpo", to_dict(dpo) | {"after": after},
                             lambda resume: run_dpo(dpo, out / "dpo", resume=resume), timings)
-    ev = apply_overrides(build(EvalConfig, p.get("eval", {})), ov["eval"])
     table, _ = _stage("eval", out / "eval", to_dict(ev) | {"data_dir": eval_dir, "after": after},
                       lambda _: _evaluate(out, ev, eval_dir), timings)
     results = {"preset": preset, "timings_s": timings, "inputs": {"pretrain": source, "sft": sft.data, "dpo": dpo.data,
@@ -129,6 +117,28 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, d
     print(table["markdown"])
     print(f"report: {out / 'report.md'}")
     return results
+
+
+def _world_config(p: dict, overrides: dict[str, str]) -> dict | None:
+    """The preset's generated-world settings with `world.*` overrides (None for presets on real data)."""
+    world = p.get("world")
+    if not world:
+        return None
+    unknown = set(overrides) - set(world)
+    if unknown:
+        raise ValueError(f"unknown config key(s) world.{', world.'.join(sorted(unknown))} (known: {', '.join(world)})")
+    return {**world, **{k: int(v) for k, v in overrides.items()}}
+
+
+def _inputs(p: dict, out: Path, data_dir: str | None) -> tuple[str, str | None, str | None, str | None]:
+    """(pre-training source, SFT data, preference data, eval data dir); None: the stage's own hub default."""
+    if p.get("world"):
+        w = out / "world"
+        return str(w / "pretrain.jsonl"), str(w / "sft.jsonl"), str(w / "preferences.jsonl"), str(w / "eval")
+    if data_dir:  # the real loaders on local copies of the hub's parquet files
+        d = Path(data_dir)
+        return (*(str(d / DATA_DIR_LAYOUT[k]) for k in ("pretrain", "sft", "dpo")), str(d / "eval"))
+    return p["prepare"]["source"], None, None, None
 
 
 def _make_world(folder: Path, world: dict) -> dict:

@@ -56,7 +56,7 @@ def plot_table(out: Path, scores: dict[str, dict], suites: list[str]) -> str | N
                                                    (int, float)) for m in scores)]
     if not numeric:
         return None
-    fig, ax = plt.subplots(figsize=(1.8 * len(numeric) * len(scores), 3.5))
+    fig, ax = plt.subplots(figsize=(2.5 * len(numeric) + 1, 3.5))
     width = 0.8 / len(scores)
     for i, (model, res) in enumerate(scores.items()):
         vals = [res.get(s, {}).get(HEADLINE.get(s, ("score",))[0]) or 0 for s in numeric]
@@ -75,6 +75,10 @@ def _n_params(path: Path) -> int:
 
     with safe_open(str(path), "pt") as f:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def _num(x) -> str:
+    return f"{x:.4f}" if isinstance(x, float) else "n/a" if x is None else str(x)
 
 
 def _size(path: Path) -> str:
@@ -103,9 +107,9 @@ def write_report(out: Path, r: dict) -> None:
 ## Training
 | stage | steps | tokens seen | final loss | size |
 |---|---:|---:|---:|---|
-| pre-training | {pt.get('step')} | {pt.get('tokens', 0):,} | {pt.get('loss')} (validation {pt.get('val_loss', 'n/a')}) | {_size(out / 'base' / 'model.safetensors')} |
-| SFT (LoRA) | {sft.get('step')} | {sft.get('tokens', 0):,} | {sft.get('loss')} | adapter: {_size(out / 'sft' / 'adapter_model.safetensors')} |
-| DPO (LoRA) | {dpo.get('step')} | {dpo.get('tokens', 0):,} | {dpo.get('loss')} (reward accuracy {dpo.get('rewards/accuracy')}, margin {dpo.get('rewards/margin')}) | adapter: {_size(out / 'dpo' / 'adapter_model.safetensors')} |
+| pre-training | {pt.get('step')} | {pt.get('tokens', 0):,} | {_num(pt.get('loss'))} (validation {_num(pt.get('val_loss'))}) | {_size(out / 'base' / 'model.safetensors')} |
+| SFT (LoRA) | {sft.get('step')} | {sft.get('tokens', 0):,} | {_num(sft.get('loss'))} | adapter: {_size(out / 'sft' / 'adapter_model.safetensors')} |
+| DPO (LoRA) | {dpo.get('step')} | {dpo.get('tokens', 0):,} | {_num(dpo.get('loss'))} (reward accuracy {_num(dpo.get('rewards/accuracy'))}, margin {_num(dpo.get('rewards/margin'))}) | adapter: {_size(out / 'dpo' / 'adapter_model.safetensors')} |
 
 ## Plots
 """ + "\n".join(f"![{p}]({p})" for p in plots) + "\n"
