@@ -150,3 +150,13 @@ def test_bad_override_fails_before_any_stage_runs(tmp_path):
     with pytest.raises(ValueError, match="unknown config key 'nope'"):
         run("tiny", tmp_path / "r", {"dpo.nope": "1"})
     assert not (tmp_path / "r").exists()
+
+
+def test_stage_hash_ignores_how_the_run_folder_is_spelled(tmp_path):
+    from llmrecipe.recipe import _hash
+
+    def key(root, lr=0.1):
+        return {"data": f"{root}/data", "lr": lr}
+
+    assert _hash(key(tmp_path), tmp_path) == _hash(key("runs/x"), Path("runs/x"))
+    assert _hash(key(tmp_path), tmp_path) != _hash(key(tmp_path, lr=0.2), tmp_path)

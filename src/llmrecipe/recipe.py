@@ -42,15 +42,17 @@ class EvalConfig:
     shots: int | None = None  # few-shot exemplars for MMLU-Pro and GSM8K (None: 5 and 8, as the benchmarks)
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _hash(obj, root: Path) -> str:
+    """Hash of a stage's settings without the run folder's path (`--out runs/x` then `--out $PWD/runs/x`: one run)."""
+    text = json.dumps(obj, sort_keys=True, default=str).replace(str(root), "<run>")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _stage(name: str, folder: Path, key: dict, work: Callable[[bool], dict], timings: dict,
            resumable: bool = True) -> tuple[dict, str]:
     """Run `work(resume)` unless `folder/done.json` matches `key`; returns (summary, this stage's hash).
     A stage that cannot resume (`resumable=False`) starts from an empty folder after an interruption."""
-    marker, digest = folder / "done.json", _hash(key)
+    marker, digest = folder / "done.json", _hash(key, folder.parent)
     if marker.is_file():
         done = json.loads(marker.read_text())
         if done["hash"] == digest:
