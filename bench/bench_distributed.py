@@ -28,7 +28,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     corpus = write_pretrain_corpus(tmp / "world.jsonl", 3000)
     prepare(PrepareConfig(source=str(corpus), out=str(tmp / "data"), tokenizer="bpe", bpe_vocab_size=2048, workers=1))
-    print(f"| processes | threads each | global batch (seqs x T) | tokens/s | vs 1 process |\n|---:|---:|---:|---:|---:|")
+    print("| processes | threads each | global batch (seqs x T) | tokens/s | vs 1 process |\n|---:|---:|---:|---:|---:|")
     base = None
     for n in map(int, a.nprocs.split(",")):
         threads = max(1, (os.cpu_count() or 2) // n)

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from llmrecipe.model import GPT, from_hf_state_dict, hf_config
+from llmrecipe.model import from_hf_state_dict, hf_config
 from llmrecipe.runtime import setup
 from llmrecipe.train.loop import TrainConfig, make_optimizer
 from llmrecipe.train.pretrain import pretrain_config
@@ -51,7 +51,7 @@ def main() -> None:
     cpu = rt.device.type == "cpu"
     print(f"device: {torch.cuda.get_device_name() if not cpu else 'cpu'}, threads {torch.get_num_threads()}, "
           f"autocast {rt.autocast_dtype}")
-    print(f"| preset | B | T | ours tok/s | HF tok/s | ours/HF |" + (" MFU |" if not cpu else ""))
+    print("| preset | B | T | ours tok/s | HF tok/s | ours/HF |" + (" MFU |" if not cpu else ""))
     print("|---|---:|---:|---:|---:|---:|" + ("---:|" if not cpu else ""))
     for preset in a.presets.split(","):
         cfg = pretrain_config(preset).model

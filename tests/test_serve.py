@@ -1,6 +1,5 @@
 """The server as users meet it: a real process on 127.0.0.1, the real `openai` client, MT-Bench judged by it."""
 import json
-import os
 import re
 import subprocess
 import sys

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from llmrecipe.chat import IGNORE, encode_chat, render
-from llmrecipe.checkpoint import load_model, save_hf, save_model
+from llmrecipe.checkpoint import load_model, save_hf
 from llmrecipe.data.chat import collate, load_chat
 from llmrecipe.data.sources import DataError
-from llmrecipe.lora import LoRAConfig, adapters_disabled, inject, load_adapter, merge, save_adapter
+from llmrecipe.lora import LoRAConfig, adapters_disabled, inject, merge, save_adapter
 from llmrecipe.tokenizer import load_from_dir
 from llmrecipe.train.loop import TrainConfig
 from llmrecipe.train.sft import SFTConfig, run_sft

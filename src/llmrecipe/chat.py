@@ -11,6 +11,7 @@ identical at training and inference time and response spans are exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .tokenizer import Tokenizer
 
@@ -65,12 +66,10 @@ def render(messages: list[dict], add_generation_prompt: bool = False, eot: str =
     return text + (marker("assistant") if add_generation_prompt else "")
 
 
-def chat_repl(model, tok: Tokenizer, rt, system: str | None, sampling: dict) -> None:
-    """Terminal chat: the history is re-encoded through the template each turn (oldest turns dropped to fit)."""
-    import torch
-
+def chat_loop(reply: Callable[[list[dict]], str], system: str | None, banner: str) -> None:
+    """The terminal chat: read a turn, `reply(history)` answers it (it may drop old turns from `history`)."""
     history: list[dict] = [{"role": "system", "content": system}] if system else []
-    print("chat: empty line or Ctrl-D to quit, /reset to clear the history")
+    print(f"{banner}: empty line or Ctrl-D to quit, /reset to clear the history")
     while True:
         try:
             user = input("you> ").strip()
@@ -82,13 +81,25 @@ def chat_repl(model, tok: Tokenizer, rt, system: str | None, sampling: dict) -> 
             history = history[:1] if system else []
             continue
         history.append({"role": "user", "content": user})
-        budget = model.config.block_size - sampling["max_new_tokens"]
+        answer = reply(history)
+        print(f"assistant> {answer}")
+        history.append({"role": "assistant", "content": answer})
+
+
+def chat_repl(model, tok: Tokenizer, rt, system: str | None, sampling: dict) -> None:
+    """Chat with a local model: the history is re-encoded through the template each turn (oldest turns dropped
+    to fit)."""
+    import torch
+
+    budget = model.config.block_size - sampling["max_new_tokens"]
+
+    def reply(history: list[dict]) -> str:
         ids = encode_chat(history, tok, add_generation_prompt=True).ids
         while len(ids) > budget and len(history) > 1:
             history.pop(1 if system else 0)
             ids = encode_chat(history, tok, add_generation_prompt=True).ids
         with torch.no_grad(), rt.autocast():
             out = model.generate(torch.tensor([ids[-budget:]], device=rt.device), stop_ids={tok.eot_id}, **sampling)
-        reply = tok.decode(t for t in out[0, len(ids[-budget:]):].tolist() if t != tok.eot_id)
-        print(f"assistant> {reply}")
-        history.append({"role": "assistant", "content": reply})
+        return tok.decode(t for t in out[0, len(ids[-budget:]):].tolist() if t != tok.eot_id)
+
+    chat_loop(reply, system, "chat")

@@ -13,14 +13,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from .chat import ROLES, encode_chat
+from .chat import ROLES, chat_loop, encode_chat
 from .checkpoint import load_model
 from .engine import Engine
 from .lora import PEFT_PREFIX, read_adapter_config
@@ -279,21 +278,13 @@ def chat_remote(url: str, model: str, system: str | None, sampling: dict, api_ke
     """`llmrecipe chat --url`: the same terminal chat against any OpenAI-compatible server."""
     import urllib.request
 
-    history: list[dict] = [{"role": "system", "content": system}] if system else []
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-    print(f"chat with {model} at {url}: empty line or Ctrl-D to quit")
-    while True:
-        try:
-            user = input("you> ").strip()
-        except EOFError:
-            break
-        if not user:
-            break
-        history.append({"role": "user", "content": user})
+
+    def reply(history: list[dict]) -> str:
         body = {"model": model, "messages": history, "max_tokens": sampling["max_new_tokens"],
                 "temperature": sampling["temperature"], **({"top_p": sampling["top_p"]} if sampling["top_p"] else {})}
         req = urllib.request.Request(f"{url.rstrip('/')}/chat/completions", json.dumps(body).encode(), headers)
         with urllib.request.urlopen(req, timeout=600) as resp:
-            reply = json.loads(resp.read())["choices"][0]["message"]["content"]
-        print(f"assistant> {reply}")
-        history.append({"role": "assistant", "content": reply})
+            return json.loads(resp.read())["choices"][0]["message"]["content"]
+
+    chat_loop(reply, system, f"chat with {model} at {url}")

@@ -78,7 +78,7 @@ def _iter_file(path: Path) -> Iterator[Row]:
     if name.endswith(".parquet"):
         yield from _iter_parquet(path)
     elif name.endswith((".jsonl", ".jsonl.gz")):
-        yield from _iter_jsonl(path)
+        yield from iter_jsonl(path)
     elif name.endswith(".json"):
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
@@ -96,7 +96,7 @@ def _iter_file(path: Path) -> Iterator[Row]:
         yield Row(str(path), 1, {"text": path.read_text(encoding="utf-8", errors="replace")})
 
 
-def _iter_jsonl(path: Path) -> Iterator[Row]:
+def iter_jsonl(path: Path) -> Iterator[Row]:
     import gzip
 
     opener = gzip.open if path.name.endswith(".gz") else open

@@ -16,11 +16,11 @@ from ..chat import IGNORE
 from ..checkpoint import load_model
 from ..config import build, load_preset, to_dict
 from ..data.preference import EncodedPair, collate_pairs, load_pairs
-from ..files import atomic_write, atomic_write_json
-from ..lora import LoRAConfig, adapters_disabled, inject, save_adapter, trainable_summary
+from ..files import atomic_write
+from ..lora import LoRAConfig, adapters_disabled, inject, trainable_summary
 from ..runtime import Runtime, setup
 from .loop import TrainConfig, train
-from .sft import ExampleBatches, steps_for
+from .sft import ExampleBatches, finish_adapter_run, steps_for
 
 
 @dataclass
@@ -106,7 +106,7 @@ class DPOStage:
             if cache.shape[0] == len(self.pairs):
                 return cache
         out = []
-        model = self.model.to(self.rt.device)
+        self.model.to(self.rt.device)
         for i in range(0, len(self.pairs), 8):
             chunk = self.pairs[i:i + 8]
             x, y = (t.to(self.rt.device) for t in collate_pairs(chunk, self.tokenizer.eot_id))
@@ -142,9 +142,7 @@ class DPOStage:
         return {}
 
     def finish(self, model, run_dir: Path) -> None:
-        save_adapter(run_dir, model, self.cfg.lora, str(Path(self.cfg.sft).resolve()))
-        self.tokenizer.save(run_dir)
-        atomic_write_json(run_dir / "data_report.json", vars(self.report))
+        finish_adapter_run(self, model, run_dir, self.cfg.sft)
 
 
 def run_dpo(cfg: DPOConfig, out: str | Path, resume: bool = False) -> dict:

@@ -42,6 +42,13 @@ def sft_config(preset: str) -> SFTConfig:
                              **{k: v for k, v in p.items() if k not in ("lora", "train")}})
 
 
+def finish_adapter_run(stage, model, run_dir: Path, parent: str) -> None:
+    """The end of a LoRA stage (SFT, DPO): the adapter on `parent`, the tokenizer, the data report."""
+    save_adapter(run_dir, model, stage.cfg.lora, str(Path(parent).resolve()))
+    stage.tokenizer.save(run_dir)
+    atomic_write_json(run_dir / "data_report.json", vars(stage.report))
+
+
 def steps_for(n_examples: int, epochs: float, tc: TrainConfig) -> int:
     return max(1, math.ceil(epochs * n_examples / (tc.batch_size * tc.grad_accum)))
 
@@ -97,9 +104,7 @@ class SFTStage:
         return {"val_loss": sum(losses) / len(losses)}
 
     def finish(self, model, run_dir: Path) -> None:
-        save_adapter(run_dir, model, self.cfg.lora, str(Path(self.cfg.base).resolve()))
-        self.tokenizer.save(run_dir)
-        atomic_write_json(run_dir / "data_report.json", vars(self.report))
+        finish_adapter_run(self, model, run_dir, self.cfg.base)
 
 
 def run_sft(cfg: SFTConfig, out: str | Path, resume: bool = False) -> dict:

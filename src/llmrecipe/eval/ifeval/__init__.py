@@ -1,13 +1,12 @@
 """IFEval: 541 prompts with verifiable instructions, scored by the benchmark's own rules (rules.py)."""
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...chat import encode_chat
-from ...data.sources import DataError, iter_rows
+from ...data.sources import DataError, iter_jsonl, iter_rows
 from ..harness import EvalModel, stratified
 from .rules import RULES, verdicts
 
@@ -88,20 +87,14 @@ def score_file(path: str | Path, data_dir: str | None) -> tuple[dict, list[dict]
     """Score an official-format responses file ({"prompt", "response"} per line) against the benchmark."""
     by_prompt = {it["prompt"]: it for it in load_items(data_dir)}
     records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
-            for field in ("prompt", "response"):
-                if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                    raise DataError(f"{path}, line {n}: missing or non-string field {field!r}")
-            if row["prompt"] not in by_prompt:
-                raise DataError(f"{path}, line {n}: prompt is not in the IFEval benchmark: {row['prompt'][:60]!r}")
-            records.append(score(by_prompt[row["prompt"]], row["response"]))
+    for row in iter_jsonl(Path(path)):  # row.index is the file's line number
+        r, where = row.data, f"{path}, line {row.index}"
+        for field in ("prompt", "response"):
+            if not isinstance(r.get(field), str):
+                raise DataError(f"{where}: missing or non-string field {field!r}")
+        if r["prompt"] not in by_prompt:
+            raise DataError(f"{where}: prompt is not in the IFEval benchmark: {r['prompt'][:60]!r}")
+        records.append(score(by_prompt[r["prompt"]], r["response"]))
     if not records:
         raise DataError(f"{path}: no responses")
     return summarize(records), records
