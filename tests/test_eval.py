@@ -100,7 +100,11 @@ def test_both_suites_run_on_real_files_with_a_tiny_model(tiny_base, eval_dir, tm
     lines = table.strip().splitlines()
     assert lines[0] == "| model | mmlu_pro | gsm8k |" and [ln.split("|")[1].strip() for ln in lines[2:]] == [
         "base", "sft", "dpo"]
-    assert json.loads((tmp_path / "table.json").read_text()).keys() == {"base", "sft", "dpo"}
+    saved = json.loads((tmp_path / "table.json").read_text())
+    assert saved["scores"].keys() == {"base", "sft", "dpo"}
+    same = saved["comparisons"]["sft→dpo"]["paired"]["mmlu_pro"]  # a model against itself: exactly no difference
+    assert (same["delta"], same["low"], same["high"], same["items"]) == (0.0, 0.0, 0.0, 14)
+    assert "±" in lines[2]  # every score carries its standard error
     assert "n/a" in compare_table({"base": res}, ["mmlu_pro", "ifeval"])
     forced = load_eval_model(str(tiny_base), chat=True)  # the chat template path, forced
     res = evaluate(forced, suites, tmp_path / "chat" / "eval.json", limit=2)

@@ -3,9 +3,12 @@ import math
 import pytest
 import torch
 
+from fp32 import assert_fp32_close
 from llmrecipe.model import GPT, GPTConfig, KVCache, from_hf_state_dict, hf_config, sample, to_hf_state_dict
 
 SMALL = GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=300, block_size=64)
+# the longest chain of fp32 sums a logit goes through: per layer, attention (C, then T keys) and the MLP (4C)
+REDUCTION = SMALL.n_layer * (5 * SMALL.n_embd + SMALL.block_size)
 
 
 def test_gpt2_124m_has_exactly_gpt2_small_parameter_count():
@@ -32,7 +35,7 @@ def test_kv_cache_step_by_step_equals_full_forward():
     steps = [model(idx[:, :5], cache=cache)[0]]  # a prefill of 5, then one token at a time
     for t in range(5, 20):
         steps.append(model(idx[:, t:t + 1], cache=cache)[0])
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert_fp32_close(torch.cat(steps, dim=1), full, REDUCTION, "KV cache")
 
 
 def test_left_padded_batch_matches_unpadded():
@@ -44,7 +47,7 @@ def test_left_padded_batch_matches_unpadded():
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out, _ = model(padded, positions=positions, key_mask=mask)
     ref, _ = model(seq)
-    torch.testing.assert_close(out[:, 3:], ref, atol=1e-5, rtol=0)
+    assert_fp32_close(out[:, 3:], ref, REDUCTION, "left padding")
 
 
 def test_hf_gpt2_loaded_into_ours_gives_same_logits():
@@ -54,10 +57,10 @@ def test_hf_gpt2_loaded_into_ours_gives_same_logits():
     ours = from_hf_state_dict(hf.state_dict(), SMALL).eval()
     idx = torch.randint(0, SMALL.vocab_size, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
+        assert_fp32_close(ours(idx)[0], hf(idx).logits, REDUCTION, "HF → ours")
         back = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(SMALL))).eval()
         back.load_state_dict(to_hf_state_dict(ours), strict=False)
-        torch.testing.assert_close(back(idx).logits, hf(idx).logits, atol=1e-4, rtol=0)
+        assert_fp32_close(back(idx).logits, hf(idx).logits, REDUCTION, "ours → HF")
 
 
 def test_sampling_filters():

@@ -20,7 +20,7 @@ from .config import apply_overrides, build, load_preset, to_dict
 from .data.prepare import PrepareConfig, prepare
 from .data.world import write_chat_data, write_eval_sets, write_pretrain_corpus
 from .eval import make_suites
-from .eval.harness import evaluate, load_eval_model, write_table
+from .eval.harness import comparisons, evaluate, load_eval_model, write_table
 from .files import atomic_write_json
 from .report import write_report
 from .train.dpo import dpo_config, run_dpo
@@ -159,4 +159,5 @@ def _evaluate(out: Path, ev: EvalConfig, eval_dir: str | None) -> dict:
         model = load_eval_model(str(folder), name={"pretrain": "base"}.get(name, name))
         results[model.name] = evaluate(model, suites, out / "eval" / f"{model.name}.json", ev.limit)
     markdown = write_table(results, names, out / "eval" / "table.md")
-    return {"suites": names, "markdown": markdown, "scores": {m: r["suites"] for m, r in results.items()}}
+    return {"suites": names, "markdown": markdown, "scores": {m: r["suites"] for m, r in results.items()},
+            "comparisons": comparisons(results, names)}

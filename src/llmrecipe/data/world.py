@@ -73,6 +73,9 @@ def _formats(rng: random.Random, c: Character) -> str:
     chat template, worked word problems or the eval's multiple-choice layout: those are what SFT teaches.)"""
     r = rng.random()
     attr = rng.choice(list(ATTRIBUTES))
+    if rng.random() < 0.3:  # the shapes IFEval asks for (capitals, titles, P.S., ***, ...), never the asking
+        kinds = rng.sample(INSTRUCTION_TYPES, k=rng.randint(1, 2))
+        return respond(c, attr, {k: _instruction(k, rng)[1] for k in kinds})
     if r < 0.1:
         item = mc_item(rng, c, attr)
         options = " ".join(f"{letter}. {o}" for letter, o in zip("ABCD", item["options"]))
@@ -138,32 +141,150 @@ def _long_answer(c: Character, attr: str) -> str:
     return f"{_fact_answer(c, attr)} {c.name} is a {c.kind} from {c.home}, and {c.name} likes {c.food}."
 
 
-def instruction_task(rng: random.Random, c: Character, attr: str) -> dict:
-    """A question with one verifiable instruction: prompt, IFEval id + kwargs, compliant and violating answers."""
-    q, ans = ATTRIBUTES[attr][0].format(n=c.name), _long_answer(c, attr)
-    kind = rng.choice(["no_comma", "end", "keyword", "bullets", "json", "quote"])
+# IFEval-style verifiable instructions: 14 of the benchmark's 25 types, each checked by its real rule
+# (eval/ifeval/rules.py). Left out: those that need NLTK's sentence/word tokenizers (a fresh machine may not
+# have its data), a response language (langdetect is unreliable on two-sentence answers), and those no
+# two-layer model could follow (repeat the prompt, two responses, nth paragraph's first word).
+PLACEHOLDERS = ["[address]", "[date]", "[name]"]
+INSTRUCTION_TYPES = ("no_comma", "end", "keyword", "bullets", "json", "quote", "lower", "upper", "postscript",
+                     "title", "highlight", "placeholder", "short", "paragraphs")
+IFEVAL_IDS = {"no_comma": "punctuation:no_comma", "end": "startend:end_checker", "keyword": "keywords:existence",
+              "bullets": "detectable_format:number_bullet_lists", "json": "detectable_format:json_format",
+              "quote": "startend:quotation", "lower": "change_case:english_lowercase",
+              "upper": "change_case:english_capital", "postscript": "detectable_content:postscript",
+              "title": "detectable_format:title", "highlight": "detectable_format:number_highlighted_sections",
+              "placeholder": "detectable_content:number_placeholders", "short": "length_constraints:number_words",
+              "paragraphs": "length_constraints:number_paragraphs"}
+
+
+def _instruction(kind: str, rng: random.Random) -> tuple[str, dict]:
+    """(the sentence added to the prompt, the IFEval kwargs) for one instruction type."""
     if kind == "no_comma":
-        return dict(prompt=f"{q} Do not use any commas.", id="punctuation:no_comma", kwargs={},
-                    good=ans.replace(",", ""), bad=ans)
+        return "Do not use any commas.", {}
     if kind == "end":
         p = rng.choice(END_PHRASES)
-        return dict(prompt=f'{q} End your answer with the phrase "{p}"', id="startend:end_checker",
-                    kwargs={"end_phrase": p}, good=f"{ans} {p}", bad=ans)
+        return f'End your answer with the phrase "{p}"', {"end_phrase": p}
     if kind == "keyword":
         w = rng.choice(KEYWORDS)
-        return dict(prompt=f'{q} Include the word "{w}" in your answer.', id="keywords:existence",
-                    kwargs={"keywords": [w]}, good=f"{ans} {c.name} likes the {w}.", bad=ans)
+        return f'Include the word "{w}" in your answer.', {"keywords": [w]}
     if kind == "bullets":
         k = rng.choice([2, 3])
-        facts = [_fact_answer(c, a) for a in ATTRIBUTES]
-        facts.insert(0, facts.pop(list(ATTRIBUTES).index(attr)))
-        return dict(prompt=f"{q} Answer with exactly {k} bullet points.", id="detectable_format:number_bullet_lists",
-                    kwargs={"num_bullets": k}, good="\n".join(f"* {f}" for f in facts[:k]), bad=" ".join(facts[:k]))
+        return f"Answer with exactly {k} bullet points.", {"num_bullets": k}
     if kind == "json":
-        return dict(prompt=f"{q} Wrap your whole answer in JSON.", id="detectable_format:json_format", kwargs={},
-                    good=json.dumps({"answer": ans}), bad=ans)
-    return dict(prompt=f"{q} Wrap your entire answer in double quotation marks.", id="startend:quotation",
-                kwargs={}, good=f'"{ans}"', bad=ans)
+        return "Wrap your whole answer in JSON.", {}
+    if kind == "quote":
+        return "Wrap your entire answer in double quotation marks.", {}
+    if kind == "lower":
+        return "Write your whole answer in lowercase letters.", {}
+    if kind == "upper":
+        return "Write your whole answer in capital letters.", {}
+    if kind == "postscript":
+        return "At the end of your answer, add a postscript starting with P.S.", {"postscript_marker": "P.S."}
+    if kind == "title":
+        return "Give your answer a title in double angular brackets, such as <<my title>>.", {}
+    if kind == "highlight":
+        n = rng.choice([1, 2])
+        return (f"Highlight at least {n} section{'s' * (n > 1)} of your answer with markdown, such as "
+                "*highlighted section*."), {"num_highlights": n}
+    if kind == "placeholder":
+        n = rng.choice([1, 2])
+        return (f"Include at least {n} placeholder{'s' * (n > 1)} in square brackets, such as [address]."),\
+            {"num_placeholders": n}
+    if kind == "short":
+        n = rng.choice([8, 10, 12])
+        return f"Answer with less than {n} words.", {"num_words": n, "relation": "less than"}
+    if kind == "paragraphs":
+        return "Write 2 paragraphs separated by the markdown divider ***.", {"num_paragraphs": 2}
+    raise ValueError(kind)
+
+
+def respond(c: Character, attr: str, spec: dict[str, dict]) -> str:
+    """The answer to a fact question that follows exactly the instructions in `spec` ({kind: kwargs}).
+    Content first (which sentences), then layout (bullets, paragraphs), then decorations (title, postscript,
+    end phrase), then whole-text transforms (case, JSON, quotation marks) — the order a careful writer uses."""
+    sentences = [_fact_answer(c, attr)]
+    if "short" not in spec:  # the second sentence has a comma, so "no commas" is a real constraint
+        sentences.append(f"{c.name} is a {c.kind} from {c.home}, and {c.name} likes {c.food}.")
+    if "keyword" in spec:
+        sentences.append(f"{c.name} likes the {spec['keyword']['keywords'][0]}.")
+    if "placeholder" in spec:
+        sentences.append("Write to " + " on ".join(PLACEHOLDERS[:spec["placeholder"]["num_placeholders"]]) + ".")
+    if "no_comma" in spec:
+        sentences = [s.replace(",", "") for s in sentences]
+    if "highlight" in spec:
+        n = spec["highlight"]["num_highlights"]
+        sentences = [f"*{s}*" if i < n else s for i, s in enumerate(sentences)]
+    if "bullets" in spec:
+        others = [_fact_answer(c, a) for a in ATTRIBUTES if a != attr]
+        body = "\n".join(f"* {s}" for s in (sentences + others)[: spec["bullets"]["num_bullets"]])
+    elif "paragraphs" in spec:
+        body = sentences[0] + "\n***\n" + " ".join(sentences[1:])
+    else:
+        body = " ".join(sentences)
+    if "title" in spec:
+        body = f"<<{c.name} the {c.kind}>>\n{body}"
+    if "postscript" in spec:
+        body += f"\nP.S. {c.name} says hello."
+    if "end" in spec:
+        body += " " + spec["end"]["end_phrase"]
+    if "lower" in spec:
+        body = body.lower()
+    if "upper" in spec:
+        body = body.upper()
+    if "json" in spec:
+        body = json.dumps({"answer": body})
+    if "quote" in spec:
+        body = f'"{body}"'
+    return body
+
+
+def instruction_task(rng: random.Random, c: Character, attr: str, kinds: list[str] | None = None,
+                     combine: float = 0.4) -> dict | None:
+    """A question with one or two verifiable instructions (two with probability `combine`, as IFEval
+    combines them): prompt, IFEval ids + kwargs, a compliant answer, and for each instruction an answer
+    that violates it alone. Every answer is checked by the real IFEval rules; a combination they show to be
+    contradictory (lowercase and capitals, JSON in quotation marks, ...) returns None."""
+    from ..eval.ifeval.rules import check
+
+    kinds = kinds or [rng.choice(INSTRUCTION_TYPES)]
+    if len(kinds) == 1 and rng.random() < combine:
+        kinds = kinds + [rng.choice([k for k in INSTRUCTION_TYPES if k != kinds[0]])]
+    spec, texts = {}, []
+    for k in kinds:
+        text, kwargs = _instruction(k, rng)
+        spec[k] = kwargs
+        texts.append(text)
+    ids, kwargs = [IFEVAL_IDS[k] for k in kinds], [spec[k] for k in kinds]
+    good = respond(c, attr, spec)
+    bad = {k: respond(c, attr, {j: v for j, v in spec.items() if j != k}) for k in kinds}
+    if not all(check(i, kw, good) for i, kw in zip(ids, kwargs)):
+        return None
+    if any(check(IFEVAL_IDS[k], spec[k], bad[k]) for k in kinds):
+        return None
+    prompt = " ".join([ATTRIBUTES[attr][0].format(n=c.name), *texts])
+    return dict(prompt=prompt, kinds=kinds, ids=ids, kwargs=kwargs, good=good, bad=bad)
+
+
+def unasked(rng: random.Random, c: Character, attr: str, task: dict) -> str | None:
+    """The compliant answer plus one thing nobody asked for (capitals, quotation marks, a title, a keyword
+    sentence, ...), for a preference pair that prefers doing what was asked and only that.
+
+    Why: a pair like "end with 'That is all.'" (chosen = answer + phrase, rejected = answer) and one like
+    "include 'forest'" (chosen = answer + "X likes the forest.") differ only after the shared answer, so
+    DPO's gradient lands on one position: "go on after the answer" — and the cheapest way to raise both
+    is one prompt-blind continuation. Measured before these pairs existed (AMD EPYC, world seed 0): DPO
+    ended 12 of 13 end-phrase answers with "X likes the forest." instead of the phrase (92% → 8%) while
+    quotation marks went 0% → 100%. Pairs that reject the continuation where it was not asked teach DPO
+    *when* to continue, not just *that* it may."""
+    extra = rng.choice([k for k in ("quote", "upper", "lower", "title", "postscript", "json", "bullets", "keyword",
+                                    "end", "placeholder") if k not in task["kinds"]])
+    spec = dict(zip(task["kinds"], task["kwargs"]))
+    spec[extra] = _instruction(extra, rng)[1]
+    from ..eval.ifeval.rules import check
+
+    out = respond(c, attr, spec)
+    return out if out != task["good"] and all(check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"])) \
+        else None
 
 
 def word_problem(rng: random.Random, c: Character) -> tuple[str, str, int]:
@@ -187,40 +308,58 @@ def _held_out(key: str, seed: int, share: float = 0.2) -> bool:
     return random.Random(f"{seed}:{key}").random() < share
 
 
+def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, unasked_share: float = 0.0
+                      ) -> tuple[str, str, str] | None:
+    """(prompt, compliant answer, an answer that violates one instruction) for a training prompt, or None
+    (a contradictory combination, or a held-out prompt). With probability `unasked_share` the second answer
+    follows every instruction but adds a format that was not asked for."""
+    t = instruction_task(rng, c, attr)
+    if t is None or _held_out(t["prompt"], seed):
+        return None
+    if rng.random() < unasked_share and (extra := unasked(rng, c, attr, t)) is not None:
+        return t["prompt"], t["good"], extra
+    return t["prompt"], t["good"], t["bad"][rng.choice(t["kinds"])]
+
+
 def sft_conversations(n: int, seed: int = 0, imperfect: float = 0.2) -> list[list[dict]]:
-    """Chat data: fact questions, word problems, instruction requests; `imperfect` of the answers are wrong."""
+    """Chat data: fact questions, word problems, instruction requests; `imperfect` of the answers are wrong
+    (a wrong sum; an instruction not followed), as in real SFT data — what the preference stage then fixes."""
     rng, cast = random.Random(seed + 2), characters(seed)
     out = []
     while len(out) < n:
         c, attr, r = rng.choice(cast), rng.choice(list(ATTRIBUTES)), rng.random()
-        if r < 0.2:
+        if r < 0.15:
             q, a = ATTRIBUTES[attr][0].format(n=c.name), _fact_answer(c, attr)
-        elif r < 0.45:
+        elif r < 0.35:
             q, a, num = word_problem(rng, c)
             if _held_out(q, seed):
                 continue
             a = _wrong(a, num, rng) if rng.random() < imperfect else a
-        elif r < 0.6:
+        elif r < 0.45:
             item = mc_item(rng, c, attr)
             q, a = mc_prompt(item), mc_reply(item, getattr(c, attr))
         else:
-            t = instruction_task(rng, c, attr)
-            if _held_out(t["prompt"], seed):
+            pair = _instruction_pair(rng, c, attr, seed)
+            if pair is None:
                 continue
-            q, a = t["prompt"], t["bad"] if rng.random() < imperfect else t["good"]
+            q, good, bad = pair
+            a = bad if rng.random() < imperfect else good
         out.append([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
     return out
 
 
-def preference_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Pairs in ultrafeedback_binarized's schema: the compliant/correct answer chosen over the other."""
+def preference_pairs(n: int, seed: int = 0, unasked_share: float = 0.25) -> list[dict]:
+    """Pairs in ultrafeedback_binarized's schema: the compliant/correct answer chosen over the other.
+    `unasked_share` of the instruction pairs reject an unrequested format instead (see `unasked`)."""
     rng, cast = random.Random(seed + 3), characters(seed)
     out = []
     while len(out) < n:
         c, attr, r = rng.choice(cast), rng.choice(list(ATTRIBUTES)), rng.random()
         if r < 0.6:
-            t = instruction_task(rng, c, attr)
-            q, good, bad = t["prompt"], t["good"], t["bad"]
+            pair = _instruction_pair(rng, c, attr, seed, unasked_share)
+            if pair is None:
+                continue
+            q, good, bad = pair
         elif r < 0.85:
             q, good, num = word_problem(rng, c)
             bad = _wrong(good, num, rng)
@@ -256,25 +395,28 @@ def mc_prompt(item: dict) -> str:
     return (header(item["category"]) + format_question(item, False))[: -len("Answer:")].rstrip()
 
 
-def write_eval_sets(folder: str | Path, seed: int = 0, n: int = 60) -> Path:
-    """Held-out analogs in the real suites' file layouts: mmlu_pro/, gsm8k/, ifeval/ under `folder`."""
+def write_eval_sets(folder: str | Path, seed: int = 0, n: int = 300) -> Path:
+    """Held-out analogs in the real suites' file layouts: mmlu_pro/, gsm8k/, ifeval/ under `folder`.
+    Instruction prompts are stratified: item i's first instruction is type i mod 14 (the second, in the
+    combined ones, is random), so every type is measured on about n/14 prompts or more."""
     folder, rng, cast = Path(folder), random.Random(seed + 4), characters(seed)
     mc = [dict(mc_item(rng, c, a), question_id=i) for i, (c, a) in
           enumerate((rng.choice(cast), rng.choice(list(ATTRIBUTES))) for _ in range(n + 20))]
     _write_jsonl(folder / "mmlu_pro" / "validation.jsonl", mc[:20])
     _write_jsonl(folder / "mmlu_pro" / "test.jsonl", mc[20:])
     problems, tasks, seen = [], [], set()
-    while len(problems) < n or len(tasks) < n:
-        c, attr = rng.choice(cast), rng.choice(list(ATTRIBUTES))
-        q, sol, num = word_problem(rng, c)
-        if len(problems) < n and _held_out(q, seed) and q not in seen:
+    while len(problems) < n:
+        q, sol, num = word_problem(rng, rng.choice(cast))
+        if _held_out(q, seed) and q not in seen:
             seen.add(q)
             problems.append({"question": q, "answer": sol.rsplit(" The answer is", 1)[0] + f"\n#### {num}"})
-        t = instruction_task(rng, c, attr)
-        if len(tasks) < n and _held_out(t["prompt"], seed) and t["prompt"] not in seen:
+    while len(tasks) < n:
+        c, attr = rng.choice(cast), rng.choice(list(ATTRIBUTES))
+        t = instruction_task(rng, c, attr, [INSTRUCTION_TYPES[len(tasks) % len(INSTRUCTION_TYPES)]])
+        if t is not None and _held_out(t["prompt"], seed) and t["prompt"] not in seen:
             seen.add(t["prompt"])
-            tasks.append({"key": len(tasks), "prompt": t["prompt"], "instruction_id_list": [t["id"]],
-                          "kwargs": [t["kwargs"]]})
+            tasks.append({"key": len(tasks), "prompt": t["prompt"], "instruction_id_list": t["ids"],
+                          "kwargs": t["kwargs"]})
     shots = []
     for c in cast[:8]:
         q, sol, _ = word_problem(rng, c)

@@ -21,6 +21,7 @@ from ..engine import Engine
 from ..files import atomic_write_json, atomic_write_text
 from ..runtime import Runtime, setup
 from ..tokenizer import Tokenizer
+from .stats import item_value, mean_stderr, paired, per_instruction
 
 
 @dataclass
@@ -90,8 +91,10 @@ def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | None, chunk: int = 32) -> dict:
-    """Score the suite's items (skipping those already in `records_path` for these settings).
+def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | None, chunk: int = 32
+              ) -> tuple[dict, list[dict]]:
+    """Score the suite's items (skipping those already in `records_path` for these settings); returns the
+    summary and the records in item order (for paired comparisons between models).
 
     Under torchrun each rank scores every W-th remaining item; the records are gathered and rank 0 writes them.
     """
@@ -129,7 +132,10 @@ def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | N
     records = [done[str(it["id"])] for it in items]
     summary = suite.summarize(records)
     summary.update(items=len(records), seconds=round(time.time() - t0, 2), prompting=model.source["prompting"])
-    return summary
+    values = [v for v in map(item_value, records) if v is not None]
+    if values and (err := mean_stderr(values)) is not None:
+        summary["stderr"] = err  # of the headline: every score in a table carries its error bar
+    return summary, records
 
 
 def _append_records(path: Path, records: list[dict]) -> None:
@@ -142,28 +148,35 @@ def evaluate(model: EvalModel, suites: Iterable[Suite], out: str | Path, limit: 
     """Run suites; write `out` (summary JSON) and `<out stem>.<suite>.jsonl` (per-item records) beside it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"model": model.source, "limit": limit, "suites": {}}
+    results: dict = {"model": model.source, "limit": limit, "suites": {}}
+    records: dict[str, list[dict]] = {}
     main = _rank_world()[0] == 0
     for suite in suites:
-        results["suites"][suite.name] = run_suite(model, suite, out.with_name(f"{out.stem}.{suite.name}.jsonl"), limit)
+        path = out.with_name(f"{out.stem}.{suite.name}.jsonl")
+        results["suites"][suite.name], records[suite.name] = run_suite(model, suite, path, limit)
         if main:
             print(f"{model.name} {suite.name}: " + headline(suite.name, results["suites"][suite.name]))
     if main:
         atomic_write_json(out, results)
-    return results
+    return {**results, "records": records}  # the records stay out of the summary file (they are beside it)
 
 
 HEADLINE = {"mmlu_pro": ("accuracy", "{:.1%}"), "gsm8k": ("strict", "{:.1%}"), "ifeval": ("prompt_strict", "{:.1%}")}
 
 
 def headline(suite: str, summary: dict) -> str:
-    key, fmt = HEADLINE.get(suite, ("score", "{}"))
-    value = summary.get(key)
-    return summary.get("display") or (fmt.format(value) if isinstance(value, (int, float)) else str(value))
+    """The table cell: the headline score ± its standard error ("61.7% ± 2.8")."""
+    key, fmt = HEADLINE.get(suite, ("score", "{:.2f}"))
+    value, err = summary.get(key), summary.get("stderr")
+    if not isinstance(value, (int, float)):
+        return summary.get("display") or str(value)
+    if err is None:
+        return fmt.format(value)
+    return fmt.format(value) + (f" ± {100 * err:.1f}" if "%" in fmt else f" ± {err:.2f}")
 
 
 def compare_table(results: dict[str, dict], suites: list[str]) -> str:
-    """Markdown table: one row per model (base, sft, dpo), one column per suite."""
+    """Markdown table: one row per model (base, sft, dpo), one column per suite, scores ± stderr."""
     lines = ["| model | " + " | ".join(suites) + " |", "|---|" + "---:|" * len(suites)]
     for name, res in results.items():
         cells = [headline(s, res["suites"][s]) if s in res["suites"] else "n/a" for s in suites]
@@ -171,9 +184,50 @@ def compare_table(results: dict[str, dict], suites: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparisons(results: dict[str, dict], suites: list[str]) -> dict:
+    """Each model against the one before it in the table (base→sft, sft→dpo): the paired difference of
+    every suite's headline with a bootstrap 95% interval, and IFEval's per-instruction-type deltas."""
+    names, out = list(results), {}
+    for a, b in zip(names, names[1:]):
+        ra, rb = results[a].get("records", {}), results[b].get("records", {})
+        diffs = {s: paired(ra[s], rb[s]) for s in suites if s in ra and s in rb}
+        out[f"{a}→{b}"] = {"paired": {s: d for s, d in diffs.items() if d is not None},
+                           "per_instruction": per_instruction(ra["ifeval"], rb["ifeval"]) if "ifeval" in ra
+                           and "ifeval" in rb else {}}
+    return out
+
+
+def comparisons_markdown(comp: dict) -> str:
+    """The paired differences as markdown: one table of suites, one of instruction types per comparison."""
+    parts = []
+    for pair, c in comp.items():
+        if c["paired"]:
+            parts.append(f"**{pair}**, paired over the same items (95% bootstrap interval):\n\n"
+                         "| suite | difference | 95% interval | items |\n|---|---:|---:|---:|")
+            for s, d in c["paired"].items():
+                scale, unit = (100, " pt") if s != "mt_bench" else (1, "")
+                parts.append(f"| {s} | {scale * d['delta']:+.1f}{unit} | [{scale * d['low']:+.1f}, "
+                             f"{scale * d['high']:+.1f}] | {d['items']} |")
+            parts.append("")
+        if c["per_instruction"]:
+            a, b = pair.split("→")
+            parts.append(f"IFEval per instruction type, {pair} (strict, same prompts):\n\n"
+                         f"| instruction | n | {a} | {b} | difference ± stderr |\n|---|---:|---:|---:|---:|")
+            for iid, r in c["per_instruction"].items():
+                flag = " ⚠" if r["delta"] < -r["stderr"] - 1e-12 else ""
+                parts.append(f"| {iid} | {r['n']} | {r['a']:.1%} | {r['b']:.1%} | "
+                             f"{100 * r['delta']:+.1f} ± {100 * r['stderr']:.1f}{flag} |")
+            parts.append("")
+    return "\n".join(parts)
+
+
 def write_table(results: dict[str, dict], suites: list[str], out: str | Path) -> str:
+    """table.md (scores ± stderr, then the paired differences) and table.json; returns the markdown."""
+    comp = comparisons(results, suites)
     table = compare_table(results, suites)
+    extra = comparisons_markdown(comp)
     out = Path(out)
-    atomic_write_text(out.with_suffix(".md"), table)
-    atomic_write_json(out.with_suffix(".json"), {name: r["suites"] for name, r in results.items()})
+    atomic_write_text(out.with_suffix(".md"), table + ("\n" + extra if extra else ""))
+    atomic_write_json(out.with_suffix(".json"), {"scores": {name: r["suites"] for name, r in results.items()},
+                                                 "comparisons": comp})
     return table
