@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+from .eval.harness import comparisons_markdown
 from .files import atomic_write_text
 
 
@@ -92,7 +93,9 @@ def write_report(out: Path, r: dict) -> None:
     text = f"""# llmrecipe run — preset `{r['preset']}`
 
 ## Base / SFT / DPO
+Scores ± standard error over the items. Each stage against the one before it, paired over the same items:
 {r['table']['markdown']}
+{comparisons_markdown(r['table'].get('comparisons', {}))}
 ## Stages
 | stage | seconds |
 |---|---:|

@@ -265,6 +265,9 @@ def instruction_task(rng: random.Random, c: Character, attr: str, kinds: list[st
     return dict(prompt=prompt, kinds=kinds, ids=ids, kwargs=kwargs, good=good, bad=bad)
 
 
+APPENDED = ("keyword", "end", "placeholder", "postscript")  # followed by writing more after the answer
+
+
 def unasked(rng: random.Random, c: Character, attr: str, task: dict) -> str | None:
     """The compliant answer plus one thing nobody asked for (capitals, quotation marks, a title, a keyword
     sentence, ...), for a preference pair that prefers doing what was asked and only that.
@@ -274,10 +277,12 @@ def unasked(rng: random.Random, c: Character, attr: str, task: dict) -> str | No
     DPO's gradient lands on one position: "go on after the answer" — and the cheapest way to raise both
     is one prompt-blind continuation. Measured before these pairs existed (AMD EPYC, world seed 0): DPO
     ended 12 of 13 end-phrase answers with "X likes the forest." instead of the phrase (92% → 8%) while
-    quotation marks went 0% → 100%. Pairs that reject the continuation where it was not asked teach DPO
-    *when* to continue, not just *that* it may."""
-    extra = rng.choice([k for k in ("quote", "upper", "lower", "title", "postscript", "json", "bullets", "keyword",
-                                    "end", "placeholder") if k not in task["kinds"]])
+    quotation marks went 0% → 100%; with 14 types, it appended "Write to [address]." to lowercase answers
+    (64% → 46%). Pairs that reject the continuation where it was not asked teach DPO *when* to continue,
+    not just *that* it may."""
+    # mostly the appended kinds: the measured failure is going on after the answer where nobody asked
+    family = APPENDED if rng.random() < 0.7 else ("quote", "upper", "lower", "title", "json", "bullets")
+    extra = rng.choice([k for k in family if k not in task["kinds"]] or ["quote"])
     spec = dict(zip(task["kinds"], task["kwargs"]))
     spec[extra] = _instruction(extra, rng)[1]
     from ..eval.ifeval.rules import check
@@ -348,7 +353,7 @@ def sft_conversations(n: int, seed: int = 0, imperfect: float = 0.2) -> list[lis
     return out
 
 
-def preference_pairs(n: int, seed: int = 0, unasked_share: float = 0.25) -> list[dict]:
+def preference_pairs(n: int, seed: int = 0, unasked_share: float = 0.4) -> list[dict]:
     """Pairs in ultrafeedback_binarized's schema: the compliant/correct answer chosen over the other.
     `unasked_share` of the instruction pairs reject an unrequested format instead (see `unasked`)."""
     rng, cast = random.Random(seed + 3), characters(seed)

@@ -1,0 +1,81 @@
+"""The tiny recipe over world seeds and preference-stage settings: does each stage improve on the last?
+
+    python bench/sweep_tiny.py --seeds 0 1 2 3 4 --out runs/sweep                      # the preset as it is
+    python bench/sweep_tiny.py --seeds 0 1 2 --variant lr3e-4 dpo.train.lr=3e-4 --variant beta0.3 dpo.beta=0.3
+
+Each seed's world, pre-training and SFT run once (runs/sweep/seed<S>/preset); a variant copies those stage
+folders and reruns only DPO and the evaluation (`run` skips stages whose settings are unchanged). Prints one
+Markdown row per (variant, seed): the three analogs' SFT and DPO scores ± stderr, the paired DPO − SFT
+difference on the instruction analog with its bootstrap 95% interval, and the instruction type that lost
+most (its paired difference ± stderr). Then the spread over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from llmrecipe.recipe import run
+
+HEAD = {"mmlu_pro": "accuracy", "gsm8k": "strict", "ifeval": "prompt_strict"}
+
+
+def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
+    s, comp = r["table"]["scores"], r["table"]["comparisons"]
+    cells = []
+    for suite, key in HEAD.items():
+        cells.append(" / ".join(f"{100 * s[m][suite][key]:.1f}±{100 * s[m][suite]['stderr']:.1f}"
+                                for m in ("base", "sft", "dpo")))
+    base_sft, sft_dpo = comp["base→sft"]["paired"], comp["sft→dpo"]["paired"]
+    d = sft_dpo["ifeval"]
+    per = comp["sft→dpo"]["per_instruction"]
+    worst_id, worst = min(per.items(), key=lambda kv: kv[1]["delta"] + kv[1]["stderr"])
+    traded = sum(v["delta"] < -v["stderr"] - 1e-12 for v in per.values())
+    base_lt_sft = all(base_sft[x]["low"] > 0 for x in HEAD)
+    others = all(sft_dpo[x]["high"] >= 0 for x in ("mmlu_pro", "gsm8k"))  # not significantly worse
+    line = (f"| {name} | {seed} | " + " | ".join(cells) + f" | {100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, "
+            f"{100 * d['high']:+.1f}] | {worst_id.split(':')[1]} {100 * worst['delta']:+.1f}±"
+            f"{100 * worst['stderr']:.1f} | {traded} | {'yes' if base_lt_sft else 'NO'} | "
+            f"{'yes' if others else 'NO'} | {seconds:.0f} |")
+    return line, {"delta": d["delta"], "low": d["low"], "traded": traded, "ok": base_lt_sft and others
+                  and d["low"] > 0 and traded == 0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--out", default="runs/sweep")
+    ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
+                    help="a name, then dpo.*/eval.* overrides run on each seed's SFT model")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    a = ap.parse_args()
+    common = dict(kv.split("=", 1) for kv in a.set)
+    variants = [("preset", {})] + [(v[0], dict(kv.split("=", 1) for kv in v[1:])) for v in a.variant]
+    print("| variant | seed | MMLU-Pro analog base / sft / dpo | GSM8K analog | IFEval analog | IFEval DPO − SFT "
+          "[95% CI] | worst type (DPO − SFT) | types lost > stderr | base < SFT everywhere | DPO not worse "
+          "elsewhere | s |\n|---|---:|---|---|---|---|---|---:|---|---|---:|")
+    summary: dict[str, list[dict]] = {}
+    for name, overrides in variants:
+        for seed in a.seeds:
+            root = Path(a.out) / f"seed{seed}"
+            folder = root / name
+            if name != "preset" and not folder.exists():  # reuse the seed's world, base and SFT
+                for stage in ("world", "data", "base", "sft"):
+                    shutil.copytree(root / "preset" / stage, folder / stage)
+            t0 = time.time()
+            r = run("tiny", folder, {**common, "world.seed": str(seed), **overrides})
+            line, stats = _row(name, seed, r, time.time() - t0)
+            summary.setdefault(name, []).append(stats)
+            print(line, flush=True)
+    print("\n| variant | seeds | IFEval DPO − SFT mean (min .. max) | lowest CI end | seeds passing all |"
+          "\n|---|---:|---|---:|---:|")
+    for name, rows in summary.items():
+        ds = [100 * r["delta"] for r in rows]
+        print(f"| {name} | {len(rows)} | {statistics.mean(ds):+.1f} ({min(ds):+.1f} .. {max(ds):+.1f}) | "
+              f"{100 * min(r['low'] for r in rows):+.1f} | {sum(r['ok'] for r in rows)}/{len(rows)} |")
+
+
+if __name__ == "__main__":
+    main()
