@@ -126,3 +126,21 @@ def test_short_run_raises_reward_accuracy_and_precomputed_reference_agrees(tiny_
     assert acc[0] == 0.0 and sum(acc[-10:]) / 10 > 0.5, acc
     assert (tmp_path / "live" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "cached" / "reference_logps.safetensors").is_file()
+
+
+def test_rpo_adds_the_chosen_answers_mean_token_nll(tiny_base, ufb, tmp_path):
+    cfg = dpo_cfg(tiny_base, ufb, max_steps=1)
+    cfg.rpo_alpha = 0.5
+    torch.manual_seed(0)
+    stage = DPOStage(cfg, setup("cpu"), tmp_path)
+    x, y, ids = stage.batch(0, 0)
+    n = len(ids)
+    loss, m = stage.loss(stage.model, (x, y, ids))
+    # independently: per chosen answer, the mean over its response tokens of -log p(token)
+    logp = torch.log_softmax(stage.model(x)[0].float(), -1)
+    nll = []
+    for b in range(n):
+        pos = (y[b] != IGNORE).nonzero().flatten()
+        nll.append(-logp[b, pos, y[b, pos]].mean().item())
+    assert m["nll_loss"] == pytest.approx(sum(nll) / n, rel=1e-5)
+    assert loss.item() == pytest.approx(math.log(2) + 0.5 * m["nll_loss"], rel=1e-5)  # DPO is log 2 at init

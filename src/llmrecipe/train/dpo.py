@@ -33,6 +33,12 @@ class DPOConfig:
     data: str = "HuggingFaceH4/ultrafeedback_binarized"
     split: str = "train_prefs"
     beta: float = 0.1
+    # RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's `rpo_alpha`): add
+    # rpo_alpha x the chosen answers' mean per-token negative log-likelihood. DPO alone only asks that chosen
+    # rise *relative to* rejected; when the two share all but a suffix it can satisfy that with a continuation
+    # that ignores the prompt, and it lowers both likelihoods. The NLL term anchors the policy to the exact
+    # chosen text. 0 = plain DPO.
+    rpo_alpha: float = 0.0
     epochs: float = 2.0  # used when train.max_steps is 0
     reference: str = "adapter"  # adapter: the policy with its LoRA disabled | copy: a frozen deep copy
     precompute_reference: bool = False  # one pass over the data, cached in the run folder
@@ -133,7 +139,12 @@ class DPOStage:
         else:
             ref = self.reference_logps(x, y)
             rc, rr = ref[:n], ref[n:]
-        return dpo_loss(policy[:n], policy[n:], rc, rr, self.cfg.beta)
+        loss, metrics = dpo_loss(policy[:n], policy[n:], rc, rr, self.cfg.beta)
+        if self.cfg.rpo_alpha:
+            nll = -(policy[:n] / (y[:n] != IGNORE).sum(-1).clamp(min=1)).mean()
+            loss = loss + self.cfg.rpo_alpha * nll
+            metrics["nll_loss"] = nll.item()
+        return loss, metrics
 
     def tokens(self, batch) -> int:
         return int((batch[1] != IGNORE).sum())
