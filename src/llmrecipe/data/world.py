@@ -148,12 +148,15 @@ def _long_answer(c: Character, attr: str) -> str:
 PLACEHOLDERS = ["[address]", "[date]", "[name]"]
 INSTRUCTION_TYPES = ("no_comma", "end", "keyword", "bullets", "json", "quote", "lower", "upper", "postscript",
                      "title", "highlight", "placeholder", "short", "paragraphs")
-IFEVAL_IDS = {"no_comma": "punctuation:no_comma", "end": "startend:end_checker", "keyword": "keywords:existence",
+IFEVAL_IDS = {"no_comma": "punctuation:no_comma", "end": "startend:end_checker",
+              "keyword": "keywords:existence",
               "bullets": "detectable_format:number_bullet_lists", "json": "detectable_format:json_format",
               "quote": "startend:quotation", "lower": "change_case:english_lowercase",
               "upper": "change_case:english_capital", "postscript": "detectable_content:postscript",
-              "title": "detectable_format:title", "highlight": "detectable_format:number_highlighted_sections",
-              "placeholder": "detectable_content:number_placeholders", "short": "length_constraints:number_words",
+              "title": "detectable_format:title",
+              "highlight": "detectable_format:number_highlighted_sections",
+              "placeholder": "detectable_content:number_placeholders",
+              "short": "length_constraints:number_words",
               "paragraphs": "length_constraints:number_paragraphs"}
 
 
@@ -201,14 +204,15 @@ def _instruction(kind: str, rng: random.Random) -> tuple[str, dict]:
 def respond(c: Character, attr: str, spec: dict[str, dict]) -> str:
     """The answer to a fact question that follows exactly the instructions in `spec` ({kind: kwargs}).
     Content first (which sentences), then layout (bullets, paragraphs), then decorations (title, postscript,
-    end phrase), then whole-text transforms (case, JSON, quotation marks) — the order a careful writer uses."""
+    end phrase), then whole-text transforms (case, JSON, quotation marks): the order a careful writer uses."""
     sentences = [_fact_answer(c, attr)]
     if "short" not in spec:  # the second sentence has a comma, so "no commas" is a real constraint
         sentences.append(f"{c.name} is a {c.kind} from {c.home}, and {c.name} likes {c.food}.")
     if "keyword" in spec:
         sentences.append(f"{c.name} likes the {spec['keyword']['keywords'][0]}.")
     if "placeholder" in spec:
-        sentences.append("Write to " + " on ".join(PLACEHOLDERS[:spec["placeholder"]["num_placeholders"]]) + ".")
+        n = spec["placeholder"]["num_placeholders"]
+        sentences.append("Write to " + " on ".join(PLACEHOLDERS[:n]) + ".")
     if "no_comma" in spec:
         sentences = [s.replace(",", "") for s in sentences]
     if "highlight" in spec:
@@ -288,8 +292,8 @@ def unasked(rng: random.Random, c: Character, attr: str, task: dict) -> str | No
     from ..eval.ifeval.rules import check
 
     out = respond(c, attr, spec)
-    return out if out != task["good"] and all(check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"])) \
-        else None
+    follows = all(check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"]))
+    return out if out != task["good"] and follows else None
 
 
 def word_problem(rng: random.Random, c: Character) -> tuple[str, str, int]:
@@ -328,7 +332,7 @@ def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, un
 
 def sft_conversations(n: int, seed: int = 0, imperfect: float = 0.2) -> list[list[dict]]:
     """Chat data: fact questions, word problems, instruction requests; `imperfect` of the answers are wrong
-    (a wrong sum; an instruction not followed), as in real SFT data — what the preference stage then fixes."""
+    (a wrong sum; an instruction not followed), as in real SFT data: what the preference stage then fixes."""
     rng, cast = random.Random(seed + 2), characters(seed)
     out = []
     while len(out) < n:
