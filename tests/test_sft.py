@@ -167,3 +167,41 @@ def test_chat_command_answers_through_the_template(base_dir):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("assistant> ") == 2
+
+
+def _sft_step_gradients(cfg: SFTConfig) -> tuple[dict[str, torch.Tensor], float]:
+    """The loop's own accumulated LoRA gradients of step 0 (captured where the optimizer would step)."""
+    from llmrecipe.runtime import setup
+    from llmrecipe.train.loop import StepBatches, _step
+    from llmrecipe.train.sft import SFTStage
+
+    torch.manual_seed(0)
+    stage = SFTStage(cfg, setup("cpu", "float32"))
+    grads = {}
+
+    class Capture:
+        def step(self):
+            grads.update({n: p.grad.clone() for n, p in stage.model.named_parameters() if p.requires_grad})
+
+        def zero_grad(self, set_to_none=True):
+            stage.model.zero_grad(set_to_none=set_to_none)
+
+    loader = StepBatches(stage, cfg.train.grad_accum, stage.rt.device, 1)
+    batches, units, _ = loader.get(0)
+    loader.close()
+    lens = [int((b[1] != IGNORE).sum()) for b in batches]
+    metrics = _step(stage, stage.model, stage.model, Capture(), batches, units, cfg.train, stage.rt)
+    return grads, float(metrics["loss"]), lens
+
+
+def test_accumulated_sft_loss_is_the_mean_over_all_response_tokens(base_dir, data_dir):
+    """Four micro-batches of one conversation each = one batch of four: every response token weighs the same,
+    however the tokens are split between micro-batches (a mean of per-micro-batch means would not)."""
+    data = data_dir / "sft" / "ultrachat_200k_sample20.jsonl"
+    (ga, la, _), (gb, lb, lens) = (_sft_step_gradients(sft_cfg(base_dir, data, batch_size=4, grad_accum=1)),
+                                   _sft_step_gradients(sft_cfg(base_dir, data, batch_size=1, grad_accum=4)))
+    assert max(lens) > 2 * min(lens), lens  # the micro-batches differ enough for the weighting to matter
+    n = sum(lens) * 64  # each gradient sums over the response tokens x the model width
+    assert la == pytest.approx(lb, rel=1e-5)
+    for k in ga:
+        assert_fp32_close(gb[k], ga[k], n, k)

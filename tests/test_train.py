@@ -39,7 +39,7 @@ def test_loss_falls_well_below_uniform(small_corpus, tmp_path):
 def _first_step_gradients(cfg: PretrainConfig) -> tuple[dict[str, torch.Tensor], float]:
     """The loop's own accumulated gradient of step 0 (captured where the optimizer would use it)."""
     from llmrecipe.runtime import setup
-    from llmrecipe.train.loop import _step
+    from llmrecipe.train.loop import StepBatches, _step
     from llmrecipe.train.pretrain import PretrainStage
 
     torch.manual_seed(cfg.train.seed)
@@ -54,8 +54,11 @@ def _first_step_gradients(cfg: PretrainConfig) -> tuple[dict[str, torch.Tensor],
             stage.model.zero_grad(set_to_none=set_to_none)
 
     cfg.train.grad_clip = 0.0
-    metrics, _ = _step(stage, stage.model, stage.model, Capture(), 0, cfg.train.grad_accum, cfg.train, stage.rt)
-    return grads, metrics["loss"]
+    loader = StepBatches(stage, cfg.train.grad_accum, stage.rt.device, 1)
+    batches, units, _ = loader.get(0)
+    metrics = _step(stage, stage.model, stage.model, Capture(), batches, units, cfg.train, stage.rt)
+    loader.close()
+    return grads, float(metrics["loss"])
 
 
 def test_gradient_accumulation_matches_one_big_batch(small_corpus, tmp_path):
@@ -113,3 +116,72 @@ def test_presets_resolve():
         apply_overrides(tiny, {"n_layers": "2"})
     with pytest.raises(ValueError, match="cannot read 'abc' as int"):
         apply_overrides(tiny, {"max_steps": "abc"})
+
+
+def _count_host_reads(monkeypatch) -> list[str]:
+    """Every tensor → Python read (.item(), .tolist(), float(), int(), bool()) made from llmrecipe's code: on
+    CUDA each one waits for the GPU's queue to drain."""
+    import sys
+
+    seen = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, _name=name, **k):
+            caller = sys._getframe(1).f_code.co_filename
+            if "llmrecipe" in caller and "tests" not in caller:
+                seen.append(f"{_name} at {caller}:{sys._getframe(1).f_lineno}")
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return seen
+
+
+def test_no_host_device_sync_between_logging_steps(small_corpus, tmp_path, monkeypatch):
+    seen = _count_host_reads(monkeypatch)
+    counts = []
+    for steps in (2, 6):  # one log line (the last step) in both runs; 4 x more micro-steps in the second
+        seen.clear()
+        run_pretrain(small_cfg(small_corpus, batch_size=2, grad_accum=4, max_steps=steps, log_interval=100),
+                     tmp_path / str(steps))
+        counts.append(list(seen))
+    assert len(counts[0]) == len(counts[1]), counts[1]
+
+
+def test_next_step_is_built_while_this_one_computes(small_corpus, tmp_path):
+    """The loader thread builds step s+1's batches before step s's loss returns."""
+    import threading
+
+    from llmrecipe.runtime import setup
+    from llmrecipe.train.loop import train
+    from llmrecipe.train.pretrain import PretrainStage
+
+    cfg = small_cfg(small_corpus, max_steps=4)
+    torch.manual_seed(cfg.train.seed)  # as run_pretrain does
+    stage = PretrainStage(cfg, setup("cpu", "float32"))
+    started = {s: threading.Event() for s in range(cfg.train.max_steps + 1)}
+    built_early, threads = [], set()
+    batch, loss = stage.batch, stage.loss
+    step_of = {}
+
+    def recording_batch(step, micro):
+        threads.add(threading.current_thread().name)
+        started[step].set()
+        out = batch(step, micro)
+        step_of[id(out[0])] = step
+        return out
+
+    def waiting_loss(model, b):
+        s = len(built_early)
+        if s + 1 < cfg.train.max_steps:
+            built_early.append(started[s + 1].wait(timeout=10))
+        else:
+            built_early.append(True)
+        return loss(model, b)
+
+    stage.batch, stage.loss = recording_batch, waiting_loss
+    train(stage, cfg.train, stage.rt, tmp_path, {})
+    assert built_early == [True] * cfg.train.max_steps
+    assert threads and threading.main_thread().name not in threads
+    # and the run is the run it always was: the same losses as a plain one
+    run_pretrain(small_cfg(small_corpus, max_steps=4), tmp_path / "plain")
+    assert losses(tmp_path) == losses(tmp_path / "plain")

@@ -50,13 +50,17 @@ class Runtime:
             return fully_shard(model)
         raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {parallel!r}")
 
-    def mean(self, values: dict[str, float]) -> dict[str, float]:
-        """Average scalars over ranks (what a 1-process run with the same global batch would log)."""
-        if not self.distributed or not values:
-            return values
-        t = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return dict(zip(values, (t / self.world_size).tolist()))
+    def mean(self, values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """Scalars averaged over ranks (what a 1-process run with the same global batch would log), read
+        to the host in one transfer: the only host-device sync of a training step, done at logging steps."""
+        if not values:
+            return {}
+        t = torch.stack([torch.as_tensor(v, device=self.device).detach().double().reshape(())
+                         for v in values.values()])
+        if self.distributed:
+            dist.all_reduce(t)
+            t = t / self.world_size
+        return dict(zip(values, t.tolist()))
 
     def barrier(self) -> None:
         if self.distributed:

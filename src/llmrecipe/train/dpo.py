@@ -64,11 +64,12 @@ def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Ten
     """DPO loss and the metrics DPO runs are read by, from policy/reference log-probs of chosen/rejected."""
     chosen_reward, rejected_reward = beta * (pc - rc), beta * (pr - rr)
     loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
-    metrics = {"rewards/chosen": chosen_reward.mean().item(), "rewards/rejected": rejected_reward.mean().item(),
-               "rewards/accuracy": (chosen_reward > rejected_reward).float().mean().item(),
-               "rewards/margin": (chosen_reward - rejected_reward).mean().item(),
-               "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item()}
-    return loss, metrics
+    # TRL's metric names; detached tensors, read by the loop at logging steps only
+    metrics = {"rewards/chosen": chosen_reward.mean(), "rewards/rejected": rejected_reward.mean(),
+               "rewards/accuracy": (chosen_reward > rejected_reward).float().mean(),
+               "rewards/margin": (chosen_reward - rejected_reward).mean(),
+               "logps/chosen": pc.mean(), "logps/rejected": pr.mean()}
+    return loss, {k: v.detach() for k, v in metrics.items()}
 
 
 class DPOStage:
@@ -126,15 +127,16 @@ class DPOStage:
     def batch(self, step: int, micro: int):
         pairs: list[EncodedPair] = self.batches(step, micro)
         x, y = collate_pairs(pairs, self.tokenizer.eot_id)
-        ids = torch.tensor([self.index[id(p)] for p in pairs])
-        return x.to(self.rt.device), y.to(self.rt.device), ids
+        return x, y, torch.tensor([self.index[id(p)] for p in pairs])  # CPU; the loop copies it
 
     def loss(self, model, batch):
         x, y, ids = batch
         n = len(ids)
         policy = self._policy_logps(model, x, y)
         if self.ref_cache is not None:
-            ref = self.ref_cache[ids].to(policy.device)
+            if self.ref_cache.device != policy.device:  # once: index on the device, no host round trip
+                self.ref_cache = self.ref_cache.to(policy.device)
+            ref = self.ref_cache[ids.to(policy.device)]
             rc, rr = ref[:, 0], ref[:, 1]
         else:
             ref = self.reference_logps(x, y)
@@ -143,8 +145,11 @@ class DPOStage:
         if self.cfg.rpo_alpha:
             nll = -(policy[:n] / (y[:n] != IGNORE).sum(-1).clamp(min=1)).mean()
             loss = loss + self.cfg.rpo_alpha * nll
-            metrics["nll_loss"] = nll.item()
+            metrics["nll_loss"] = nll.detach()
         return loss, metrics
+
+    def units(self, batch) -> int:
+        return len(batch[2])  # the loss is a mean over pairs
 
     def tokens(self, batch) -> int:
         return int((batch[1] != IGNORE).sum())

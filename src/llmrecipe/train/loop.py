@@ -8,6 +8,7 @@ import json
 import math
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,18 +41,25 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
+    compile: str = "auto"  # auto: on for pre-training on CUDA (see use_compile) | true | false
     parallel: str = "ddp"  # with several ranks (torchrun): ddp | fsdp
 
 
 class Stage(Protocol):
-    """What a training stage hands the loop."""
+    """What a training stage hands the loop.
+
+    `batch` builds CPU tensors and runs on the loader thread, ahead of the GPU (so it must not touch the
+    model or the global RNG); the loop pins them and copies them to the device. `loss` returns the mean
+    over the micro-batch's `units` (tokens for SFT/pre-training, pairs for DPO) and metrics as detached
+    0-d tensors: the loop never reads a device value except at a logging step.
+    """
 
     name: str
     model: torch.nn.Module  # parameters with requires_grad=True are trained
 
     def batch(self, step: int, micro: int) -> Any: ...
-    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def units(self, batch: Any) -> int: ...
     def tokens(self, batch: Any) -> int: ...
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]: ...
     def finish(self, model: torch.nn.Module, run_dir: Path) -> None: ...
@@ -100,6 +108,48 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
+class StepBatches:
+    """Step s's micro-batches, built on a loader thread while step s-1 computes.
+
+    The batches of a step are a pure function of (step, micro), so building them early changes nothing
+    the run computes: determinism and exact resume hold. All of a step's batches are built before its
+    first backward because the loss is normalised by the whole step's units (see `_step`). On CUDA they
+    are pinned, so the copy to the device is asynchronous (`non_blocking` from pageable memory is not).
+    """
+
+    def __init__(self, stage: Stage, accum: int, device: torch.device, max_steps: int):
+        self.stage, self.accum, self.device, self.max_steps = stage, accum, device, max_steps
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="loader")
+        self.ahead: tuple[int, Future] | None = None
+
+    def _build(self, step: int) -> tuple[list, int, int]:
+        batches = [self.stage.batch(step, m) for m in range(self.accum)]
+        units = sum(self.stage.units(b) for b in batches)
+        tokens = sum(self.stage.tokens(b) for b in batches)
+        if self.device.type == "cuda":
+            batches = [_map_tensors(b, torch.Tensor.pin_memory) for b in batches]
+        return batches, units, tokens
+
+    def get(self, step: int) -> tuple[list, int, int]:
+        """(device batches, units, tokens) of this rank's share of `step`; starts building `step + 1`."""
+        fut = self.ahead[1] if self.ahead and self.ahead[0] == step else self.pool.submit(self._build, step)
+        self.ahead = (step + 1, self.pool.submit(self._build, step + 1)) if step + 1 < self.max_steps else None
+        batches, units, tokens = fut.result()
+        batches = [_map_tensors(b, lambda t: t.to(self.device, non_blocking=True)) for b in batches]
+        return batches, units, tokens
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _map_tensors(batch: Any, fn) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_map_tensors(b, fn) for b in batch)
+    return batch
+
+
 def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, resolved_config: dict,
           resume: bool = False) -> dict:
     """Run `stage` to `cfg.max_steps` on this process's rank; returns the last logged metrics."""
@@ -126,10 +176,10 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
     if rt.is_main:
         (run_dir / "config.json").write_text(json.dumps(resolved_config, indent=2))
     log = MetricsLog(run_dir / "metrics.jsonl", step if ckpt else None) if rt.is_main else None
-    fwd = torch.compile(wrapped) if cfg.compile else wrapped
+    fwd = torch.compile(wrapped) if use_compile(cfg, stage, rt) else wrapped
     last: dict = log.last() if log else {}
     t_start = t_window = time.time()
-    window_tokens = 0
+    window_tokens, paused = 0, 0.0  # paused: evaluation and checkpoint time inside the throughput window
 
     def checkpoint(at: int) -> None:
         save_checkpoint(run_dir, at, wrapped, opt, dict(
@@ -138,6 +188,7 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
             keep=cfg.keep_checkpoints, write=rt.is_main)
         rt.barrier()
 
+    loader = StepBatches(stage, accum, rt.device, cfg.max_steps)
     bar = tqdm(total=cfg.max_steps, initial=step, desc=stage.name, dynamic_ncols=True, disable=not rt.is_main)
     model.train()
     try:
@@ -145,22 +196,27 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            metrics, n_tokens = _step(stage, fwd, wrapped, opt, step, accum, cfg, rt)
+            batches, units, n_tokens = loader.get(step)
+            metrics = _step(stage, fwd, wrapped, opt, batches, units, cfg, rt)
+            n_tokens *= rt.world_size
             tokens_seen, window_tokens = tokens_seen + n_tokens, window_tokens + n_tokens
             step += 1
             bar.update(1)
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                metrics = rt.mean(metrics)  # the one host-device sync of a logging step
                 now = time.time()
-                tps = window_tokens / max(now - t_window, 1e-9)
+                tps = window_tokens / max(now - t_window - paused, 1e-9)
                 last = dict(step=step, loss=round(metrics.pop("loss"), 6), lr=lr,
-                            grad_norm=round(metrics.pop("grad_norm"), 6), tokens_per_sec=round(tps), tokens=tokens_seen,
-                            elapsed=round(elapsed_before + now - t_start, 2), **{k: round(v, 6) for k, v in metrics.items()})
+                            grad_norm=round(metrics.pop("grad_norm"), 6), tokens_per_sec=round(tps),
+                            tokens=tokens_seen, elapsed=round(elapsed_before + now - t_start, 2),
+                            **{k: round(v, 6) for k, v in metrics.items()})
                 if (mfu := _mfu(stage, rt, tps)) is not None:
                     last["mfu"] = round(mfu, 4)
-                t_window, window_tokens = now, 0
+                t_window, window_tokens, paused = now, 0, 0.0
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
                 if log:
                     log.write(last)
+            t_pause = time.time()
             if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.max_steps):
                 val = _evaluate(stage, wrapped if cfg.parallel == "fsdp" else model, rt)
                 if val and log:
@@ -169,6 +225,7 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
                     last.update(val)
             if step % cfg.save_interval == 0 and step < cfg.max_steps:
                 checkpoint(step)
+            paused += time.time() - t_pause
     except KeyboardInterrupt:
         bar.close()
         checkpoint(step)
@@ -179,6 +236,8 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
         raise SystemExit(f"rank {rt.rank}: lost contact with another rank at step {step} "
                          f"({_PEER_LOST.search(str(e)).group(0)}); resume from the last checkpoint with --resume"
                          ) from None
+    finally:
+        loader.close()
     bar.close()
     checkpoint(step)
     final = _unsharded(wrapped, model, rt) if rt.distributed and cfg.parallel == "fsdp" else model
@@ -192,30 +251,59 @@ _PEER_LOST = re.compile(r"Connection (reset|closed)[^.\n]*|[Tt]imed? ?out[^.\n]*
                         r"Broken pipe[^.\n]*")
 
 
-def _step(stage: Stage, fwd, wrapped, opt, step: int, accum: int, cfg: TrainConfig, rt: Runtime
-          ) -> tuple[dict[str, float], int]:
-    """One optimizer step over `accum` micro-batches; gradients sync on the last one only."""
-    sums: dict[str, float] = {"loss": 0.0}
-    n_tokens = 0
-    for micro in range(accum):
-        batch = stage.batch(step, micro)
-        last_micro = micro == accum - 1
-        no_sync = getattr(wrapped, "no_sync", None) if rt.distributed and not last_micro else None
-        with no_sync() if no_sync else contextlib.nullcontext():
+def _step(stage: Stage, fwd, wrapped, opt, batches: list, units: int, cfg: TrainConfig, rt: Runtime
+          ) -> dict[str, torch.Tensor]:
+    """One optimizer step over this rank's micro-batches; gradients sync on the last one only.
+
+    The loss is normalised over the *whole* step: each micro-batch's mean loss is weighted by its share
+    of the units (response tokens, pairs) of all micro-batches on all ranks. A mean of per-micro-batch
+    means would give a token in a short answer more weight than one in a long answer (the bug TRL and
+    transformers fixed with `num_items_in_batch`). DDP/FSDP average gradients over ranks, hence × W.
+    Metrics stay on the device: no `.item()` here (each would stall the GPU's queue once per micro-step).
+    """
+    total = torch.tensor(float(units), device=rt.device)
+    if rt.distributed:
+        torch.distributed.all_reduce(total)
+    scale = rt.world_size / total
+    sums: dict[str, torch.Tensor] = {}
+    n = len(batches)
+    for micro, batch in enumerate(batches):
+        with _grad_sync(wrapped, rt, last=micro == n - 1):
             with rt.autocast():
                 loss, metrics = stage.loss(fwd, batch)
-            (loss / accum).backward()
-        sums["loss"] += loss.item() / accum
+            weighted = loss * (stage.units(batch) * scale)
+            weighted.backward()
+        sums["loss"] = sums.get("loss", 0.0) + weighted.detach().float()
         for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v / accum
-        n_tokens += stage.tokens(batch) * rt.world_size
+            sums[k] = sums.get(k, 0.0) + torch.as_tensor(v).detach().float() / n
     norm = torch.nn.utils.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad],
                                           cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     opt.step()
     opt.zero_grad(set_to_none=True)
-    out = rt.mean(sums)
-    out["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-    return out, n_tokens
+    sums["grad_norm"] = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return sums
+
+
+def _grad_sync(wrapped, rt: Runtime, last: bool):
+    """Skip the gradient all-reduce (DDP) / reduce-scatter (FSDP2) on all but the last micro-step."""
+    if not rt.distributed:
+        return contextlib.nullcontext()
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2: a flag, not a context manager
+        wrapped.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+    return contextlib.nullcontext() if last else wrapped.no_sync()
+
+
+def use_compile(cfg: TrainConfig, stage: Stage, rt: Runtime) -> bool:
+    """`compile: auto` compiles fixed-shape pre-training on CUDA only. LoRA stages see a new sequence length
+    every batch; they stay eager unless asked (then torch.compile marks the length dynamic after the first
+    recompile instead of recompiling each step). On CPU, compile costs more than it saves on short runs."""
+    mode = str(cfg.compile).lower()
+    if mode not in ("auto", "true", "false"):
+        raise ValueError(f"compile must be auto, true or false, not {cfg.compile!r}")
+    if mode != "auto":
+        return mode == "true"
+    return rt.device.type == "cuda" and stage.name == "pretrain"
 
 
 def _unsharded(wrapped, model, rt: Runtime):

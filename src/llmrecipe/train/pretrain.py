@@ -51,23 +51,24 @@ class PretrainStage:
     def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         tc = self.cfg.train
         start = item_start(step, micro, tc.batch_size, tc.grad_accum, self.rt.rank, self.rt.world_size)
-        x, y = self.train_data.batch(start, tc.batch_size)
-        return x.to(self.rt.device, non_blocking=True), y.to(self.rt.device, non_blocking=True)
+        return self.train_data.batch(start, tc.batch_size)  # CPU; the loop pins and copies it
 
     def loss(self, model, batch):
         x, y = batch
         return model(x, y)[1], {}
 
-    def tokens(self, batch) -> int:
-        return batch[0].numel()
+    def units(self, batch) -> int:
+        return batch[0].numel()  # every position is a target
+
+    tokens = units
 
     def evaluate(self, model) -> dict[str, float]:
         B, n_val = self.cfg.train.batch_size, self.val_data.num_windows
         losses = []
         for i in range(min(self.cfg.train.eval_batches, -(-n_val // B))):
             x, y = self.val_data.batch(i * B, B)
-            losses.append(model(x.to(self.rt.device), y.to(self.rt.device))[1].item())
-        val = sum(losses) / len(losses)
+            losses.append(model(x.to(self.rt.device), y.to(self.rt.device))[1].float())
+        val = torch.stack(losses).mean().item()  # one sync for the whole evaluation
         return {"val_loss": val, "val_ppl": float(torch.tensor(val).exp())}
 
     def finish(self, model, run_dir: Path) -> None:

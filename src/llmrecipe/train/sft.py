@@ -86,15 +86,16 @@ class SFTStage:
         print(trainable_summary(self.model))
 
     def batch(self, step: int, micro: int):
-        x, y = collate(self.batches(step, micro), self.tokenizer.eot_id)
-        return x.to(self.rt.device), y.to(self.rt.device)
+        return collate(self.batches(step, micro), self.tokenizer.eot_id)  # CPU; the loop copies it
 
     def loss(self, model, batch):
         x, y = batch
-        return model(x, y)[1], {}
+        return model(x, y)[1], {}  # mean over this micro-batch's response tokens
 
-    def tokens(self, batch) -> int:
+    def units(self, batch) -> int:
         return int((batch[1] != IGNORE).sum())  # response tokens: the ones the loss sees
+
+    tokens = units
 
     def evaluate(self, model) -> dict[str, float]:
         if not self.val:
