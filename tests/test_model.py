@@ -13,9 +13,29 @@ REDUCTION = SMALL.n_layer * (5 * SMALL.n_embd + SMALL.block_size)
 
 def test_gpt2_124m_has_exactly_gpt2_small_parameter_count():
     with torch.device("meta"):
-        model = GPT(GPTConfig())
-    assert model.num_params() == 124_439_808
+        model, unpadded = GPT(GPTConfig()), GPT(GPTConfig(pad_vocab_to=1))
+    assert unpadded.num_params() == 124_439_808  # as GPT-2 small is quoted
+    assert model.transformer.wte.weight.shape[0] == 50_304  # 50,257 padded to a multiple of 64
+    assert model.num_params() == 124_439_808 + 47 * 768
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_padded_vocabulary_rows_are_invisible():
+    """Logits, loss and samples see only the real vocabulary; the padded rows get no gradient."""
+    torch.manual_seed(0)
+    model = GPT(SMALL)  # 300 tokens → 320 rows
+    assert model.lm_head.weight.shape[0] == 320
+    idx = torch.randint(0, 300, (2, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape[-1] == 300
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 300), idx.reshape(-1))
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    loss.backward()
+    assert model.lm_head.weight.grad[300:].abs().max().item() == 0.0
+    with torch.no_grad():  # make a padded row the most likely token: sampling must still never return it
+        model.lm_head.weight[310] = 10 * model.hidden(idx)[0, -1]
+        out = model.generate(idx[:1], 20, temperature=1.0)
+    assert int(out.max()) < 300
 
 
 def test_init_scales_residual_projections():

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .files import atomic_write_json, atomic_write_text, save_tensors, unique_tensors
 from .lora import load_adapter, merge, read_adapter_config
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, pad_vocab_rows
 from .tokenizer import Tokenizer, load_from_dir
 
 
@@ -78,6 +78,8 @@ def check_tensors(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], sou
 def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, strict: bool) -> None:
     """Load `sd` into `model`, tolerating the tied head; errors name the file and the tensor."""
     own = model.state_dict()
+    if isinstance(model, GPT):
+        sd = pad_vocab_rows(sd, model.config)
     check_tensors(own, sd, source)
     missing = set(own) - set(sd) - {"lm_head.weight"}
     if strict and missing:

@@ -73,7 +73,7 @@ class Engine:
             last = torch.tensor([len(c) - 1 for c in chunk])
             with self.rt.autocast():
                 h = self.model.hidden(x.to(self.rt.device))
-                logits = self.model.lm_head(h[torch.arange(len(chunk)), last.to(h.device)]).float()
+                logits = self.model.logits(h[torch.arange(len(chunk)), last.to(h.device)]).float()
             rows.append(torch.log_softmax(logits, -1)[:, candidates].cpu())
         return torch.cat(rows)
 
@@ -125,7 +125,7 @@ class Engine:
         cache = KVCache(self.model.config, B, P + max_new, dev, self.model.transformer.wte.weight.dtype)
         with torch.no_grad(), self.rt.autocast():
             h = self.model.hidden(x, cache=cache, positions=positions, key_mask=key_mask)
-            logits = self.model.lm_head(h[:, -1]).float()
+            logits = self.model.logits(h[:, -1]).float()
             for t in range(max_new):
                 nxt = sample(logits, temperature, top_k, top_p, g)
                 yield nxt.view(-1).tolist()
@@ -133,7 +133,7 @@ class Engine:
                     break
                 pos = positions[:, -1:] + 1 + t
                 h = self.model.hidden(nxt, cache=cache, positions=pos, key_mask=key_mask)
-                logits = self.model.lm_head(h[:, -1]).float()
+                logits = self.model.logits(h[:, -1]).float()
 
     def stream(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
                top_p: float | None = None, stop: list[str] | None = None, seed: int | None = None
