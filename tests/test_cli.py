@@ -25,6 +25,12 @@ def test_stage_commands_chain(data_dir, tmp_path, capsys):
           "--set", "max_steps=3", "batch_size=2", "max_examples=20", "log_interval=1"])
     resolved = json.loads((tmp_path / "dpo" / "config.json").read_text())
     assert resolved["beta"] == 0.2 and resolved["train"]["max_steps"] == 3
+    # no --preset: each stage took the preset its input was trained with, and said so before training
+    assert json.loads((tmp_path / "base" / "model.json").read_text())["preset"] == "tiny"
+    assert resolved["preset"] == "tiny" and resolved["rpo_alpha"] == 1.0  # tiny's DPO, not the dataclass default
+    out = capsys.readouterr().out
+    assert "sft: preset tiny (the preset" in out and "dpo: preset tiny (the preset" in out
+    assert "sft: preset tiny — lr 0.005 (cosine, warmup 10)" in out
     main(["merge", "--model", str(tmp_path / "dpo"), "--out", str(tmp_path / "merged")])
     merged, _ = load_model(tmp_path / "merged")
     chained, _ = load_model(tmp_path / "dpo")  # base → +sft merged → +dpo merged
@@ -34,6 +40,36 @@ def test_stage_commands_chain(data_dir, tmp_path, capsys):
     capsys.readouterr()
     main(["generate", "--model", str(tmp_path / "merged"), "--prompt", "The", "--max-new-tokens", "5", "--seed", "1"])
     assert capsys.readouterr().out.startswith("The")
+
+
+def _fake_base(folder, preset=None, **model):
+    """A model folder's JSON only: the preset is chosen before any weight is read."""
+    from llmrecipe.model import GPTConfig
+
+    folder.mkdir(parents=True)
+    meta = {"config": GPTConfig(**model).to_dict(), **({"preset": preset} if preset else {})}
+    (folder / "model.json").write_text(json.dumps(meta))
+    return str(folder)
+
+
+def test_stage_commands_default_to_the_models_preset(tmp_path, capsys):
+    sft = ["sft", "--data", "x.jsonl", "--out", str(tmp_path / "o")]
+    big = _fake_base(tmp_path / "big", preset="gpt2-124m")  # a 124M base trained with its preset
+    with pytest.raises(SystemExit, match="not a model folder"):  # weights missing: after the preset is chosen
+        main([*sft, "--base", big])
+    assert "sft: preset gpt2-124m (the preset" in capsys.readouterr().out
+    unrecorded = _fake_base(tmp_path / "unrecorded")  # GPT-2 small's shape, no record: matched by shape
+    with pytest.raises(SystemExit):
+        main([*sft, "--base", unrecorded])
+    assert "sft: preset gpt2-124m (the preset whose model is" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an explicit preset for another model: a loud warning, naming both
+        main([*sft, "--base", big, "--preset", "tiny"])
+    err = capsys.readouterr().err
+    assert "WARNING: --preset tiny describes another model" in err and "n_layer 2 vs 12" in err
+    assert "trained with --preset gpt2-124m" in err
+    odd = _fake_base(tmp_path / "odd", n_layer=3, n_embd=96, n_head=3, vocab_size=500, block_size=64)
+    with pytest.raises(SystemExit, match="records no preset .* matches none of the presets: pass --preset"):
+        main([*sft, "--base", odd])
 
 
 def test_user_errors_exit_with_one_line(tmp_path, capsys):

@@ -76,7 +76,8 @@ FINETUNE_REDUCTION = 2 * 2 * 256  # batch 2 x accumulation 2 x sequences of up t
 
 def test_sft_and_dpo_steps_match_one_process(tiny_base, data_dir, tmp_path):
     common = ["batch_size=2", "grad_accum=2", "max_steps=2", "log_interval=1", "lr=5e-3"]
-    sft = ["sft", "--base", str(tiny_base), "--data", str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl")]
+    sft = ["sft", "--base", str(tiny_base), "--preset", "tiny",
+           "--data", str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl")]
     main([*sft, "--out", str(tmp_path / "sft1"), "--set", *common])
     torchrun(*sft, "--out", str(tmp_path / "sft2"), "--set", *common)
     losses_close(losses(tmp_path / "sft2"), losses(tmp_path / "sft1"), FINETUNE_REDUCTION)

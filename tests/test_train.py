@@ -185,3 +185,41 @@ def test_next_step_is_built_while_this_one_computes(small_corpus, tmp_path):
     # and the run is the run it always was: the same losses as a plain one
     run_pretrain(small_cfg(small_corpus, max_steps=4), tmp_path / "plain")
     assert losses(tmp_path) == losses(tmp_path / "plain")
+
+
+def test_compiled_training_matches_eager(small_corpus, tmp_path):
+    """`compile: true` (what `auto` picks for pre-training on CUDA) trains the same model as eager mode, up to
+    the reordering of fp32 sums that fused kernels bring."""
+    for mode in ("false", "true"):
+        run_pretrain(small_cfg(small_corpus, max_steps=3, warmup_steps=0, compile=mode), tmp_path / mode)
+    le, lc = losses(tmp_path / "false"), losses(tmp_path / "true")
+    n = 8 * 64  # the loss is a mean over B x T tokens
+    assert lc == pytest.approx(le, abs=fp32_atol(max(le), n))
+    a, b = (load_file(tmp_path / m / "model.safetensors") for m in ("false", "true"))
+    assert_adam_weights_close(a, b, lr=3e-3, steps=3, reduction=n)
+
+
+def test_compile_auto_is_on_only_for_cuda_pretraining():
+    from llmrecipe.runtime import Runtime
+    from llmrecipe.train.loop import use_compile
+
+    class S:
+        def __init__(self, name):
+            self.name = name
+    cuda, cpu = Runtime(torch.device("cuda", 0), torch.bfloat16), Runtime(torch.device("cpu"), None)
+    auto = TrainConfig()
+    assert auto.compile == "auto"
+    assert use_compile(auto, S("pretrain"), cuda) and not use_compile(auto, S("pretrain"), cpu)
+    assert not use_compile(auto, S("sft"), cuda) and not use_compile(auto, S("dpo"), cuda)
+    assert use_compile(TrainConfig(compile="true"), S("sft"), cpu)
+    with pytest.raises(ValueError, match="compile must be auto, true or false"):
+        use_compile(TrainConfig(compile="yes please"), S("sft"), cpu)
+
+
+def test_real_preset_divides_over_eight_gpus():
+    """README's `torchrun --nproc_per_node 8` commands: every stage's grad_accum splits over 8 ranks."""
+    from llmrecipe.train.dpo import dpo_config
+    from llmrecipe.train.sft import sft_config
+
+    for cfg in (pretrain_config("gpt2-124m"), sft_config("gpt2-124m"), dpo_config("gpt2-124m")):
+        assert cfg.train.grad_accum % 8 == 0, cfg

@@ -56,6 +56,23 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", adapte
     return model.to(device), tok
 
 
+def model_record(directory: str | Path) -> tuple[dict, str | None]:
+    """(GPTConfig as a dict, the preset it was trained with or None) of a model or adapter folder, following an
+    adapter's base chain; reads JSON only (no weights), so a command can choose its settings first."""
+    directory = Path(directory)
+    run_config = directory / "config.json"  # a stage's run folder records its resolved config, preset included
+    preset = json.loads(run_config.read_text()).get("preset") or None if run_config.is_file() else None
+    if (directory / "adapter_config.json").is_file() and not (directory / "model.json").is_file():
+        cfg, base_preset = model_record(read_adapter_config(directory)[1])
+        return cfg, preset or base_preset
+    meta_path = directory / "model.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{directory}: not a model folder (needs model.json and model.safetensors) "
+                                "nor an adapter folder (adapter_config.json)")
+    meta = json.loads(meta_path.read_text())
+    return meta["config"], meta.get("preset") or preset
+
+
 def save_hf(directory: str | Path, model: GPT) -> None:
     """Export as a Hugging Face `GPT2LMHeadModel` folder (needs `transformers`), e.g. for PEFT or other tools."""
     import transformers

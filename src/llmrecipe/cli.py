@@ -30,8 +30,8 @@ def _add_prepare(sub) -> None:
         k.add_argument("--workers", type=int, help="tokenizer processes")
 
 
-def _add_train_common(p) -> None:
-    p.add_argument("--preset", default="tiny", help="config preset name or YAML path (default tiny)")
+def _add_train_common(p, default_help: str) -> None:
+    p.add_argument("--preset", help=f"config preset name or YAML path (default: {default_help})")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, final model)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     pt = sub.add_parser("pretrain", help="stage 1: pre-train a GPT-2 from scratch")
     pt.add_argument("--data", help="shard folder from `llmrecipe prepare`")
-    _add_train_common(pt)
+    _add_train_common(pt, "tiny")
     g = sub.add_parser("generate", help="sample text from a model folder")
     g.add_argument("--model", required=True)
     g.add_argument("--prompt", default="")
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     sf.add_argument("--epochs", type=float)
     sf.add_argument("--lr", type=float)
     sf.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
-    _add_train_common(sf)
+    _add_train_common(sf, "the preset --base was trained with")
     dp = sub.add_parser("dpo", help="stage 3: DPO with a fresh LoRA on the SFT model")
     dp.add_argument("--sft", help="adapter folder from `llmrecipe sft` (or any model folder)")
     dp.add_argument("--data", help="hub id (HuggingFaceH4/ultrafeedback_binarized) or local files (UFB or HH format)")
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(default, no extra memory) or a frozen copy")
     dp.add_argument("--precompute-reference", action="store_true", help="score the reference once, cache it")
     dp.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
-    _add_train_common(dp)
+    _add_train_common(dp, "the preset --sft was trained with")
     c = sub.add_parser("chat", help="interactive chat in the terminal")
     c.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is loaded); "
                    "with --url, the served model's name")
@@ -166,7 +166,9 @@ def cmd_pretrain(a) -> None:
     from .config import apply_overrides, parse_overrides
     from .train.pretrain import pretrain_config, run_pretrain
 
-    cfg = pretrain_config(a.preset)
+    if not a.preset:
+        print("pretrain: no --preset given, using tiny (the CPU-sized model); --preset gpt2-124m is GPT-2 small")
+    cfg = pretrain_config(a.preset or "tiny")
     if a.data:
         cfg.data = a.data
     apply_overrides(cfg, parse_overrides(a.set))
@@ -174,11 +176,17 @@ def cmd_pretrain(a) -> None:
     print(f"done: {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
 
 
-def _tune(a, make_config, run, fields: tuple[str, ...]) -> None:
-    """Shared by sft and dpo: preset → flags → --set overrides → run."""
-    from .config import apply_overrides, parse_overrides
+def _tune(a, make_config, run, fields: tuple[str, ...], parent: str | None, stage: str) -> None:
+    """Shared by sft and dpo: preset (by default the one `parent` was trained with) → flags → --set → run."""
+    from .checkpoint import model_record
+    from .config import apply_overrides, choose_preset, parse_overrides
 
-    cfg = make_config(a.preset)
+    if not parent:
+        raise ValueError(f"{stage} needs --{'base' if stage == 'sft' else 'sft'}: the model folder it starts from")
+    model, recorded = model_record(parent)
+    preset, why = choose_preset(a.preset, model, recorded, parent)
+    print(f"{stage}: preset {preset} ({why})")
+    cfg = make_config(preset)
     for key in fields:
         val = getattr(a, key, None)
         if val is not None and val is not False:
@@ -193,14 +201,14 @@ def _tune(a, make_config, run, fields: tuple[str, ...]) -> None:
 def cmd_sft(a) -> None:
     from .train.sft import run_sft, sft_config
 
-    _tune(a, sft_config, run_sft, ("base", "data", "split", "epochs", "strict"))
+    _tune(a, sft_config, run_sft, ("base", "data", "split", "epochs", "strict"), a.base, "sft")
 
 
 def cmd_dpo(a) -> None:
     from .train.dpo import dpo_config, run_dpo
 
     _tune(a, dpo_config, run_dpo, ("sft", "data", "split", "beta", "epochs", "reference", "precompute_reference",
-                                   "strict"))
+                                   "strict"), a.sft, "dpo")
 
 
 def cmd_chat(a) -> None:
@@ -222,8 +230,11 @@ def cmd_chat(a) -> None:
 def cmd_merge(a) -> None:
     from .checkpoint import load_model, save_hf, save_model
 
+    from .checkpoint import model_record
+
     model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
-    save_model(a.out, model, tok, {"stage": "merged", "from": [a.model, a.adapter]})
+    preset = model_record(a.adapter or a.model)[1]
+    save_model(a.out, model, tok, {"stage": "merged", "from": [a.model, a.adapter], "preset": preset})
     if a.hf:
         save_hf(f"{a.out}/hf", model)
     print(f"merged model written to {a.out}")

@@ -32,6 +32,53 @@ def load_preset(name: str) -> dict:
     return yaml.safe_load(preset_path(name).read_text()) or {}
 
 
+# What makes two models the same model for a preset's hyperparameters (dropout may differ between stages)
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
+
+
+def _model_differences(name: str, model: dict) -> list[str]:
+    p = load_preset(name).get("model") or {}
+    return [f"{k} {p[k]} vs {model.get(k)}" for k in MODEL_KEYS if k in p and p[k] != model.get(k)]
+
+
+def choose_preset(explicit: str | None, model: dict, recorded: str | None, folder: str) -> tuple[str, str]:
+    """The preset a stage on `folder` uses, and why: `--preset` if given (a loud warning when its model is not
+    the folder's), else the preset the folder was trained with, else the one preset whose model matches.
+
+    A stage command must never fall back to a preset silently: `sft` on a 124M base with tiny's settings
+    (lr 5e-3, batch 16) trains for hours and produces a broken model without a word."""
+    if explicit:
+        if diffs := _model_differences(explicit, model):
+            import sys
+
+            print(f"WARNING: --preset {explicit} describes another model than {folder} ({'; '.join(diffs)}, "
+                  f"preset vs model)" + (f"; the model was trained with --preset {recorded}" if recorded else "")
+                  + ". Its hyperparameters were tuned for that other model.", file=sys.stderr, flush=True)
+        return explicit, "--preset"
+    if recorded:
+        preset_path(recorded)  # a clear error if the recorded preset no longer exists
+        return recorded, f"the preset {folder} was trained with"
+    names = sorted(f.stem for f in PRESET_DIR.glob("*.yaml"))
+    matches = [n for n in names if load_preset(n).get("model") and not _model_differences(n, model)]
+    if len(matches) == 1:
+        return matches[0], f"the preset whose model is {folder}'s"
+    raise ValueError(f"{folder} records no preset and its model ({', '.join(f'{k} {model.get(k)}' for k in MODEL_KEYS)}"
+                     f") matches {'none' if not matches else ', '.join(matches)} of the presets: pass --preset")
+
+
+def settings_line(stage: str, cfg: Any, why: str = "") -> str:
+    """One line that says which settings a stage runs with, printed before anything expensive starts."""
+    t = cfg.train
+    parts = [f"lr {t.lr:g} ({t.schedule}, warmup {t.warmup_steps})", f"batch {t.batch_size} x {t.grad_accum} accum"]
+    parts.append(f"{t.max_steps:,} steps" if t.max_steps > 0 else f"{getattr(cfg, 'epochs', 0):g} epochs")
+    if lora := getattr(cfg, "lora", None):
+        parts.append(f"LoRA r {lora.r} alpha {lora.alpha:g} dropout {lora.dropout:g}")
+    if hasattr(cfg, "beta"):
+        parts.append(f"beta {cfg.beta:g}" + (f", rpo_alpha {cfg.rpo_alpha:g}" if cfg.rpo_alpha else ""))
+    preset = getattr(cfg, "preset", "") or "none"
+    return f"{stage}: preset {preset}" + (f" ({why})" if why else "") + " — " + ", ".join(parts)
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from ..chat import IGNORE
 from ..checkpoint import load_model
-from ..config import build, load_preset, to_dict
+from ..config import build, load_preset, settings_line, to_dict
 from ..data.preference import EncodedPair, collate_pairs, load_pairs
 from ..files import atomic_write
 from ..lora import LoRAConfig, adapters_disabled, inject, trainable_summary
@@ -44,12 +44,13 @@ class DPOConfig:
     precompute_reference: bool = False  # one pass over the data, cached in the run folder
     max_examples: int | None = None
     strict: bool = False
+    preset: str = ""  # the preset these settings came from (recorded in the run folder's config.json)
 
 
 def dpo_config(preset: str) -> DPOConfig:
     p = load_preset(preset).get("dpo", {})
     return build(DPOConfig, {"lora": p.get("lora", {}), "train": p.get("train", {}),
-                             **{k: v for k, v in p.items() if k not in ("lora", "train")}})
+                             **{k: v for k, v in p.items() if k not in ("lora", "train")}, "preset": preset})
 
 
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -170,4 +171,6 @@ def run_dpo(cfg: DPOConfig, out: str | Path, resume: bool = False) -> dict:
     stage = DPOStage(cfg, rt, Path(out))
     if cfg.train.max_steps <= 0:
         cfg.train.max_steps = steps_for(len(stage.pairs), cfg.epochs, cfg.train)
+    if rt.is_main:
+        print(settings_line("dpo", cfg))
     return train(stage, cfg.train, rt, out, to_dict(cfg), resume)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_model
-from ..config import build, load_preset, to_dict
+from ..config import build, load_preset, settings_line, to_dict
 from ..data.loader import TokenWindows
 from ..data.order import item_start
 from ..model import GPT, GPTConfig
@@ -22,11 +22,12 @@ class PretrainConfig:
     model: GPTConfig = field(default_factory=GPTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: str = ""  # a folder written by `llmrecipe prepare`
+    preset: str = ""  # recorded in the model folder: later stages default to the same preset
 
 
 def pretrain_config(preset: str) -> PretrainConfig:
     p = load_preset(preset)
-    return build(PretrainConfig, {"model": p.get("model", {}), "train": p.get("pretrain", {})})
+    return build(PretrainConfig, {"model": p.get("model", {}), "train": p.get("pretrain", {}), "preset": preset})
 
 
 class PretrainStage:
@@ -72,7 +73,8 @@ class PretrainStage:
         return {"val_loss": val, "val_ppl": float(torch.tensor(val).exp())}
 
     def finish(self, model, run_dir: Path) -> None:
-        save_model(run_dir, model, self.tokenizer, {"stage": "pretrain", "data": str(self.cfg.data)})
+        save_model(run_dir, model, self.tokenizer, {"stage": "pretrain", "data": str(self.cfg.data),
+                                                             "preset": self.cfg.preset})
 
 
 def run_pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> dict:
@@ -83,6 +85,8 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> 
     if not Path(cfg.data).is_dir():
         raise FileNotFoundError(f"--data {cfg.data}: no such folder")
     rt = setup(cfg.train.device, cfg.train.dtype)
+    if rt.is_main:
+        print(settings_line("pretrain", cfg) + f"; model {cfg.model.n_layer} layers x {cfg.model.n_embd}")
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's determinism
     stage = PretrainStage(cfg, rt)
     resolved = to_dict(cfg)

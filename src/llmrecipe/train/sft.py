@@ -11,7 +11,7 @@ import torch
 
 from ..chat import IGNORE
 from ..checkpoint import load_model
-from ..config import build, load_preset, to_dict
+from ..config import build, load_preset, settings_line, to_dict
 from ..data.chat import collate, load_chat, pack
 from ..data.order import EpochOrder, item_start
 from ..files import atomic_write_json
@@ -33,13 +33,14 @@ class SFTConfig:
     max_examples: int | None = None
     val_examples: int = 0  # held out from the end of the data for validation loss
     strict: bool = False  # reject bad rows instead of skipping them
+    preset: str = ""  # the preset these settings came from (recorded in the run folder's config.json)
     packing: bool = False  # concatenate short conversations up to the context (fewer pad tokens)
 
 
 def sft_config(preset: str) -> SFTConfig:
     p = load_preset(preset).get("sft", {})
     return build(SFTConfig, {"lora": p.get("lora", {}), "train": p.get("train", {}),
-                             **{k: v for k, v in p.items() if k not in ("lora", "train")}})
+                             **{k: v for k, v in p.items() if k not in ("lora", "train")}, "preset": preset})
 
 
 def finish_adapter_run(stage, model, run_dir: Path, parent: str) -> None:
@@ -116,5 +117,7 @@ def run_sft(cfg: SFTConfig, out: str | Path, resume: bool = False) -> dict:
     stage = SFTStage(cfg, rt)
     if cfg.train.max_steps <= 0:
         cfg.train.max_steps = steps_for(len(stage.train_examples), cfg.epochs, cfg.train)
+    if rt.is_main:
+        print(settings_line("sft", cfg))
     return train(stage, cfg.train, rt, out, to_dict(cfg), resume)
 
