@@ -223,3 +223,50 @@ def test_real_preset_divides_over_eight_gpus():
 
     for cfg in (pretrain_config("gpt2-124m"), sft_config("gpt2-124m"), dpo_config("gpt2-124m")):
         assert cfg.train.grad_accum % 8 == 0, cfg
+
+
+def test_mfu_names_the_right_peak(monkeypatch):
+    from llmrecipe.runtime import peak_flops_for
+
+    monkeypatch.delenv("LLMRECIPE_PEAK_TFLOPS", raising=False)
+    assert peak_flops_for("NVIDIA H100 80GB HBM3") == 989e12  # SXM
+    assert peak_flops_for("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops_for("NVIDIA H100 NVL") == 835e12
+    assert peak_flops_for("NVIDIA A100-SXM4-40GB") == peak_flops_for("NVIDIA A100 80GB PCIe") == 312e12
+    assert peak_flops_for("NVIDIA L4") == 121e12 and peak_flops_for("NVIDIA L40S") == 362e12
+    assert peak_flops_for("NVIDIA A10G") is None and peak_flops_for("Some New GPU") is None
+    monkeypatch.setenv("LLMRECIPE_PEAK_TFLOPS", "100")
+    assert peak_flops_for("NVIDIA A10G") == 100e12
+
+
+def test_fsdp_computes_in_bf16_and_reduces_in_fp32():
+    from llmrecipe.runtime import Runtime
+
+    mp = Runtime(torch.device("cuda", 0), torch.bfloat16).fsdp_policy()
+    assert (mp.param_dtype, mp.reduce_dtype) == (torch.bfloat16, torch.float32)
+    plain = Runtime(torch.device("cpu"), None).fsdp_policy()
+    assert plain.param_dtype is None and plain.reduce_dtype is None
+
+
+def test_throughput_excludes_evaluation_time(small_corpus, tmp_path, monkeypatch):
+    """tokens/s is the training rate: an evaluation inside the logging window does not lower it. The
+    evaluation advances the loop's clock by 1,000 s (no sleeping: a loaded CI machine must not matter)."""
+    import time
+    import types
+
+    from llmrecipe.train import loop
+    from llmrecipe.train.pretrain import PretrainStage
+
+    offset = [0.0]
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: time.time() + offset[0]))
+    slow = PretrainStage.evaluate
+
+    def evaluate(self, model):
+        offset[0] += 1000.0
+        return slow(self, model)
+    monkeypatch.setattr(PretrainStage, "evaluate", evaluate)
+    run_pretrain(small_cfg(small_corpus, max_steps=4, log_interval=4, eval_interval=2), tmp_path)
+    rec = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x][-1]
+    # 4 steps x 512 tokens: with the evaluation counted the rate would be ~2 tokens/s
+    assert rec["tokens_per_sec"] > 50, rec
+    assert rec["elapsed"] > 1000  # wall time itself still counts the evaluation

@@ -9,8 +9,23 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-# Dense bf16 peak FLOP/s, for MFU; unknown devices report no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
+# Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s per GPU from NVIDIA's datasheets, the MFU denominator.
+# Matched in order against torch.cuda.get_device_name(), so the more specific names come first: an H100 PCIe
+# (756 TF) or NVL (835 TF) must not be scored against the SXM's 989 TF. Names with no reliable figure map to
+# None (no MFU) rather than a guess; LLMRECIPE_PEAK_TFLOPS overrides for any device.
+PEAK_FLOPS: list[tuple[str, float | None]] = [
+    ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12),  # "NVIDIA H100 80GB HBM3" is the SXM
+    ("H200 NVL", 835e12), ("H200", 989e12), ("GH200", 989e12),
+    ("A100", 312e12),  # SXM and PCIe, 40 and 80 GB alike
+    ("A10G", None),  # AWS's variant of the A10, clocked lower; no published bf16 figure
+    ("A10", 125e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
+]
+
+
+def peak_flops_for(name: str) -> float | None:
+    if override := os.environ.get("LLMRECIPE_PEAK_TFLOPS"):
+        return float(override) * 1e12
+    return next((v for k, v in PEAK_FLOPS if k.lower() in name.lower()), None)
 
 
 @dataclass
@@ -45,10 +60,20 @@ class Runtime:
         if parallel == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
-            for block in model.transformer.h:
-                fully_shard(block)
-            return fully_shard(model)
+            mp = self.fsdp_policy()
+            for block in model.transformer.h:  # one all-gather per block, freed after its forward
+                fully_shard(block, mp_policy=mp)
+            return fully_shard(model, mp_policy=mp)
         raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {parallel!r}")
+
+    def fsdp_policy(self):
+        """FSDP2's mixed precision: bf16 parameters for compute (gathered at half the bytes), gradients reduced
+        in fp32 (a bf16 sum over ranks loses low bits), fp32 master weights and optimizer state."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        if self.autocast_dtype is None:
+            return MixedPrecisionPolicy()
+        return MixedPrecisionPolicy(param_dtype=self.autocast_dtype, reduce_dtype=torch.float32)
 
     def mean(self, values: dict[str, torch.Tensor | float]) -> dict[str, float]:
         """Scalars averaged over ranks (what a 1-process run with the same global batch would log), read
@@ -70,8 +95,7 @@ class Runtime:
     def peak_flops(self) -> float | None:
         if self.device.type != "cuda":
             return None
-        name = torch.cuda.get_device_name(self.device)
-        return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        return peak_flops_for(torch.cuda.get_device_name(self.device))
 
 
 def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
