@@ -1,0 +1,23 @@
+"""The GPU check (bench/gpu_check.py) must not rot between the days a GPU is lent: CI runs it shrunken on CPU,
+through the same commands (prepare, pretrain compiled and eager, sft, dpo, the engine) and the HF peer."""
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_gpu_check_runs_shrunken_on_cpu(data_dir, tmp_path):
+    out = tmp_path / "bench.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--small", "--steps", "4",
+                           "--data", str(data_dir), "--work", str(tmp_path / "work"), "--append", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = out.read_text()
+    assert "### GPU check — CPU — " in table and "--small" in table
+    for row in ("pretrain compiled: tokens/s", "pretrain eager: tokens/s", "HF GPT2LMHeadModel (SDPA)",
+                "ours / HF (eager)", "fp32 vs bf16 autocast", "sft (LoRA", "dpo (LoRA", "engine scoring",
+                "engine generation"):
+        m = re.search(re.escape(row) + r"[^|]*\| ([0-9.,]+)", table)
+        assert m and float(m.group(1).replace(",", "")) > 0, row
+    assert "EXCEEDED" not in table  # bf16 autocast and fp32 agree after the same steps
