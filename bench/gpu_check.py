@@ -62,9 +62,9 @@ class Peak:
 
 
 def pretrain(data: Path, out: Path, steps: int, batch: int, small: bool, **settings) -> Peak:
-    sets = [f"max_steps={steps}", f"batch_size={batch}", "grad_accum=1", f"log_interval={max(1, steps // 10)}",
-            "eval_interval=0", f"save_interval={steps}", "warmup_steps=10", *(SMALL if small else []),
-            *(f"{k}={v}" for k, v in settings.items())]
+    sets = [f"max_steps={steps}", f"batch_size={batch}", "grad_accum=1",
+            f"log_interval={max(1, steps // 10)}", "eval_interval=0", f"save_interval={steps}",
+            "warmup_steps=10", *(SMALL if small else []), *(f"{k}={v}" for k, v in settings.items())]
     with Peak() as p:
         cli(["pretrain", "--preset", "gpt2-124m", "--data", str(data), "--out", str(out), "--set", *sets])
     return p
@@ -150,19 +150,22 @@ def main() -> None:
              ("ours / HF (compiled)" if cuda else "ours / HF (eager)",
               f"{(tps_c if cuda else tps_e) / hf:.2f}x")]
     first, last = records(work / "compiled")[0]["loss"], records(work / "compiled")[-1]["loss"]
-    rows.append((f"loss, step 1 → {steps}", f"{first:.3f} → {last:.3f}" + (" (falls)" if last < first else " (!)")))
+    rows.append((f"loss, step 1 → {steps}",
+                 f"{first:.3f} → {last:.3f}" + (" (falls)" if last < first else " (!)")))
     # 2. bf16 autocast vs fp32 after the same steps, same data, same init
     k = min(50, steps)
     pretrain(work / "shard", work / "fp32", k, batch, a.small, compile="false", dtype="float32")
     pretrain(work / "shard", work / "bf16", k, batch, a.small, compile="false", dtype="bfloat16")
     l32, l16 = records(work / "fp32")[-1]["loss"], records(work / "bf16")[-1]["loss"]
-    rows.append((f"loss at step {k}: fp32 vs bf16 autocast", f"{l32:.4f} vs {l16:.4f} (|Δ| {abs(l32 - l16):.4f}; "
-                 "tolerance 0.05 nats)" + ("" if abs(l32 - l16) < 0.05 else " EXCEEDED")))
+    rows.append((f"loss at step {k}: fp32 vs bf16 autocast",
+                 f"{l32:.4f} vs {l16:.4f} (|Δ| {abs(l32 - l16):.4f}; tolerance 0.05 nats)"
+                 + ("" if abs(l32 - l16) < 0.05 else " EXCEEDED")))
     # 3. SFT and DPO with LoRA on the pre-trained model, at the preset's micro-batches
     ft_steps = 3 if a.small else 20
     with Peak() as p_sft:
-        cli(["sft", "--base", str(work / "compiled"), "--data", str(data / "sft" / "ultrachat_200k_sample20.jsonl"),
-             "--out", str(work / "sft"), "--set", f"max_steps={ft_steps}", f"log_interval={ft_steps}"])
+        cli(["sft", "--base", str(work / "compiled"),
+             "--data", str(data / "sft" / "ultrachat_200k_sample20.jsonl"), "--out", str(work / "sft"),
+             "--set", f"max_steps={ft_steps}", f"log_interval={ft_steps}"])
     with Peak() as p_dpo:
         cli(["dpo", "--sft", str(work / "sft"), "--data",
              str(data / "preference" / "ultrafeedback" / "train_clean.jsonl"), "--out", str(work / "dpo"),
@@ -175,9 +178,11 @@ def main() -> None:
     rows += [("engine scoring: tokens/s", f"{scored:,.0f}"), ("engine generation, batch 16: new tokens/s",
                                                               f"{gen:,.0f}")]
     # 5. memory against the 24 GB budget, and the 52B-token run projected from the measured rate
-    for name, p in (("pretrain compiled", compiled), ("pretrain eager", eager), ("sft", p_sft), ("dpo", p_dpo)):
+    stages = (("pretrain compiled", compiled), ("pretrain eager", eager), ("sft", p_sft), ("dpo", p_dpo))
+    for name, p in stages:
         if p.gib is not None:
-            rows.append((f"peak memory, {name}", f"{p.gib:.1f} GiB" + ("" if p.gib < BUDGET_GIB else " > 24 GB!")))
+            over = "" if p.gib < BUDGET_GIB else " > 24 GB!"
+            rows.append((f"peak memory, {name}", f"{p.gib:.1f} GiB{over}"))
     if cuda and not a.small:
         for n, eff in ((1, 1.0), (8, 1.0), (8, 0.9)):
             hours = TOKENS_124M / (tps_c * n * eff) / 3600

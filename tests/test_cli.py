@@ -27,7 +27,7 @@ def test_stage_commands_chain(data_dir, tmp_path, capsys):
     assert resolved["beta"] == 0.2 and resolved["train"]["max_steps"] == 3
     # no --preset: each stage took the preset its input was trained with, and said so before training
     assert json.loads((tmp_path / "base" / "model.json").read_text())["preset"] == "tiny"
-    assert resolved["preset"] == "tiny" and resolved["rpo_alpha"] == 1.0  # tiny's DPO, not the dataclass default
+    assert resolved["preset"] == "tiny" and resolved["rpo_alpha"] == 1.0  # tiny's DPO, not the default
     out = capsys.readouterr().out
     assert "sft: preset tiny (the preset" in out and "dpo: preset tiny (the preset" in out
     assert "sft: preset tiny — lr 0.005 (cosine, warmup 10)" in out

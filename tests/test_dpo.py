@@ -39,7 +39,8 @@ def test_loss_matches_independent_formula():
     pc, pr, rc, rr = (torch.randn(6, generator=g, dtype=torch.float64) * 20 - 100 for _ in range(4))
     loss, m = dpo_loss(pc, pr, rc, rr, beta=0.1)
     assert loss.item() == pytest.approx(reference_dpo_loss(pc, pr, rc, rr, 0.1), abs=1e-9)
-    assert float(m["rewards/margin"]) == pytest.approx((0.1 * ((pc - rc) - (pr - rr))).mean().item(), abs=1e-9)
+    margin = (0.1 * ((pc - rc) - (pr - rr))).mean().item()
+    assert float(m["rewards/margin"]) == pytest.approx(margin, abs=1e-9)
 
 
 def test_masked_positions_contribute_nothing_to_logps():
@@ -143,4 +144,5 @@ def test_rpo_adds_the_chosen_answers_mean_token_nll(tiny_base, ufb, tmp_path):
         pos = (y[b] != IGNORE).nonzero().flatten()
         nll.append(-logp[b, pos, y[b, pos]].mean().item())
     assert float(m["nll_loss"]) == pytest.approx(sum(nll) / n, rel=1e-5)
-    assert loss.item() == pytest.approx(math.log(2) + 0.5 * float(m["nll_loss"]), rel=1e-5)  # DPO is log 2 at init
+    # DPO is log 2 at init
+    assert loss.item() == pytest.approx(math.log(2) + 0.5 * float(m["nll_loss"]), rel=1e-5)

@@ -57,10 +57,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", adapte
 
 
 def model_record(directory: str | Path) -> tuple[dict, str | None]:
-    """(GPTConfig as a dict, the preset it was trained with or None) of a model or adapter folder, following an
-    adapter's base chain; reads JSON only (no weights), so a command can choose its settings first."""
+    """(GPTConfig as a dict, the preset it was trained with or None) of a model or adapter folder, following
+    an adapter's base chain; reads JSON only (no weights), so a command can choose its settings first."""
     directory = Path(directory)
-    run_config = directory / "config.json"  # a stage's run folder records its resolved config, preset included
+    run_config = directory / "config.json"  # a stage's run folder: its resolved config, preset included
     preset = json.loads(run_config.read_text()).get("preset") or None if run_config.is_file() else None
     if (directory / "adapter_config.json").is_file() and not (directory / "model.json").is_file():
         cfg, base_preset = model_record(read_adapter_config(directory)[1])

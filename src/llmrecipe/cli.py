@@ -167,7 +167,8 @@ def cmd_pretrain(a) -> None:
     from .train.pretrain import pretrain_config, run_pretrain
 
     if not a.preset:
-        print("pretrain: no --preset given, using tiny (the CPU-sized model); --preset gpt2-124m is GPT-2 small")
+        print("pretrain: no --preset given, using tiny (the CPU-sized model); "
+              "--preset gpt2-124m is GPT-2 small")
     cfg = pretrain_config(a.preset or "tiny")
     if a.data:
         cfg.data = a.data
@@ -182,7 +183,8 @@ def _tune(a, make_config, run, fields: tuple[str, ...], parent: str | None, stag
     from .config import apply_overrides, choose_preset, parse_overrides
 
     if not parent:
-        raise ValueError(f"{stage} needs --{'base' if stage == 'sft' else 'sft'}: the model folder it starts from")
+        flag = "--base" if stage == "sft" else "--sft"
+        raise ValueError(f"{stage} needs {flag}: the model folder it starts from")
     model, recorded = model_record(parent)
     preset, why = choose_preset(a.preset, model, recorded, parent)
     print(f"{stage}: preset {preset} ({why})")

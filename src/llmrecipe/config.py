@@ -51,9 +51,10 @@ def choose_preset(explicit: str | None, model: dict, recorded: str | None, folde
         if diffs := _model_differences(explicit, model):
             import sys
 
+            trained = f"; the model was trained with --preset {recorded}" if recorded else ""
             print(f"WARNING: --preset {explicit} describes another model than {folder} ({'; '.join(diffs)}, "
-                  f"preset vs model)" + (f"; the model was trained with --preset {recorded}" if recorded else "")
-                  + ". Its hyperparameters were tuned for that other model.", file=sys.stderr, flush=True)
+                  f"preset vs model){trained}. Its hyperparameters were tuned for that other model.",
+                  file=sys.stderr, flush=True)
         return explicit, "--preset"
     if recorded:
         preset_path(recorded)  # a clear error if the recorded preset no longer exists
@@ -62,14 +63,17 @@ def choose_preset(explicit: str | None, model: dict, recorded: str | None, folde
     matches = [n for n in names if load_preset(n).get("model") and not _model_differences(n, model)]
     if len(matches) == 1:
         return matches[0], f"the preset whose model is {folder}'s"
-    raise ValueError(f"{folder} records no preset and its model ({', '.join(f'{k} {model.get(k)}' for k in MODEL_KEYS)}"
-                     f") matches {'none' if not matches else ', '.join(matches)} of the presets: pass --preset")
+    shape = ", ".join(f"{k} {model.get(k)}" for k in MODEL_KEYS)
+    which = ", ".join(matches) or "none"
+    raise ValueError(f"{folder} records no preset and its model ({shape}) matches {which} of the presets: "
+                     "pass --preset")
 
 
 def settings_line(stage: str, cfg: Any, why: str = "") -> str:
     """One line that says which settings a stage runs with, printed before anything expensive starts."""
     t = cfg.train
-    parts = [f"lr {t.lr:g} ({t.schedule}, warmup {t.warmup_steps})", f"batch {t.batch_size} x {t.grad_accum} accum"]
+    parts = [f"lr {t.lr:g} ({t.schedule}, warmup {t.warmup_steps})",
+             f"batch {t.batch_size} x {t.grad_accum} accum"]
     parts.append(f"{t.max_steps:,} steps" if t.max_steps > 0 else f"{getattr(cfg, 'epochs', 0):g} epochs")
     if lora := getattr(cfg, "lora", None):
         parts.append(f"LoRA r {lora.r} alpha {lora.alpha:g} dropout {lora.dropout:g}")

@@ -67,8 +67,8 @@ class Runtime:
         raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {parallel!r}")
 
     def fsdp_policy(self):
-        """FSDP2's mixed precision: bf16 parameters for compute (gathered at half the bytes), gradients reduced
-        in fp32 (a bf16 sum over ranks loses low bits), fp32 master weights and optimizer state."""
+        """FSDP2's mixed precision: bf16 parameters for compute (gathered at half the bytes), gradients
+        reduced in fp32 (a bf16 sum over ranks loses low bits), fp32 master weights and optimizer state."""
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
         if self.autocast_dtype is None:

@@ -133,7 +133,8 @@ class StepBatches:
     def get(self, step: int) -> tuple[list, int, int]:
         """(device batches, units, tokens) of this rank's share of `step`; starts building `step + 1`."""
         fut = self.ahead[1] if self.ahead and self.ahead[0] == step else self.pool.submit(self._build, step)
-        self.ahead = (step + 1, self.pool.submit(self._build, step + 1)) if step + 1 < self.max_steps else None
+        nxt = step + 1
+        self.ahead = (nxt, self.pool.submit(self._build, nxt)) if nxt < self.max_steps else None
         batches, units, tokens = fut.result()
         batches = [_map_tensors(b, lambda t: t.to(self.device, non_blocking=True)) for b in batches]
         return batches, units, tokens

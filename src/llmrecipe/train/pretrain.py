@@ -27,7 +27,8 @@ class PretrainConfig:
 
 def pretrain_config(preset: str) -> PretrainConfig:
     p = load_preset(preset)
-    return build(PretrainConfig, {"model": p.get("model", {}), "train": p.get("pretrain", {}), "preset": preset})
+    return build(PretrainConfig, {"model": p.get("model", {}), "train": p.get("pretrain", {}),
+                                  "preset": preset})
 
 
 class PretrainStage:
