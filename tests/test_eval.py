@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llmrecipe.eval import make_suites
-from llmrecipe.eval.gsm8k import GSM8K, extract_flexible, extract_strict, gold_answer, normalize
+from llmrecipe.eval.gsm8k import STOP, GSM8K, extract_flexible, extract_strict, gold_answer, normalize
 from llmrecipe.eval.harness import EvalModel, compare_table, evaluate, load_eval_model, write_table
 from llmrecipe.eval.mmlu_pro import LETTERS, MMLUPro, load_split
 
@@ -14,24 +14,71 @@ def eval_dir(data_dir):
     return str(data_dir / "eval")
 
 
-@pytest.mark.parametrize("output, strict, flexible", [
-    ("She has 16 - 3 - 4 = 9 eggs. 9 * 2 = 18. The answer is 18.", "18", "18"),
-    ("The answer is $1,234.", None, "1234"),  # lm-eval's strict regex admits no "$"
-    ("So the total is 12.50 dollars. The answer is 12.50.", "12.5", "12.5"),
-    ("The answer is 7.0. Q: next", "7", "7"),
-    ("3 + 4 = 7 so she gets 7 apples", None, "7"),
-    ("The answer is -5.", "-5", "-5"),
-    ("First 10, then 20. The answer is 30. Then 40 more.", "30", "40"),
-    ("no digits at all", None, None),
-])
-def test_answer_extraction_table(output, strict, flexible):
-    assert extract_strict(output) == strict and extract_flexible(output) == flexible
+def _gsm8k_cot_reference():
+    """lm-evaluation-harness's own gsm8k_cot: its task YAML, regex filter and exact-match metric."""
+    import yaml
+    import lm_eval
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    from pathlib import Path
+    cfg = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k-cot.yaml").read_text())
+    filters = {f["name"]: f["filter"][0] for f in cfg["filter_list"]}
+    metric = cfg["metric_list"][0]
+
+    def verdict(name: str, output: str, gold: str) -> tuple[str, bool]:
+        f = filters[name]
+        pred = RegexFilter(f["regex_pattern"], f.get("group_select", 0)).apply([[output]], [{}])[0][0]
+        em = exact_match_hf_evaluate([pred], [gold], regexes_to_ignore=metric["regexes_to_ignore"],
+                                     ignore_case=metric["ignore_case"],
+                                     ignore_punctuation=metric["ignore_punctuation"])["exact_match"]
+        return pred, bool(em)
+    return cfg, verdict
+
+
+def _varied_outputs() -> list[tuple[str, str]]:
+    """(output, gold) pairs meant to hit every corner of extraction and normalisation."""
+    import random
+    rng = random.Random(0)
+    numbers = ["18", "3", "3.0", "3.00", "1,234", "1234", "$5", "$1,000", "-7", "12.50", "12.5", "0.5", ".5",
+               "7.", "1,000.", "100", "2,5", "42"]
+    golds = ["18", "3", "1234", "5", "1000", "-7", "12.5", "0.5", "7", "100", "42", "1,234"]
+    shapes = ["{w} The answer is {n}.", "{w} The answer is {n}", "The answer is {n}. The answer is {m}.",
+              "{w} So the answer is {n}.\n\nQ: next", "{w} {n} apples in all.", "#### {n}",
+              "{w} The answer is {n}.\n#### {m}", "{w}\n\nThe answer is {n}.", "The answer is: {n}.",
+              "no number here", "{n}", "{w} the answer is {n}.", "{w} The answer is {n}.{m}"]
+    work = ["She has 16 - 3 - 4 = 9 eggs. 9 * 2 = 18.", "First 10, then 20.", "3 + 4 = 7", ""]
+    out = []
+    for _ in range(1600):
+        n = rng.choice(numbers)
+        text = rng.choice(shapes).format(w=rng.choice(work), n=n, m=rng.choice(numbers))
+        out.append((text, n if rng.random() < 0.5 else rng.choice(golds)))  # half: the gold is what it wrote
+    return out
+
+
+def test_gsm8k_verdicts_equal_lm_evaluation_harness_gsm8k_cot():
+    """Item by item, our strict and flexible extractions and verdicts are lm-eval's (its code, its YAML)."""
+    cfg, verdict = _gsm8k_cot_reference()
+    assert STOP == cfg["generation_kwargs"]["until"]  # the same stop strings (EOT stops generation too)
+    disagreements, corrects = [], 0
+    for output, gold in _varied_outputs():
+        rec = GSM8K.record({"id": 0, "question": "", "gold": gold}, output)
+        for ours, key, name in ((rec["strict"], "correct", "strict-match"),
+                                (rec["flexible"], "correct_flexible", "flexible-extract")):
+            ref_pred, ref_ok = verdict(name, output, gold)
+            if (ours, rec[key]) != (ref_pred, ref_ok):
+                disagreements.append((output, gold, name, ours, rec[key], ref_pred, ref_ok))
+            corrects += ref_ok
+    assert not disagreements, disagreements[:5]
+    assert 500 < corrects < 2700  # of 3,200 verdicts: the sample exercises both outcomes
 
 
 def test_gold_and_normalisation():
     assert gold_answer("Janet sells 9 eggs.\n#### 18") == "18"
-    assert gold_answer("...\n#### 1,000") == "1000"
-    assert normalize("$5.00") == "5" and normalize("5.") == "5" and normalize("0.50") == "0.5"
+    assert gold_answer("...\n#### 1,000") == "1,000" and normalize("1,000") == "1000"
+    # lm-eval's normalisation, not a lenient one: one final "." goes, a ".0" stays
+    assert normalize("$5.00") == "5.00" and normalize("5.") == "5" and normalize("3.0.") == "3.0"
+    assert extract_strict("no answer") == "[invalid]" and extract_flexible("none") == "[invalid]"
 
 
 class StubEngine:

@@ -43,7 +43,10 @@ class EvalConfig:
 
 
 def _hash(obj, root: Path) -> str:
-    """Hash of a stage's settings without the run folder's path (`--out runs/x` then `--out $PWD/runs/x`: one run)."""
+    """Hash of a stage's settings without the run folder's path (`--out runs/x` then `--out $PWD/runs/x`: one run)
+    and without the preset's name (a label: the resolved values are what the stage computes from)."""
+    if isinstance(obj, dict):
+        obj = {k: v for k, v in obj.items() if k != "preset"}
     text = json.dumps(obj, sort_keys=True, default=str).replace(str(root), "<run>")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

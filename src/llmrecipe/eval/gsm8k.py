@@ -1,9 +1,13 @@
 """GSM8K (openai/gsm8k "main", test, 1,319 problems): 8-shot chain of thought, greedy, exact match.
 
-Prompt and scoring follow lm-evaluation-harness's gsm8k-cot: "Q: {question}\\nA: {target}" shots joined by
-a blank line, generation stops at "Q:" or a blank line; "strict" takes the first "The answer is N." and
-"flexible" the last number in the output; numbers are normalised (",", "$", a trailing "." or ".0").
-Chat models get the shots as user/assistant turns and answer in their own turn.
+Scored exactly as lm-evaluation-harness's `gsm8k_cot` (v3): "Q: {question}\\nA: {target}" shots joined by a
+blank line; generation stops at "Q:", "</s>" or "<|im_end|>" (and the end-of-text token), not at a blank
+line; "strict" is the first "The answer is N." capture, "flexible" the last number-like string; before the
+exact match, prediction and gold each lose every "," and "$", anything up to "#### ", and one final "."
+(`regexes_to_ignore`), and are lower-cased. So "The answer is 3.0." scores 3.0 ≠ 3, as lm-eval scores it:
+a column labelled GSM8K means what it means in the Open LLM Leaderboard and in papers. Chat models get the
+shots as user/assistant turns and answer in their own turn (lm-eval's `--apply_chat_template
+--fewshot_as_multiturn`).
 """
 from __future__ import annotations
 
@@ -19,34 +23,41 @@ HUB = ("openai/gsm8k", "main")
 EXEMPLARS_FILE = "gsm8k_cot_8shot_lm_eval_harness.jsonl"
 STRICT = re.compile(r"The answer is (\-?[0-9\.\,]+).")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-STOP = ["Q:", "\n\n"]
+STOP = ["Q:", "</s>", "<|im_end|>"]
+INVALID = "[invalid]"  # what lm-eval's regex filter returns when nothing matches
+# applied in this order to both sides of the comparison, then lower-casing (gsm8k_cot's metric_list)
+IGNORE = [re.compile(r","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$")]
 
 
-def normalize(num: str | None) -> str | None:
-    """'1,234.00' → '1234', '$18' → '18', '7.' → '7'; None stays None."""
-    if num is None:
-        return None
-    s = num.replace(",", "").replace("$", "").strip().rstrip(".")
-    if re.fullmatch(r"-?\d+\.\d*", s):
-        s = s.rstrip("0").rstrip(".")
-    return s or None
+def normalize(text: str) -> str:
+    """gsm8k_cot's comparison form: '$1,234.' → '1234', '3.0.' → '3.0', '#### 18' → '18'."""
+    for pattern in IGNORE:
+        text = pattern.sub("", text)
+    return text.lower()
 
 
-def extract_strict(text: str) -> str | None:
-    m = STRICT.search(text)
-    return normalize(m.group(1)) if m else None
-
-
-def extract_flexible(text: str) -> str | None:
-    matches = FLEXIBLE.findall(text)
+def _select(pattern: re.Pattern, text: str, which: int) -> str:
+    """lm-eval's regex filter: all matches, pick one, a tuple of groups gives its first non-empty group."""
+    matches = pattern.findall(text)
     if not matches:
-        return None
-    a, b = matches[-1]
-    return normalize(a or b)
+        return INVALID
+    m = matches[which]
+    if isinstance(m, tuple):
+        m = next((g for g in m if g), INVALID)
+    return m.strip()
+
+
+def extract_strict(text: str) -> str:
+    return _select(STRICT, text, 0)
+
+
+def extract_flexible(text: str) -> str:
+    return _select(FLEXIBLE, text, -1)
 
 
 def gold_answer(solution: str) -> str:
-    return normalize(solution.split("####")[-1].strip()) or ""
+    """gsm8k_cot's target: the text after the last '####', stripped (normalised only when compared)."""
+    return solution.split("####")[-1].strip()
 
 
 def _rows(data_dir: str | None, split: str):
@@ -134,10 +145,10 @@ class GSM8K:
 
     @staticmethod
     def record(item: dict, output: str) -> dict:
-        strict, flexible = extract_strict(output), extract_flexible(output)
+        strict, flexible, gold = extract_strict(output), extract_flexible(output), normalize(item["gold"])
         return {"id": item["id"], "question": item["question"], "output": output, "gold": item["gold"],
-                "strict": strict, "flexible": flexible, "correct": strict == item["gold"],
-                "correct_flexible": flexible == item["gold"]}
+                "strict": strict, "flexible": flexible, "correct": normalize(strict) == gold,
+                "correct_flexible": normalize(flexible) == gold}
 
     def summarize(self, records: list[dict]) -> dict:
         n = len(records)
