@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llmrecipe.recipe import run
 
-HEAD = {"mmlu_pro": "accuracy", "gsm8k": "strict", "ifeval": "prompt_strict"}
+HEAD = {"mmlu_pro_category": "accuracy", "gsm8k": "strict", "ifeval": "prompt_strict"}
 
 
 def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
@@ -34,7 +34,7 @@ def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
     worst_id, worst = min(per.items(), key=lambda kv: kv[1]["delta"] + kv[1]["stderr"])
     traded = sum(v["delta"] < -v["stderr"] - 1e-12 for v in per.values())
     base_lt_sft = all(base_sft[x]["low"] > 0 for x in HEAD)
-    others = all(sft_dpo[x]["high"] >= 0 for x in ("mmlu_pro", "gsm8k"))  # not significantly worse
+    others = all(sft_dpo[x]["high"] >= 0 for x in ("mmlu_pro_category", "gsm8k"))  # not significantly worse
     line = (f"| {name} | {seed} | " + " | ".join(cells) + f" | {100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, "
             f"{100 * d['high']:+.1f}] | {worst_id.split(':')[1]} {100 * worst['delta']:+.1f}±"
             f"{100 * worst['stderr']:.1f} | {traded} | {'yes' if base_lt_sft else 'NO'} | "

@@ -107,7 +107,7 @@ class StubEngine:
 def test_stub_that_knows_the_answers_scores_100_percent(eval_dir, tmp_path):
     from llmrecipe.tokenizer import GPT2Tokenizer
     tok = GPT2Tokenizer()
-    mmlu = MMLUPro(data_dir=eval_dir)
+    mmlu = MMLUPro(data_dir=eval_dir, layout="category")  # the stub finds the question after "Question: "
     items = mmlu.items(28)
     assert sorted({it["category"] for it in items}) == sorted({it["category"] for it in load_split(eval_dir, "test")})
     stub = StubEngine(tok, {it["question"]: it["answer"] for it in items}, "Question: ")
@@ -157,3 +157,60 @@ def test_both_suites_run_on_real_files_with_a_tiny_model(tiny_base, eval_dir, tm
     res = evaluate(forced, suites, tmp_path / "chat" / "eval.json", limit=2)
     assert res["model"]["prompting"] == "chat" and res["suites"]["gsm8k"]["prompting"] == "chat"
     assert res["suites"]["mmlu_pro"]["items"] == 2
+
+
+def test_mmlu_pro_prompts_equal_lm_evaluation_harness_leaderboard_mmlu_pro(eval_dir, tmp_path):
+    """Item by item: our default MMLU-Pro prompt is leaderboard_mmlu_pro's context, token for token (lm-eval's
+    own task on the same local files), the candidates are its continuations, and an over-long prompt is cut
+    from the left exactly as lm-eval's HF model cuts it (the last 1,024 tokens before the letter)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from lm_eval_local import local_task
+    from llmrecipe.tokenizer import GPT2Tokenizer
+
+    task = local_task("leaderboard_mmlu_pro", Path(eval_dir), tmp_path)
+    task.build_all_requests(limit=40, rank=0, world_size=1)
+    by_doc: dict[int, list] = {}
+    for inst in task.instances:
+        by_doc.setdefault(inst.doc_id, []).append(inst)
+    tok = GPT2Tokenizer()
+    model = EvalModel("x", SimpleNamespace(tok=tok, block=1024), chat=False)
+    suite = MMLUPro(data_dir=eval_dir)
+    items = {it["question"]: it for it in load_split(eval_dir, "test")}
+    for doc_id, insts in by_doc.items():
+        doc = insts[0].doc
+        item = items[doc["question"]]
+        context = insts[0].args[0]
+        assert [i.args[1] for i in insts] == [f" {c}" for c in LETTERS[: len(item["options"])]]
+        ctx = tok.encode(context)
+        lm_eval_input = (ctx + tok.encode(insts[0].args[1]))[-(1024 + 1):][:-1]  # HFLM's left truncation
+        assert suite.prompt(model, item) == lm_eval_input, doc_id
+    assert len(by_doc) == 40
+    # and a prompt longer than the context, cut from the left (the 5 shots alone are ~1,100 tokens here)
+    long = dict(next(iter(items.values())), question="word " * 2000)
+    ids = suite.prompt(model, long)
+    assert len(ids) == 1024 and tok.decode(ids).endswith("Answer:")
+
+
+def test_gsm8k_prompts_equal_lm_evaluation_harness_gsm8k_cot(eval_dir, tmp_path):
+    """Item by item: our 8-shot GSM8K prompt is gsm8k_cot's context token for token (lm-eval's own task on
+    the same local files), cut from the left to the context minus the generation budget as lm-eval cuts it."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from lm_eval_local import local_task
+    from llmrecipe.tokenizer import GPT2Tokenizer
+
+    task = local_task("gsm8k_cot", Path(eval_dir), tmp_path)
+    task.build_all_requests(limit=30, rank=0, world_size=1)
+    tok = GPT2Tokenizer()
+    model = EvalModel("x", SimpleNamespace(tok=tok, block=1024), chat=False)
+    suite = GSM8K(data_dir=eval_dir)  # 8 shots, 256 new tokens: lm-eval's max_gen_toks
+    items = {it["question"]: it for it in suite.items(None)}
+    assert len(task.instances) == 30
+    for inst in task.instances:
+        context, kwargs = inst.args
+        assert kwargs["until"] == STOP or kwargs["until"][: len(STOP)] == STOP
+        expected = tok.encode(context)[-(1024 - 256):]
+        assert suite.prompt(model, items[inst.doc["question"]]) == expected, inst.doc_id

@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="model or adapter folder")
     ev.add_argument("--adapter", help="adapter folder applied on top of --model")
     ev.add_argument("--compare", nargs="+", metavar="NAME=PATH", help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
-    ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench (or all)")
+    ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench,mmlu_pro_category (all: the first four)")
     ev.add_argument("--limit", type=int, help="first N items per suite (stratified by category where there is one)")
     ev.add_argument("--data-dir", help="local copies in the hub's schema (e.g. ../shared/data/eval); default: the hub")
     ev.add_argument("--out", help="summary JSON (single model; default MODEL/eval.json) or table path (--compare)")

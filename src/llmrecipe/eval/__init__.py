@@ -4,15 +4,17 @@ from __future__ import annotations
 from .gsm8k import GSM8K
 from .harness import Suite
 from .ifeval import IFEval
-from .mmlu_pro import MMLUPro
+from .mmlu_pro import MMLUPro, MMLUProCategory
 from .mt_bench import MTBench
 
-SUITES = {"mmlu_pro": MMLUPro, "gsm8k": GSM8K, "ifeval": IFEval, "mt_bench": MTBench}
+SUITES = {"mmlu_pro": MMLUPro, "mmlu_pro_category": MMLUProCategory, "gsm8k": GSM8K, "ifeval": IFEval,
+          "mt_bench": MTBench}
+ALL = ("mmlu_pro", "gsm8k", "ifeval", "mt_bench")  # `--suites all`: the four benchmarks, each in its own protocol
 
 
 def make_suites(names: str, data_dir: str | None, **options) -> list[Suite]:
     """`names`: comma-separated suite names or "all"; options are passed to the suites that take them."""
-    chosen = list(SUITES) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    chosen = list(ALL) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in SUITES]
     if unknown:
         raise ValueError(f"unknown suite(s) {', '.join(unknown)} (available: {', '.join(SUITES)})")

@@ -121,22 +121,20 @@ class GSM8K:
         return stratified(load_items(self.data_dir), limit, None)
 
     def prompt(self, model: EvalModel, item: dict) -> list[int]:
-        shots = list(self.exemplars)
+        """All shots, then the question; a prompt longer than the context minus the generation budget loses
+        its oldest tokens, as lm-eval's HF model cuts it (context[-(max_length - max_gen_toks):])."""
         room = model.engine.block - min(self.max_new_tokens, model.engine.block // 2)
-        while True:
-            if model.chat:
-                msgs = []
-                for s in shots:
-                    msgs += [{"role": "user", "content": f"Q: {s['question']}"},
-                             {"role": "assistant", "content": s["target"]}]
-                msgs.append({"role": "user", "content": f"Q: {item['question']}"})
-                ids = encode_chat(msgs, model.tok, add_generation_prompt=True).ids
-            else:
-                text = "".join(f"Q: {s['question']}\nA: {s['target']}\n\n" for s in shots)
-                ids = model.tok.encode(text + f"Q: {item['question']}\nA:")
-            if len(ids) <= room or not shots:
-                return ids[-room:]
-            shots = shots[:-1]
+        if model.chat:
+            msgs = []
+            for s in self.exemplars:
+                msgs += [{"role": "user", "content": f"Q: {s['question']}"},
+                         {"role": "assistant", "content": s["target"]}]
+            msgs.append({"role": "user", "content": f"Q: {item['question']}"})
+            ids = encode_chat(msgs, model.tok, add_generation_prompt=True).ids
+        else:
+            text = "".join(f"Q: {s['question']}\nA: {s['target']}\n\n" for s in self.exemplars)
+            ids = model.tok.encode(text + f"Q: {item['question']}\nA:")
+        return ids[-room:]
 
     def evaluate(self, model: EvalModel, items: list[dict]) -> list[dict]:
         prompts = [self.prompt(model, it) for it in items]

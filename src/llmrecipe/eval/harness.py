@@ -161,7 +161,8 @@ def evaluate(model: EvalModel, suites: Iterable[Suite], out: str | Path, limit: 
     return {**results, "records": records}  # the records stay out of the summary file (they are beside it)
 
 
-HEADLINE = {"mmlu_pro": ("accuracy", "{:.1%}"), "gsm8k": ("strict", "{:.1%}"), "ifeval": ("prompt_strict", "{:.1%}")}
+HEADLINE = {"mmlu_pro": ("accuracy", "{:.1%}"), "mmlu_pro_category": ("accuracy", "{:.1%}"),
+            "gsm8k": ("strict", "{:.1%}"), "ifeval": ("prompt_strict", "{:.1%}")}
 
 
 def headline(suite: str, summary: dict) -> str:

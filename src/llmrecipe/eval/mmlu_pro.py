@@ -1,12 +1,23 @@
-"""MMLU-Pro (TIGER-Lab): 12,032 questions, up to 10 options A–J, 14 categories; 5-shot from the validation
-split of the same category; ranked by log-likelihood.
+"""MMLU-Pro (TIGER-Lab): 12,032 questions, up to 10 options A–J, 14 categories; ranked by log-likelihood.
+
+Two prompt layouts, each under its own suite name so a table never mixes them:
+- `mmlu_pro` (the default) is lm-evaluation-harness's `leaderboard_mmlu_pro`, the Open LLM Leaderboard v2's
+  protocol: "{question}\nA. {option}\n…Answer:", the *first five rows of the validation split* as shots
+  for every question (each followed by " {letter}", joined by blank lines), the log-likelihood of " A" … " J"
+  after "Answer:", and an over-long prompt cut from the left to the context (as lm-eval's HF model does).
+- `mmlu_pro_category` is our category-aware layout: a "multiple choice questions about {category}" header,
+  "Question:"/"Options:" labels, shots from the same category, whole shots dropped until the prompt fits.
+  The tiny world's SFT data is written in this layout, so the tiny preset evaluates with it.
 
 `scoring="letter"`: the log-prob of each option letter right after "Answer:" — one forward per question
 when every letter is a single token (GPT-2: " A" … " J"). `scoring="text"`: the length-normalised
-log-likelihood of each option's text.
+log-likelihood of each option's text (for models too small to map an answer to its letter).
+Chat models, either layout: the prompt up to "Answer:" is the user's turn and the assistant's reply starts
+with "Answer:", then the same letters are scored.
 """
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,20 +53,30 @@ def load_split(data_dir: str | None, split: str) -> list[dict]:
     return out
 
 
+def leaderboard_text(item: dict) -> str:
+    """leaderboard_mmlu_pro's question block: the question, "A. …" lines, "Answer:"."""
+    opts = "".join(f"{string.ascii_uppercase[i]}. {o}\n" for i, o in enumerate(item["options"]))
+    return f"{item['question']}\n{opts}Answer:"
+
+
 @dataclass
 class MMLUPro:
     data_dir: str | None = None
     shots: int = 5
     scoring: str = "letter"  # letter | text
+    layout: str = "leaderboard"  # leaderboard (lm-eval's leaderboard_mmlu_pro) | category (ours)
     name: str = "mmlu_pro"
 
     def __post_init__(self):
         if self.scoring not in ("letter", "text"):
             raise ValueError(f"mmlu_pro scoring must be 'letter' or 'text', not {self.scoring!r}")
+        if self.layout not in ("leaderboard", "category"):
+            raise ValueError(f"mmlu_pro layout must be 'leaderboard' or 'category', not {self.layout!r}")
         self._val: dict[str, list[dict]] | None = None
+        self._first: list[dict] | None = None
 
     def settings(self) -> dict:
-        return {"shots": self.shots, "scoring": self.scoring}
+        return {"shots": self.shots, "scoring": self.scoring, "layout": self.layout}
 
     def items(self, limit: int | None) -> list[dict]:
         return stratified(load_split(self.data_dir, "test"), limit, "category")
@@ -67,12 +88,35 @@ class MMLUPro:
                 self._val.setdefault(it["category"], []).append(it)
         return self._val.get(category, [])[: self.shots]
 
+    def first_validation_rows(self) -> list[dict]:
+        """lm-eval's `first_n` sampler: the same first rows of the validation split for every question."""
+        if self._first is None:
+            self._first = load_split(self.data_dir, "validation")[: self.shots]
+        return self._first
+
     def prompt(self, model: EvalModel, item: dict) -> list[int]:
+        return self._leaderboard_prompt(model, item) if self.layout == "leaderboard" else \
+            self._category_prompt(model, item)
+
+    def _leaderboard_prompt(self, model: EvalModel, item: dict) -> list[int]:
+        """Shots and question as lm-eval renders them; the prompt's last `block` tokens (left truncation)."""
+        shots = "".join(f"{leaderboard_text(s)} {s['answer']}\n\n" for s in self.first_validation_rows())
+        text = shots + leaderboard_text(item)
+        if model.chat:
+            user = text[: -len("Answer:")].rstrip()
+            ids = encode_chat([{"role": "user", "content": user}], model.tok, add_generation_prompt=True).ids
+            ids += model.tok.encode("Answer:")
+        else:
+            ids = model.tok.encode(text)
+        return ids[-model.engine.block:]
+
+    def _category_prompt(self, model: EvalModel, item: dict) -> list[int]:
         """Few-shot prompt ending in "Answer:", dropping shots until it fits the context."""
         shots = self.exemplars(item["category"])
         room = model.engine.block - 1
         while True:
-            body = header(item["category"]) + "".join(format_question(s, True) for s in shots) + format_question(item, False)
+            body = (header(item["category"]) + "".join(format_question(s, True) for s in shots)
+                    + format_question(item, False))
             if model.chat:  # the question as the user's turn; the reply starts with "Answer:"
                 user = body[: -len("Answer:")].rstrip()
                 ids = encode_chat([{"role": "user", "content": user}], model.tok, add_generation_prompt=True).ids
@@ -124,3 +168,11 @@ class MMLUPro:
         return {"accuracy": sum(r["correct"] for r in records) / len(records),
                 "random_baseline": sum(1 / r["n_options"] for r in records) / len(records),
                 "per_category": {c: sum(v) / len(v) for c, v in sorted(cats.items())}}
+
+
+@dataclass
+class MMLUProCategory(MMLUPro):
+    """Our category-aware layout, under its own name (see the module docstring)."""
+
+    layout: str = "category"
+    name: str = "mmlu_pro_category"
