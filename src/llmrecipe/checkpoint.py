@@ -73,13 +73,17 @@ def model_record(directory: str | Path) -> tuple[dict, str | None]:
     return meta["config"], meta.get("preset") or preset
 
 
-def save_hf(directory: str | Path, model: GPT) -> None:
-    """Export as a Hugging Face `GPT2LMHeadModel` folder (needs `transformers`), e.g. for PEFT or other tools."""
+def save_hf(directory: str | Path, model: GPT, eot_id: int | None = None) -> None:
+    """The weights as a Hugging Face `GPT2LMHeadModel` folder (needs `transformers`); `llmrecipe export` adds the
+    tokenizer, chat template and generation config (export.py)."""
     import transformers
 
     from .model import hf_config, to_hf_state_dict
 
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(model.config)))
+    cfg = hf_config(model.config)
+    if eot_id is not None:
+        cfg.update(bos_token_id=eot_id, eos_token_id=eot_id)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg))
     hf.load_state_dict(to_hf_state_dict(model), strict=False)
     hf.save_pretrained(str(directory))
 

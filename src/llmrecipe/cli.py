@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--adapter", help="adapter folder (omit when --model is itself an adapter folder)")
     m.add_argument("--out", required=True)
     m.add_argument("--hf", action="store_true", help="also write a Hugging Face GPT2LMHeadModel folder in OUT/hf")
+    ex = sub.add_parser("export", help="a complete Hugging Face folder: weights, config, tokenizer, chat template")
+    ex.add_argument("--model", required=True, help="model or adapter folder (an adapter's base chain is merged)")
+    ex.add_argument("--adapter", help="an adapter folder to merge on top of --model")
+    ex.add_argument("--out", required=True)
     ev = sub.add_parser("eval", help="stage 4: evaluate one model, or compare several in a table")
     ev.add_argument("--model", help="model or adapter folder")
     ev.add_argument("--adapter", help="adapter folder applied on top of --model")
@@ -230,7 +234,7 @@ def cmd_chat(a) -> None:
 
 
 def cmd_merge(a) -> None:
-    from .checkpoint import load_model, save_hf, save_model
+    from .checkpoint import load_model, save_model
 
     from .checkpoint import model_record
 
@@ -238,8 +242,19 @@ def cmd_merge(a) -> None:
     preset = model_record(a.adapter or a.model)[1]
     save_model(a.out, model, tok, {"stage": "merged", "from": [a.model, a.adapter], "preset": preset})
     if a.hf:
-        save_hf(f"{a.out}/hf", model)
+        from .export import export_hf
+
+        export_hf(f"{a.out}/hf", model, tok)
     print(f"merged model written to {a.out}")
+
+
+def cmd_export(a) -> None:
+    from .checkpoint import load_model
+    from .export import export_hf
+
+    model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
+    export_hf(a.out, model.eval(), tok)
+    print(f"Hugging Face folder written to {a.out} (AutoModelForCausalLM / AutoTokenizer / lm_eval --model hf)")
 
 
 def cmd_generate(a) -> None:
@@ -362,7 +377,8 @@ def cmd_run(a) -> None:
     run(a.preset, a.out, parse_overrides(a.set), a.data_dir)
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "chat": cmd_chat, "merge": cmd_merge,
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "chat": cmd_chat,
+            "merge": cmd_merge, "export": cmd_export,
             "generate": cmd_generate, "eval": cmd_eval, "ifeval-score": cmd_ifeval_score,
             "serve": cmd_serve, "mt-bench": cmd_mt_bench,
             "run": cmd_run}
