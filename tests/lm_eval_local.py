@@ -10,13 +10,13 @@ LOCAL = {
     "leaderboard_mmlu_pro": ("tasks/leaderboard/mmlu_pro/mmlu_pro.yaml", "parquet", {
         "test": "mmlu_pro/test-00000-of-00001.parquet", "validation": "mmlu_pro/validation-00000-of-00001.parquet"}),
     "gsm8k_cot": ("tasks/gsm8k/gsm8k-cot.yaml", "json", {"test": "gsm8k/test.jsonl", "train": "gsm8k/train.jsonl"}),
+    "ifeval": ("tasks/ifeval/ifeval.yaml", "json", {"train": "ifeval/input_data.jsonl"}),
 }
 
 
 def local_task(name: str, eval_dir: Path, folder: Path):
     """The lm-eval Task `name` reading `eval_dir` (its YAML written to `folder`)."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     upstream, builder, files = LOCAL[name]
     folder.mkdir(parents=True, exist_ok=True)
@@ -24,4 +24,10 @@ def local_task(name: str, eval_dir: Path, folder: Path):
              f"dataset_path: {builder}", "dataset_name: null", "dataset_kwargs:", "  data_files:"]
     lines += [f"    {split}: {eval_dir / rel}" for split, rel in files.items()]
     (folder / f"local_{name}.yaml").write_text("\n".join(lines) + "\n")
-    return TaskManager(include_path=str(folder)).load_task_or_group(f"local_{name}")[f"local_{name}"]
+    return manager(folder).load_task_or_group(f"local_{name}")[f"local_{name}"]
+
+
+def manager(folder: Path):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(folder))

@@ -72,7 +72,7 @@ class IFEval:
     def prompt(self, model: EvalModel, item: dict) -> list[int]:
         if model.chat:
             return encode_chat([{"role": "user", "content": item["prompt"]}], model.tok, add_generation_prompt=True).ids
-        return model.tok.encode(item["prompt"] + "\n\n")
+        return model.tok.encode(item["prompt"])  # lm-eval's ifeval context: the prompt, nothing added
 
     def evaluate(self, model: EvalModel, items: list[dict]) -> list[dict]:
         new = min(self.max_new_tokens, model.engine.block // 2)

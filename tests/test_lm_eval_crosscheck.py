@@ -1,0 +1,102 @@
+"""lm-evaluation-harness itself, run on our exported model, against our suites on the same items.
+
+A small GPT-2-shaped model (2 layers, 64 wide, GPT-2's tokenizer, 1,024 positions; random weights: greedy decoding
+is deterministic whatever the weights) is saved in our format and exported with `llmrecipe export`. lm-eval's `hf`
+model runs its own `gsm8k_cot`, `leaderboard_mmlu_pro` and `ifeval` tasks on the local copies of the data
+(tests/lm_eval_local.py); our suites run on the same items. Item by item: the same generated text, the same GSM8K
+extractions and verdicts, the same MMLU-Pro log-likelihoods and choice, the same IFEval verdicts.
+"""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lm_eval_local import local_task, manager
+
+lm_eval = pytest.importorskip("lm_eval")
+N, NEW = 6, 48  # items per task; new tokens per generation (lm-eval's gen_kwargs max_gen_toks)
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir, tmp_path_factory):
+    from llmrecipe.checkpoint import save_model
+    from llmrecipe.export import export_hf
+    from llmrecipe.model import GPT, GPTConfig
+    from llmrecipe.tokenizer import GPT2Tokenizer
+
+    os.environ.setdefault("LLMRECIPE_GPT2_RANKS", str(data_dir / "tokenizer" / "r50k_base.tiktoken"))
+    out = tmp_path_factory.mktemp("lm_eval")
+    torch.manual_seed(0)
+    model, tok = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64)).eval(), GPT2Tokenizer()
+    save_model(out / "ours", model, tok)
+    export_hf(out / "hf", model, tok)
+    eval_dir = data_dir / "eval"
+    for name in ("gsm8k_cot", "leaderboard_mmlu_pro", "ifeval"):
+        local_task(name, eval_dir, out / "tasks")
+    res = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={out / 'hf'},dtype=float32", device="cpu", batch_size=1,
+        tasks=["local_gsm8k_cot", "local_leaderboard_mmlu_pro", "local_ifeval"], limit=N, log_samples=True,
+        gen_kwargs=f"max_gen_toks={NEW}", task_manager=manager(out / "tasks"))
+    return out, str(eval_dir), res["samples"]
+
+
+def _ours(out: Path):
+    from llmrecipe.eval.harness import load_eval_model
+    from llmrecipe.runtime import setup
+
+    return load_eval_model(str(out / "ours"), chat=False, rt=setup("cpu"), batch_size=1)
+
+
+def test_gsm8k_generations_and_verdicts_equal_lm_eval(runs):
+    from llmrecipe.eval.gsm8k import GSM8K
+
+    out, eval_dir, samples = runs
+    suite = GSM8K(data_dir=eval_dir, max_new_tokens=NEW)
+    by_question = {it["question"]: it for it in suite.items(None)}
+    theirs = {}
+    for s in samples["local_gsm8k_cot"]:
+        theirs.setdefault(s["doc"]["question"], {})[s["filter"]] = s
+    items = [by_question[q] for q in theirs]
+    records = suite.evaluate(_ours(out), items)
+    assert len(records) == N
+    for rec in records:
+        ref = theirs[rec["question"]]
+        assert rec["output"] == ref["strict-match"]["resps"][0][0]  # the same greedy text, cut at the same stop
+        assert rec["strict"] == ref["strict-match"]["filtered_resps"][0]
+        assert rec["flexible"] == ref["flexible-extract"]["filtered_resps"][0]
+        assert float(rec["correct"]) == ref["strict-match"]["exact_match"]
+        assert float(rec["correct_flexible"]) == ref["flexible-extract"]["exact_match"]
+
+
+def test_mmlu_pro_loglikelihoods_and_choices_equal_lm_eval(runs):
+    from llmrecipe.eval.mmlu_pro import LETTERS, MMLUPro
+
+    out, eval_dir, samples = runs
+    suite = MMLUPro(data_dir=eval_dir)
+    by_question = {it["question"]: it for it in suite.items(None)}
+    theirs = {s["doc"]["question"]: s for s in samples["local_leaderboard_mmlu_pro"]}
+    records = suite.evaluate(_ours(out), [by_question[q] for q in theirs])
+    assert len(records) == N
+    for rec, q in zip(records, theirs):
+        lls = [r[0] for r in theirs[q]["filtered_resps"]]
+        # one fp32 log-softmax over 50,257 logits after a 1,024-token forward of a 64-wide model
+        assert rec["scores"] == pytest.approx(lls, abs=2e-4)
+        assert rec["pred"] == LETTERS[max(range(len(lls)), key=lls.__getitem__)]
+        assert float(rec["correct"]) == theirs[q]["acc"]
+
+
+def test_ifeval_generations_and_verdicts_equal_lm_eval(runs):
+    from llmrecipe.eval.ifeval import IFEval
+
+    out, eval_dir, samples = runs
+    suite = IFEval(data_dir=eval_dir, max_new_tokens=NEW)
+    by_prompt = {it["prompt"]: it for it in suite.items(None)}
+    theirs = {s["doc"]["prompt"]: s for s in samples["local_ifeval"]}
+    records = suite.evaluate(_ours(out), [by_prompt[p] for p in theirs])
+    assert len(records) == N
+    for rec in records:
+        ref = theirs[rec["prompt"]]
+        assert rec["response"] == ref["resps"][0][0]
+        assert rec["strict"] == ref["inst_level_strict_acc"] and rec["loose"] == ref["inst_level_loose_acc"]
+        assert rec["correct"] == ref["prompt_level_strict_acc"]
