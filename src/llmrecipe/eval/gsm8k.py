@@ -6,8 +6,8 @@ line; "strict" is the first "The answer is N." capture, "flexible" the last numb
 exact match, prediction and gold each lose every "," and "$", anything up to "#### ", and one final "."
 (`regexes_to_ignore`), and are lower-cased. So "The answer is 3.0." scores 3.0 ≠ 3, as lm-eval scores it:
 a column labelled GSM8K means what it means in the Open LLM Leaderboard and in papers. Chat models get the
-shots as user/assistant turns and answer in their own turn (lm-eval's `--apply_chat_template
---fewshot_as_multiturn`).
+shots as user/assistant turns and answer in their own turn (not yet checked against lm-eval's
+`--apply_chat_template --fewshot_as_multiturn` rendering).
 """
 from __future__ import annotations
 
