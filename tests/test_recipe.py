@@ -81,7 +81,7 @@ def test_tiny_recipe_report_artifacts(tiny_run):
     out, r = tiny_run
     saved = json.loads((out / "results.json").read_text())
     assert saved["table"]["scores"] == r["table"]["scores"]
-    assert set(saved["timings_s"]) == {"world", "data", "pretrain", "sft", "dpo", "eval"}
+    assert set(saved["timings_s"]) == {"world", "data", "pretrain", "sft", "dpo", "eval", "export"}
     assert all(t > 0 for k, t in saved["timings_s"].items() if k in ("pretrain", "sft", "dpo"))
     first = json.loads((out / "base" / "metrics.jsonl").read_text().splitlines()[0])
     assert saved["pretrain"]["loss"] < first["loss"] - 2.0  # pre-training learned the world's language
@@ -94,6 +94,9 @@ def test_tiny_recipe_report_artifacts(tiny_run):
         assert f"]({png})" in report
     assert "**sft→dpo**, paired" in report and "IFEval per instruction type, sft→dpo" in report
     assert "±" in r["table"]["markdown"].splitlines()[2]
+    # every stage as a Hugging Face folder (the DPO one: both adapters merged into the weights)
+    for name in ("base", "sft", "dpo"):
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (out / "hf" / name).iterdir()}
     # each eval analog is in its real suite's file layout and schema
     world = out / "world" / "eval"
     assert json.loads((world / "ifeval" / "input_data.jsonl").read_text().splitlines()[0])["instruction_id_list"]
@@ -105,7 +108,7 @@ def test_tiny_recipe_rerun_skips_everything(tiny_run, capsys):
     capsys.readouterr()
     again = run("tiny", out, dict(REDUCED))
     printed = capsys.readouterr().out
-    assert printed.count("up to date, skipped") == 6, printed
+    assert printed.count("up to date, skipped") == 7, printed
     assert again["table"] == r["table"]
 
 

@@ -114,9 +114,10 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, d
                             lambda resume: run_dpo(dpo, out / "dpo", resume=resume), timings)
     table, _ = _stage("eval", out / "eval", to_dict(ev) | {"data_dir": eval_dir, "after": after},
                       lambda _: _evaluate(out, ev, eval_dir), timings)
+    exported, _ = _stage("export", out / "hf", {"after": after}, lambda _: _export(out), timings, resumable=False)
     results = {"preset": preset, "timings_s": timings, "inputs": {"pretrain": source, "sft": sft.data, "dpo": dpo.data,
                "eval": eval_dir or "the hub"}, "data": data, "pretrain": base, "sft": sft_sum, "dpo": dpo_sum,
-               "table": table}
+               "table": table, "export": exported}
     atomic_write_json(out / "results.json", results)
     write_report(out, results)
     print(table["markdown"])
@@ -151,6 +152,22 @@ def _make_world(folder: Path, world: dict) -> dict:
     write_chat_data(folder, world["sft_conversations"], world["preference_pairs"], world["seed"])
     write_eval_sets(folder / "eval", world["seed"], world["eval_items"])
     return {k: v for k, v in world.items()}
+
+
+def _export(out: Path) -> dict:
+    """A Hugging Face folder per stage (hf/base, hf/sft, hf/dpo), for lm-eval, vLLM or transformers."""
+    try:
+        import transformers  # noqa: F401  (the export's one optional dependency)
+    except ImportError:
+        print("[export] skipped: `pip install transformers` to write Hugging Face folders")
+        return {"skipped": "transformers is not installed"}
+    from .checkpoint import load_model
+    from .export import export_hf
+
+    for name, folder in (("base", "base"), ("sft", "sft"), ("dpo", "dpo")):
+        model, tok = load_model(out / folder)
+        export_hf(out / "hf" / name, model.eval(), tok)
+    return {"folders": [str(out / "hf" / n) for n in ("base", "sft", "dpo")]}
 
 
 def _evaluate(out: Path, ev: EvalConfig, eval_dir: str | None) -> dict:
