@@ -4,7 +4,9 @@ A small GPT-2-shaped model (2 layers, 64 wide, GPT-2's tokenizer, 1,024 position
 is deterministic whatever the weights) is saved in our format and exported with `llmrecipe export`. lm-eval's `hf`
 model runs its own `gsm8k_cot`, `leaderboard_mmlu_pro` and `ifeval` tasks on the local copies of the data
 (tests/lm_eval_local.py); our suites run on the same items. Item by item: the same generated text, the same GSM8K
-extractions and verdicts, the same MMLU-Pro log-likelihoods and choice, the same IFEval verdicts.
+extractions and verdicts, the same MMLU-Pro log-likelihoods and choice, the same IFEval verdicts — as plain
+few-shot text (a base model) and through the chat template (`--apply_chat_template --fewshot_as_multiturn`, what
+a chat model gets: our template is exported with the model).
 """
 import os
 from pathlib import Path
@@ -34,31 +36,40 @@ def runs(data_dir, tmp_path_factory):
     eval_dir = data_dir / "eval"
     for name in ("gsm8k_cot", "leaderboard_mmlu_pro", "ifeval"):
         local_task(name, eval_dir, out / "tasks")
-    res = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={out / 'hf'},dtype=float32", device="cpu", batch_size=1,
-        tasks=["local_gsm8k_cot", "local_leaderboard_mmlu_pro", "local_ifeval"], limit=N, log_samples=True,
-        gen_kwargs=f"max_gen_toks={NEW}", task_manager=manager(out / "tasks"))
-    return out, str(eval_dir), res["samples"]
+    samples = {}
+    for mode, chat in (("plain", False), ("chat", True)):
+        res = lm_eval.simple_evaluate(
+            model="hf", model_args=f"pretrained={out / 'hf'},dtype=float32", device="cpu", batch_size=1,
+            tasks=["local_gsm8k_cot", "local_leaderboard_mmlu_pro", "local_ifeval"], limit=N, log_samples=True,
+            gen_kwargs=f"max_gen_toks={NEW}", task_manager=manager(out / "tasks"),
+            apply_chat_template=chat, fewshot_as_multiturn=chat)
+        samples[mode] = res["samples"]
+    return out, str(eval_dir), samples
 
 
-def _ours(out: Path):
+MODES = ("plain", "chat")
+
+
+def _ours(out: Path, mode: str):
     from llmrecipe.eval.harness import load_eval_model
     from llmrecipe.runtime import setup
 
-    return load_eval_model(str(out / "ours"), chat=False, rt=setup("cpu"), batch_size=1)
+    return load_eval_model(str(out / "ours"), chat=mode == "chat", rt=setup("cpu"), batch_size=1)
 
 
-def test_gsm8k_generations_and_verdicts_equal_lm_eval(runs):
+@pytest.mark.parametrize("mode", MODES)
+def test_gsm8k_generations_and_verdicts_equal_lm_eval(runs, mode):
     from llmrecipe.eval.gsm8k import GSM8K
 
     out, eval_dir, samples = runs
+    samples = samples[mode]
     suite = GSM8K(data_dir=eval_dir, max_new_tokens=NEW)
     by_question = {it["question"]: it for it in suite.items(None)}
     theirs = {}
     for s in samples["local_gsm8k_cot"]:
         theirs.setdefault(s["doc"]["question"], {})[s["filter"]] = s
     items = [by_question[q] for q in theirs]
-    records = suite.evaluate(_ours(out), items)
+    records = suite.evaluate(_ours(out, mode), items)
     assert len(records) == N
     for rec in records:
         ref = theirs[rec["question"]]
@@ -69,31 +80,41 @@ def test_gsm8k_generations_and_verdicts_equal_lm_eval(runs):
         assert float(rec["correct_flexible"]) == ref["flexible-extract"]["exact_match"]
 
 
-def test_mmlu_pro_loglikelihoods_and_choices_equal_lm_eval(runs):
+@pytest.mark.parametrize("mode", MODES)
+def test_mmlu_pro_loglikelihoods_and_choices_equal_lm_eval(runs, mode):
     from llmrecipe.eval.mmlu_pro import LETTERS, MMLUPro
 
     out, eval_dir, samples = runs
+    samples = samples[mode]
     suite = MMLUPro(data_dir=eval_dir)
     by_question = {it["question"]: it for it in suite.items(None)}
     theirs = {s["doc"]["question"]: s for s in samples["local_leaderboard_mmlu_pro"]}
-    records = suite.evaluate(_ours(out), [by_question[q] for q in theirs])
+    records = suite.evaluate(_ours(out, mode), [by_question[q] for q in theirs])
     assert len(records) == N
     for rec, q in zip(records, theirs):
         lls = [r[0] for r in theirs[q]["filtered_resps"]]
+        if mode == "chat":
+            # the chat context ends "<|assistant|>\n" and lm-eval moves trailing whitespace into every
+            # continuation ("\nA"): its scores carry log p("\n"), the same constant for all options
+            shift = lls[0] - rec["scores"][0]
+            assert shift < 0
+            lls = [x - shift for x in lls]
         # one fp32 log-softmax over 50,257 logits after a 1,024-token forward of a 64-wide model
         assert rec["scores"] == pytest.approx(lls, abs=2e-4)
         assert rec["pred"] == LETTERS[max(range(len(lls)), key=lls.__getitem__)]
         assert float(rec["correct"]) == theirs[q]["acc"]
 
 
-def test_ifeval_generations_and_verdicts_equal_lm_eval(runs):
+@pytest.mark.parametrize("mode", MODES)
+def test_ifeval_generations_and_verdicts_equal_lm_eval(runs, mode):
     from llmrecipe.eval.ifeval import IFEval
 
     out, eval_dir, samples = runs
+    samples = samples[mode]
     suite = IFEval(data_dir=eval_dir, max_new_tokens=NEW)
     by_prompt = {it["prompt"]: it for it in suite.items(None)}
     theirs = {s["doc"]["prompt"]: s for s in samples["local_ifeval"]}
-    records = suite.evaluate(_ours(out), [by_prompt[p] for p in theirs])
+    records = suite.evaluate(_ours(out, mode), [by_prompt[p] for p in theirs])
     assert len(records) == N
     for rec in records:
         ref = theirs[rec["prompt"]]

@@ -6,8 +6,8 @@ line; "strict" is the first "The answer is N." capture, "flexible" the last numb
 exact match, prediction and gold each lose every "," and "$", anything up to "#### ", and one final "."
 (`regexes_to_ignore`), and are lower-cased. So "The answer is 3.0." scores 3.0 ≠ 3, as lm-eval scores it:
 a column labelled GSM8K means what it means in the Open LLM Leaderboard and in papers. Chat models get the
-shots as user/assistant turns and answer in their own turn (not yet checked against lm-eval's
-`--apply_chat_template --fewshot_as_multiturn` rendering).
+shots as user/assistant turns and answer in their own turn, as lm-eval renders them with
+`--apply_chat_template --fewshot_as_multiturn` (cross-checked).
 """
 from __future__ import annotations
 
@@ -126,10 +126,12 @@ class GSM8K:
         room = model.engine.block - min(self.max_new_tokens, model.engine.block // 2)
         if model.chat:
             msgs = []
+            # lm-eval's --apply_chat_template --fewshot_as_multiturn: each shot's "Q: …\nA:" a user turn, its
+            # target the assistant's; the question a last user turn, answered in the assistant's own turn
             for s in self.exemplars:
-                msgs += [{"role": "user", "content": f"Q: {s['question']}"},
+                msgs += [{"role": "user", "content": f"Q: {s['question']}\nA:"},
                          {"role": "assistant", "content": s["target"]}]
-            msgs.append({"role": "user", "content": f"Q: {item['question']}"})
+            msgs.append({"role": "user", "content": f"Q: {item['question']}\nA:"})
             ids = encode_chat(msgs, model.tok, add_generation_prompt=True).ids
         else:
             text = "".join(f"Q: {s['question']}\nA: {s['target']}\n\n" for s in self.exemplars)

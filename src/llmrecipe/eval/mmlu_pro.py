@@ -12,8 +12,10 @@ Two prompt layouts, each under its own suite name so a table never mixes them:
 `scoring="letter"`: the log-prob of each option letter right after "Answer:" — one forward per question
 when every letter is a single token (GPT-2: " A" … " J"). `scoring="text"`: the length-normalised
 log-likelihood of each option's text (for models too small to map an answer to its letter).
-Chat models, either layout: the prompt up to "Answer:" is the user's turn and the assistant's reply starts
-with "Answer:", then the same letters are scored.
+Chat models: in `mmlu_pro`, lm-eval's `--apply_chat_template --fewshot_as_multiturn` rendering (each shot a
+user turn ending "Answer:" and an assistant turn holding its letter; the question a last user turn; "A" … "J"
+scored as the assistant's first token). In `mmlu_pro_category`, the prompt up to "Answer:" is the user's turn
+and the assistant's reply starts with "Answer:", then " A" … " J" are scored.
 """
 from __future__ import annotations
 
@@ -100,15 +102,22 @@ class MMLUPro:
 
     def _leaderboard_prompt(self, model: EvalModel, item: dict) -> list[int]:
         """Shots and question as lm-eval renders them; the prompt's last `block` tokens (left truncation)."""
-        shots = "".join(f"{leaderboard_text(s)} {s['answer']}\n\n" for s in self.first_validation_rows())
-        text = shots + leaderboard_text(item)
-        if model.chat:
-            user = text[: -len("Answer:")].rstrip()
-            ids = encode_chat([{"role": "user", "content": user}], model.tok, add_generation_prompt=True).ids
-            ids += model.tok.encode("Answer:")
+        shots = self.first_validation_rows()
+        if model.chat:  # lm-eval's --apply_chat_template --fewshot_as_multiturn: a turn pair per shot
+            msgs = []
+            for s in shots:
+                msgs += [{"role": "user", "content": leaderboard_text(s)}, {"role": "assistant", "content": s["answer"]}]
+            msgs.append({"role": "user", "content": leaderboard_text(item)})
+            ids = encode_chat(msgs, model.tok, add_generation_prompt=True).ids
         else:
+            text = "".join(f"{leaderboard_text(s)} {s['answer']}\n\n" for s in shots) + leaderboard_text(item)
             ids = model.tok.encode(text)
         return ids[-model.engine.block:]
+
+    def _letter_prefix(self, model: EvalModel) -> str:
+        """" A" after "Answer:" in text; in the chat layout lm-eval drops the target delimiter: "A" opens the
+        assistant's reply."""
+        return "" if model.chat and self.layout == "leaderboard" else " "
 
     def _category_prompt(self, model: EvalModel, item: dict) -> list[int]:
         """Few-shot prompt ending in "Answer:", dropping shots until it fits the context."""
@@ -142,7 +151,7 @@ class MMLUPro:
         return recs
 
     def _letter_scores(self, model: EvalModel, items, prompts) -> list[list[float]]:
-        letter_ids = [model.tok.encode(f" {c}") for c in LETTERS]
+        letter_ids = [model.tok.encode(f"{self._letter_prefix(model)}{c}") for c in LETTERS]
         if all(len(t) == 1 for t in letter_ids):
             lp = model.engine.next_token_logprobs(prompts, [t[0] for t in letter_ids])
             return [lp[i, : len(it["options"])].tolist() for i, it in enumerate(items)]
@@ -150,7 +159,8 @@ class MMLUPro:
         return self._regroup(items, [s.logprob for s in model.engine.score(reqs)])
 
     def _text_scores(self, model: EvalModel, items, prompts) -> list[list[float]]:
-        reqs = [(p, model.tok.encode(f" {o}")) for p, it in zip(prompts, items) for o in it["options"]]
+        reqs = [(p, model.tok.encode(f"{self._letter_prefix(model)}{o}")) for p, it in zip(prompts, items)
+                for o in it["options"]]
         return self._regroup(items, [s.logprob / s.n_tokens for s in model.engine.score(reqs)])
 
     @staticmethod
