@@ -1,15 +1,17 @@
 """lm-evaluation-harness's own tasks pointed at the local copies in ../shared/data/eval.
 
-Each YAML `include`s the task file shipped inside the installed lm-eval (its prompt functions, shots, filters and
-metrics stay lm-eval's) and only swaps the hub data set for the local files of the same schema."""
+Each YAML `include`s the task file shipped inside the installed lm-eval (its prompt functions, shots,
+filters and metrics stay lm-eval's) and only swaps the hub data set for the local files of the same schema."""
 from __future__ import annotations
 
 from pathlib import Path
 
 LOCAL = {
     "leaderboard_mmlu_pro": ("tasks/leaderboard/mmlu_pro/mmlu_pro.yaml", "parquet", {
-        "test": "mmlu_pro/test-00000-of-00001.parquet", "validation": "mmlu_pro/validation-00000-of-00001.parquet"}),
-    "gsm8k_cot": ("tasks/gsm8k/gsm8k-cot.yaml", "json", {"test": "gsm8k/test.jsonl", "train": "gsm8k/train.jsonl"}),
+        "test": "mmlu_pro/test-00000-of-00001.parquet",
+        "validation": "mmlu_pro/validation-00000-of-00001.parquet"}),
+    "gsm8k_cot": ("tasks/gsm8k/gsm8k-cot.yaml", "json", {"test": "gsm8k/test.jsonl",
+                                                         "train": "gsm8k/train.jsonl"}),
     "ifeval": ("tasks/ifeval/ifeval.yaml", "json", {"train": "ifeval/input_data.jsonl"}),
 }
 

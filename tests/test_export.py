@@ -63,7 +63,8 @@ def test_export_folder_loads_with_auto_classes(exported, tiny_base, data_dir):
 
 def test_chat_template_renders_our_chat_format_token_for_token(exported, tiny_base, data_dir):
     """apply_chat_template == encode_chat, on the real chat sample; the one documented exception is a turn
-    whose content starts with whitespace (HF tokenises the rendered string whole, merging it with the "\\n")."""
+    whose content starts with whitespace (HF tokenises the rendered string whole, merging it with
+    the "\\n")."""
     _, tok = load_model(tiny_base)
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(exported))
     checked = 0

@@ -1,12 +1,12 @@
 """lm-evaluation-harness itself, run on our exported model, against our suites on the same items.
 
-A small GPT-2-shaped model (2 layers, 64 wide, GPT-2's tokenizer, 1,024 positions; random weights: greedy decoding
-is deterministic whatever the weights) is saved in our format and exported with `llmrecipe export`. lm-eval's `hf`
-model runs its own `gsm8k_cot`, `leaderboard_mmlu_pro` and `ifeval` tasks on the local copies of the data
-(tests/lm_eval_local.py); our suites run on the same items. Item by item: the same generated text, the same GSM8K
-extractions and verdicts, the same MMLU-Pro log-likelihoods and choice, the same IFEval verdicts — as plain
-few-shot text (a base model) and through the chat template (`--apply_chat_template --fewshot_as_multiturn`, what
-a chat model gets: our template is exported with the model).
+A small GPT-2-shaped model (2 layers, 64 wide, GPT-2's tokenizer, 1,024 positions; random weights: greedy
+decoding is deterministic whatever the weights) is saved in our format and exported with `llmrecipe export`.
+lm-eval's `hf` model runs its own `gsm8k_cot`, `leaderboard_mmlu_pro` and `ifeval` tasks on the local copies
+of the data (tests/lm_eval_local.py); our suites run on the same items. Item by item: the same generated
+text, the same GSM8K extractions and verdicts, the same MMLU-Pro log-likelihoods and choice, the same IFEval
+verdicts — as plain few-shot text (a base model) and through the chat template (`--apply_chat_template
+--fewshot_as_multiturn`, what a chat model gets: our template is exported with the model).
 """
 import os
 from pathlib import Path
@@ -40,7 +40,8 @@ def runs(data_dir, tmp_path_factory):
     for mode, chat in (("plain", False), ("chat", True)):
         res = lm_eval.simple_evaluate(
             model="hf", model_args=f"pretrained={out / 'hf'},dtype=float32", device="cpu", batch_size=1,
-            tasks=["local_gsm8k_cot", "local_leaderboard_mmlu_pro", "local_ifeval"], limit=N, log_samples=True,
+            tasks=["local_gsm8k_cot", "local_leaderboard_mmlu_pro", "local_ifeval"], limit=N,
+            log_samples=True,
             gen_kwargs=f"max_gen_toks={NEW}", task_manager=manager(out / "tasks"),
             apply_chat_template=chat, fewshot_as_multiturn=chat)
         samples[mode] = res["samples"]
@@ -73,7 +74,8 @@ def test_gsm8k_generations_and_verdicts_equal_lm_eval(runs, mode):
     assert len(records) == N
     for rec in records:
         ref = theirs[rec["question"]]
-        assert rec["output"] == ref["strict-match"]["resps"][0][0]  # the same greedy text, cut at the same stop
+        # the same greedy text, cut at the same stop
+        assert rec["output"] == ref["strict-match"]["resps"][0][0]
         assert rec["strict"] == ref["strict-match"]["filtered_resps"][0]
         assert rec["flexible"] == ref["flexible-extract"]["filtered_resps"][0]
         assert float(rec["correct"]) == ref["strict-match"]["exact_match"]

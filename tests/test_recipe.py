@@ -26,7 +26,8 @@ REDUCED = {"world.pretrain_docs": "10000", "world.sft_conversations": "2000", "w
 SMALL = {"world.pretrain_docs": "400", "world.sft_conversations": "120", "world.preference_pairs": "48",
          "world.eval_items": "6", "max_steps": "24", "save_interval": "4", "eval_interval": "0",
          "sft.train.max_steps": "16", "sft.train.save_interval": "3", "dpo.train.max_steps": "12",
-         "dpo.train.save_interval": "2", "eval.max_new_tokens": "12", "eval.suites": "mmlu_pro_category,gsm8k,ifeval"}
+         "dpo.train.save_interval": "2", "eval.max_new_tokens": "12",
+         "eval.suites": "mmlu_pro_category,gsm8k,ifeval"}
 PNG = b"\x89PNG\r\n\x1a\n"
 SEEDS = (0, 1)  # the headline must hold on more than one world (bench/sweep_tiny.py: all five of 0-4)
 
@@ -96,7 +97,8 @@ def test_tiny_recipe_report_artifacts(tiny_run):
     assert "±" in r["table"]["markdown"].splitlines()[2]
     # every stage as a Hugging Face folder (the DPO one: both adapters merged into the weights)
     for name in ("base", "sft", "dpo"):
-        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (out / "hf" / name).iterdir()}
+        files = {p.name for p in (out / "hf" / name).iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
     # each eval analog is in its real suite's file layout and schema
     world = out / "world" / "eval"
     assert json.loads((world / "ifeval" / "input_data.jsonl").read_text().splitlines()[0])["instruction_id_list"]

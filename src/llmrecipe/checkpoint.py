@@ -74,8 +74,8 @@ def model_record(directory: str | Path) -> tuple[dict, str | None]:
 
 
 def save_hf(directory: str | Path, model: GPT, eot_id: int | None = None) -> None:
-    """The weights as a Hugging Face `GPT2LMHeadModel` folder (needs `transformers`); `llmrecipe export` adds the
-    tokenizer, chat template and generation config (export.py)."""
+    """The weights as a Hugging Face `GPT2LMHeadModel` folder (needs `transformers`); `llmrecipe export`
+    adds the tokenizer, chat template and generation config (export.py)."""
     import transformers
 
     from .model import hf_config, to_hf_state_dict

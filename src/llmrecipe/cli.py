@@ -91,15 +91,18 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--adapter", help="adapter folder (omit when --model is itself an adapter folder)")
     m.add_argument("--out", required=True)
     m.add_argument("--hf", action="store_true", help="also write a Hugging Face GPT2LMHeadModel folder in OUT/hf")
-    ex = sub.add_parser("export", help="a complete Hugging Face folder: weights, config, tokenizer, chat template")
-    ex.add_argument("--model", required=True, help="model or adapter folder (an adapter's base chain is merged)")
+    ex = sub.add_parser("export", help="a complete Hugging Face folder: weights, config, tokenizer, "
+                        "chat template")
+    ex.add_argument("--model", required=True,
+                    help="model or adapter folder (an adapter's base chain is merged)")
     ex.add_argument("--adapter", help="an adapter folder to merge on top of --model")
     ex.add_argument("--out", required=True)
     ev = sub.add_parser("eval", help="stage 4: evaluate one model, or compare several in a table")
     ev.add_argument("--model", help="model or adapter folder")
     ev.add_argument("--adapter", help="adapter folder applied on top of --model")
     ev.add_argument("--compare", nargs="+", metavar="NAME=PATH", help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
-    ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench,mmlu_pro_category (all: the first four)")
+    ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench,"
+                    "mmlu_pro_category (all: the first four)")
     ev.add_argument("--limit", type=int, help="first N items per suite (stratified by category where there is one)")
     ev.add_argument("--data-dir", help="local copies in the hub's schema (e.g. ../shared/data/eval); default: the hub")
     ev.add_argument("--out", help="summary JSON (single model; default MODEL/eval.json) or table path (--compare)")
@@ -254,7 +257,8 @@ def cmd_export(a) -> None:
 
     model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
     export_hf(a.out, model.eval(), tok)
-    print(f"Hugging Face folder written to {a.out} (AutoModelForCausalLM / AutoTokenizer / lm_eval --model hf)")
+    print(f"Hugging Face folder written to {a.out} "
+          "(AutoModelForCausalLM / AutoTokenizer / lm_eval --model hf)")
 
 
 def cmd_generate(a) -> None:
@@ -377,7 +381,8 @@ def cmd_run(a) -> None:
     run(a.preset, a.out, parse_overrides(a.set), a.data_dir)
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "chat": cmd_chat,
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo,
+            "chat": cmd_chat,
             "merge": cmd_merge, "export": cmd_export,
             "generate": cmd_generate, "eval": cmd_eval, "ifeval-score": cmd_ifeval_score,
             "serve": cmd_serve, "mt-bench": cmd_mt_bench,

@@ -97,7 +97,8 @@ def export_hf(directory: str | Path, model: GPT, tok: Tokenizer) -> Path:
     save_hf(directory, model, eot_id=tok.eot_id)
     hf_tok = transformers.PreTrainedTokenizerFast(
         tokenizer_object=fast_tokenizer(tok), bos_token=EOT, eos_token=EOT, unk_token=EOT, pad_token=EOT,
-        model_max_length=model.config.block_size, chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False)
+        model_max_length=model.config.block_size, chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False)
     hf_tok.save_pretrained(str(directory))
     gen = transformers.GenerationConfig(bos_token_id=tok.eot_id, eos_token_id=tok.eot_id,
                                         pad_token_id=tok.eot_id, do_sample=False)

@@ -43,8 +43,8 @@ class EvalConfig:
 
 
 def _hash(obj, root: Path) -> str:
-    """Hash of a stage's settings without the run folder's path (`--out runs/x` then `--out $PWD/runs/x`: one run)
-    and without the preset's name (a label: the resolved values are what the stage computes from)."""
+    """Hash of a stage's settings without the run folder's path (`--out runs/x` then `--out $PWD/runs/x`:
+    one run) and without the preset's name (a label: the resolved values are what the stage computes from)."""
     if isinstance(obj, dict):
         obj = {k: v for k, v in obj.items() if k != "preset"}
     text = json.dumps(obj, sort_keys=True, default=str).replace(str(root), "<run>")
@@ -114,7 +114,8 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, d
                             lambda resume: run_dpo(dpo, out / "dpo", resume=resume), timings)
     table, _ = _stage("eval", out / "eval", to_dict(ev) | {"data_dir": eval_dir, "after": after},
                       lambda _: _evaluate(out, ev, eval_dir), timings)
-    exported, _ = _stage("export", out / "hf", {"after": after}, lambda _: _export(out), timings, resumable=False)
+    exported, _ = _stage("export", out / "hf", {"after": after}, lambda _: _export(out), timings,
+                         resumable=False)
     results = {"preset": preset, "timings_s": timings, "inputs": {"pretrain": source, "sft": sft.data, "dpo": dpo.data,
                "eval": eval_dir or "the hub"}, "data": data, "pretrain": base, "sft": sft_sum, "dpo": dpo_sum,
                "table": table, "export": exported}

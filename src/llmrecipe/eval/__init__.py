@@ -9,7 +9,8 @@ from .mt_bench import MTBench
 
 SUITES = {"mmlu_pro": MMLUPro, "mmlu_pro_category": MMLUProCategory, "gsm8k": GSM8K, "ifeval": IFEval,
           "mt_bench": MTBench}
-ALL = ("mmlu_pro", "gsm8k", "ifeval", "mt_bench")  # `--suites all`: the four benchmarks, each in its own protocol
+# `--suites all`: the four benchmarks, each in its own protocol (mmlu_pro_category only when named)
+ALL = ("mmlu_pro", "gsm8k", "ifeval", "mt_bench")
 
 
 def make_suites(names: str, data_dir: str | None, **options) -> list[Suite]:

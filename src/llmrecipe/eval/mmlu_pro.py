@@ -106,7 +106,8 @@ class MMLUPro:
         if model.chat:  # lm-eval's --apply_chat_template --fewshot_as_multiturn: a turn pair per shot
             msgs = []
             for s in shots:
-                msgs += [{"role": "user", "content": leaderboard_text(s)}, {"role": "assistant", "content": s["answer"]}]
+                msgs += [{"role": "user", "content": leaderboard_text(s)},
+                         {"role": "assistant", "content": s["answer"]}]
             msgs.append({"role": "user", "content": leaderboard_text(item)})
             ids = encode_chat(msgs, model.tok, add_generation_prompt=True).ids
         else:
