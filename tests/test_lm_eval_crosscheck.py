@@ -58,20 +58,24 @@ def _ours(out: Path, mode: str):
     return load_eval_model(str(out / "ours"), chat=mode == "chat", rt=setup("cpu"), batch_size=1)
 
 
+def _paired(runs, mode: str, suite, task: str, key: str) -> tuple[list[dict], dict]:
+    """Our records on the items lm-eval ran (matched by `key`), and lm-eval's samples by that key."""
+    out, _, samples = runs
+    theirs: dict = {}
+    for s in samples[mode][task]:
+        theirs.setdefault(s["doc"][key], {})[s["filter"]] = s
+    ours = {it[key]: it for it in suite.items(None)}
+    records = suite.evaluate(_ours(out, mode), [ours[k] for k in theirs])
+    assert len(records) == N
+    return records, theirs
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_gsm8k_generations_and_verdicts_equal_lm_eval(runs, mode):
     from llmrecipe.eval.gsm8k import GSM8K
 
-    out, eval_dir, samples = runs
-    samples = samples[mode]
-    suite = GSM8K(data_dir=eval_dir, max_new_tokens=NEW)
-    by_question = {it["question"]: it for it in suite.items(None)}
-    theirs = {}
-    for s in samples["local_gsm8k_cot"]:
-        theirs.setdefault(s["doc"]["question"], {})[s["filter"]] = s
-    items = [by_question[q] for q in theirs]
-    records = suite.evaluate(_ours(out, mode), items)
-    assert len(records) == N
+    records, theirs = _paired(runs, mode, GSM8K(data_dir=runs[1], max_new_tokens=NEW), "local_gsm8k_cot",
+                              "question")
     for rec in records:
         ref = theirs[rec["question"]]
         # the same greedy text, cut at the same stop
@@ -86,15 +90,10 @@ def test_gsm8k_generations_and_verdicts_equal_lm_eval(runs, mode):
 def test_mmlu_pro_loglikelihoods_and_choices_equal_lm_eval(runs, mode):
     from llmrecipe.eval.mmlu_pro import LETTERS, MMLUPro
 
-    out, eval_dir, samples = runs
-    samples = samples[mode]
-    suite = MMLUPro(data_dir=eval_dir)
-    by_question = {it["question"]: it for it in suite.items(None)}
-    theirs = {s["doc"]["question"]: s for s in samples["local_leaderboard_mmlu_pro"]}
-    records = suite.evaluate(_ours(out, mode), [by_question[q] for q in theirs])
-    assert len(records) == N
+    records, theirs = _paired(runs, mode, MMLUPro(data_dir=runs[1]), "local_leaderboard_mmlu_pro", "question")
     for rec, q in zip(records, theirs):
-        lls = [r[0] for r in theirs[q]["filtered_resps"]]
+        ref = theirs[q]["none"]  # multiple choice: no filter
+        lls = [r[0] for r in ref["filtered_resps"]]
         if mode == "chat":
             # the chat context ends "<|assistant|>\n" and lm-eval moves trailing whitespace into every
             # continuation ("\nA"): its scores carry log p("\n"), the same constant for all options
@@ -104,22 +103,16 @@ def test_mmlu_pro_loglikelihoods_and_choices_equal_lm_eval(runs, mode):
         # one fp32 log-softmax over 50,257 logits after a 1,024-token forward of a 64-wide model
         assert rec["scores"] == pytest.approx(lls, abs=2e-4)
         assert rec["pred"] == LETTERS[max(range(len(lls)), key=lls.__getitem__)]
-        assert float(rec["correct"]) == theirs[q]["acc"]
+        assert float(rec["correct"]) == ref["acc"]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_ifeval_generations_and_verdicts_equal_lm_eval(runs, mode):
     from llmrecipe.eval.ifeval import IFEval
 
-    out, eval_dir, samples = runs
-    samples = samples[mode]
-    suite = IFEval(data_dir=eval_dir, max_new_tokens=NEW)
-    by_prompt = {it["prompt"]: it for it in suite.items(None)}
-    theirs = {s["doc"]["prompt"]: s for s in samples["local_ifeval"]}
-    records = suite.evaluate(_ours(out, mode), [by_prompt[p] for p in theirs])
-    assert len(records) == N
+    records, theirs = _paired(runs, mode, IFEval(data_dir=runs[1], max_new_tokens=NEW), "local_ifeval", "prompt")
     for rec in records:
-        ref = theirs[rec["prompt"]]
+        ref = theirs[rec["prompt"]]["none"]
         assert rec["response"] == ref["resps"][0][0]
         assert rec["strict"] == ref["inst_level_strict_acc"] and rec["loose"] == ref["inst_level_loose_acc"]
         assert rec["correct"] == ref["prompt_level_strict_acc"]
