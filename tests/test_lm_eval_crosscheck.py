@@ -110,7 +110,8 @@ def test_mmlu_pro_loglikelihoods_and_choices_equal_lm_eval(runs, mode):
 def test_ifeval_generations_and_verdicts_equal_lm_eval(runs, mode):
     from llmrecipe.eval.ifeval import IFEval
 
-    records, theirs = _paired(runs, mode, IFEval(data_dir=runs[1], max_new_tokens=NEW), "local_ifeval", "prompt")
+    suite = IFEval(data_dir=runs[1], max_new_tokens=NEW)
+    records, theirs = _paired(runs, mode, suite, "local_ifeval", "prompt")
     for rec in records:
         ref = theirs[rec["prompt"]]["none"]
         assert rec["response"] == ref["resps"][0][0]
