@@ -62,23 +62,23 @@ def test_export_folder_loads_with_auto_classes(exported, tiny_base, data_dir):
 
 
 def test_chat_template_renders_our_chat_format_token_for_token(exported, tiny_base, data_dir):
-    """apply_chat_template == encode_chat, on the real chat sample; the one documented exception is a turn
-    whose content starts with whitespace (HF tokenises the rendered string whole, merging it with
-    the "\\n")."""
+    """apply_chat_template == encode_chat on every conversation of the real chat sample, with and without the
+    generation prompt, and on contents that start with spaces or newlines (dropped on both sides)."""
     _, tok = load_model(tiny_base)
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(exported))
+    convs = _conversations(data_dir) + [[{"role": "user", "content": "\n\n  Hi"},
+                                         {"role": "assistant", "content": "  \tthere"}]]
     checked = 0
-    for conv in _conversations(data_dir):
+    for conv in convs:
         for prompt_only in (False, True):
             msgs = conv[:-1] if prompt_only and conv[-1]["role"] == "assistant" else conv
             ours = encode_chat(msgs, tok, add_generation_prompt=prompt_only).ids
             theirs = hf_tok.apply_chat_template(msgs, add_generation_prompt=prompt_only, tokenize=True)
-            theirs = theirs["input_ids"] if hasattr(theirs, "keys") else theirs
-            if any(m["content"][:1].isspace() for m in msgs):
-                continue  # the documented exception
-            assert list(theirs) == ours
+            assert list(theirs["input_ids"] if hasattr(theirs, "keys") else theirs) == ours
             checked += 1
-    assert checked >= 38  # of 42 (21 conversations, with and without the last answer)
+    assert checked == 2 * len(convs)
+    with pytest.raises(Exception, match="unknown chat role"):
+        hf_tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
 
 
 def test_hf_greedy_generation_equals_our_engine(exported, tiny_base):

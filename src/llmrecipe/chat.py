@@ -23,6 +23,14 @@ def marker(role: str) -> str:
     return f"<|{role}|>\n"
 
 
+def content(message: dict) -> str:
+    """A turn's text as the template writes it: leading whitespace dropped. We tokenize the marker and the
+    content separately; a tokenizer that reads the rendered string whole (HF's `apply_chat_template` on the
+    exported template) would merge leading spaces or newlines with the marker's "\n" into other tokens.
+    Without them both give the same ids, token for token (tests/test_export.py)."""
+    return message["content"].lstrip()
+
+
 @dataclass
 class Encoded:
     ids: list[int]
@@ -50,7 +58,7 @@ def encode_chat(messages: list[dict], tok: Tokenizer, add_generation_prompt: boo
         if role not in ROLES:
             raise ValueError(f"unknown chat role {role!r} (expected one of {', '.join(ROLES)})")
         head = tok.encode(marker(role))
-        body = tok.encode(m["content"]) + [tok.eot_id]
+        body = tok.encode(content(m)) + [tok.eot_id]
         ids += head + body
         labels += [IGNORE] * len(head) + (body if role == "assistant" else [IGNORE] * len(body))
     if add_generation_prompt:
@@ -62,7 +70,7 @@ def encode_chat(messages: list[dict], tok: Tokenizer, add_generation_prompt: boo
 
 def render(messages: list[dict], add_generation_prompt: bool = False, eot: str = "<|endoftext|>") -> str:
     """The template as text (for display and for external tools)."""
-    text = "".join(f"{marker(m['role'])}{m['content']}{eot}" for m in messages)
+    text = "".join(f"{marker(m['role'])}{content(m)}{eot}" for m in messages)
     return text + (marker("assistant") if add_generation_prompt else "")
 
 

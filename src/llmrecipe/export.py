@@ -6,12 +6,11 @@ nothing they would have to be told separately:
 - `tokenizer.json` + `tokenizer_config.json`: the model's own tokenizer as a fast tokenizer. The tiny presets'
   byte-level BPE *is* a `tokenizers` file; GPT-2's is rebuilt from the tiktoken ranks (vocab + merges, the
   GPT-2 byte-to-unicode alphabet, the GPT-2 pre-tokenizer regex), so `AutoTokenizer` gives our ids;
-- `chat_template`: our one chat format as Jinja (`<|role|>\\n{content}<|endoftext|>` per turn, the assistant
-  marker as the generation prompt). `apply_chat_template` tokenises the rendered string as a whole, which
-  gives our ids (we tokenise marker and content separately) whenever a turn's content does not start with
-  whitespace: GPT-2's pre-tokenizer never joins the marker's final "\\n" to a letter, digit or symbol, and
-  `<|endoftext|>` is a special token on both sides. A content that starts with spaces or newlines would
-  merge them with that "\\n" (tested, and the only difference);
+- `chat_template`: our one chat format as Jinja (`<|role|>\\n{content}<|endoftext|>` per turn, leading
+  whitespace of a content dropped on both sides, the assistant marker as the generation prompt).
+  `apply_chat_template` tokenises the rendered string as a whole and gives our ids (we tokenise marker and
+  content separately): GPT-2's pre-tokenizer never joins the marker's final "\\n" to a letter, digit or
+  symbol, and `<|endoftext|>` is a special token on both sides (tested on the real chat sample);
 - `generation_config.json`: the end-of-turn token as EOS and padding, greedy by default.
 """
 from __future__ import annotations
@@ -26,7 +25,7 @@ CHAT_TEMPLATE = (
     "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
     "{{ raise_exception('unknown chat role ' + message['role'] + ' (expected system, user or assistant)') }}"
     "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '" + EOT + "' }}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'].lstrip() + '" + EOT + "' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
