@@ -77,3 +77,37 @@ def test_user_errors_exit_with_one_line(tmp_path, capsys):
         main(["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "n_layers=2"])
     with pytest.raises(SystemExit, match="not a model folder"):
         main(["sft", "--base", str(tmp_path), "--data", "x.jsonl", "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("key, value, rule", [
+    ("grad_accum", "0", "≥ 1"), ("lr", "-1e-3", "> 0"), ("min_lr", "-1", "≥ 0"), ("warmup_steps", "-5", "≥ 0"),
+    ("schedule", "linear", "one of cosine, constant"), ("n_layer", "0", "≥ 1"), ("dropout", "1.5", "[0, 1)"),
+    ("save_interval", "0", "≥ 1"), ("log_interval", "0", "≥ 1"), ("compile", "maybe", "one of auto"),
+    ("n_embd", "102", "divisible by n_head"),
+])
+def test_settings_that_would_train_nonsense_are_one_line_errors(tmp_path, key, value, rule):
+    """Range-checked when the config is resolved: before any data is read or folder written."""
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "--preset", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--set", f"{key}={value}"])
+    msg = str(e.value)
+    assert msg.startswith("error: config key") and key in msg and rule in msg and "\n" not in msg, msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_stage_and_run_settings_are_validated_before_anything_runs(tmp_path):
+    from llmrecipe.config import apply_overrides
+    from llmrecipe.recipe import run
+    from llmrecipe.train.dpo import dpo_config
+    from llmrecipe.train.sft import sft_config
+
+    for make, key, value in ((dpo_config, "beta", "0"), (dpo_config, "epochs", "-1"), (sft_config, "r", "0"),
+                             (sft_config, "epochs", "0")):
+        with pytest.raises(ValueError, match=f"config key '(lora.)?{key}'"):
+            apply_overrides(make("tiny"), {key: value})
+    for overrides, match in (({"eval.suites": "gsm8kk"}, "unknown suite"), ({"eval.max_new_tokens": "0"},
+                             "max_new_tokens"), ({"dpo.beta": "-0.1"}, "beta"), ({"sft.train.grad_accum": "0"},
+                             "grad_accum")):
+        with pytest.raises(ValueError, match=match):
+            run("tiny", tmp_path / "r", overrides)
+        assert not (tmp_path / "r").exists()

@@ -164,7 +164,9 @@ def cmd_prepare(a) -> None:
             settings[key] = val
     from .config import build
 
-    meta = prepare(build(PrepareConfig, {**settings, "out": a.out}))
+    from .config import validate
+
+    meta = prepare(validate(build(PrepareConfig, {**settings, "out": a.out})))
     print(f"wrote {meta['train_tokens']:,} training + {meta['val_tokens']:,} validation tokens from "
           f"{meta['documents']:,} documents to {a.out} ({len(meta['train_shards'])} train shards)")
 

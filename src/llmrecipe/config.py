@@ -144,10 +144,58 @@ def build(cls: type, values: dict, where: str = "") -> Any:
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, str]) -> Any:
-    """Set `key=value` pairs on a (nested) dataclass; bare keys are looked up across its sections."""
+    """Set `key=value` pairs on a (nested) dataclass; bare keys are looked up across its sections. The result
+    is range-checked (`validate`): a setting that would train nonsense fails here, before any work starts."""
     for key, value in overrides.items():
         obj, name = _locate(cfg, key)
         setattr(obj, name, _coerce(value, typing.get_type_hints(type(obj))[name], key))
+    return validate(cfg)
+
+
+def _at_least(n):
+    return (lambda v: v >= n), f"must be ≥ {n}"
+
+
+_POSITIVE = ((lambda v: v > 0), "must be > 0")
+_FRACTION = ((lambda v: 0 <= v < 1), "must be in [0, 1)")
+
+
+def _one_of(*names):
+    return (lambda v: str(v).lower() in names), f"must be one of {', '.join(names)}"
+
+
+# Ranges by field name, wherever the field lives (train, model, lora, dpo, eval, prepare sections). Each would
+# otherwise train nonsense quietly (grad_accum 0 saves an untrained model) or crash deep inside a stage
+# (save_interval 0 divides by zero after hours of training).
+RULES: dict[str, tuple] = {
+    "batch_size": _at_least(1), "grad_accum": _at_least(1), "max_steps": _at_least(0), "lr": _POSITIVE,
+    "min_lr": _at_least(0), "warmup_steps": _at_least(0), "schedule": _one_of("cosine", "constant"),
+    "weight_decay": _at_least(0), "beta1": _FRACTION, "beta2": _FRACTION, "grad_clip": _at_least(0),
+    "log_interval": _at_least(1), "eval_interval": _at_least(0), "eval_batches": _at_least(1),
+    "save_interval": _at_least(1), "keep_checkpoints": _at_least(1), "compile": _one_of("auto", "true", "false"),
+    "dtype": _one_of("auto", "float32", "bfloat16"), "parallel": _one_of("ddp", "fsdp"),
+    "n_layer": _at_least(1), "n_head": _at_least(1), "n_embd": _at_least(1), "vocab_size": _at_least(2),
+    "block_size": _at_least(2), "dropout": _FRACTION, "pad_vocab_to": _at_least(1),
+    "r": _at_least(1), "alpha": _POSITIVE, "beta": _POSITIVE, "rpo_alpha": _at_least(0), "epochs": _POSITIVE,
+    "max_examples": _at_least(1), "val_examples": _at_least(0), "reference": _one_of("adapter", "copy"),
+    "max_new_tokens": _at_least(1), "limit": _at_least(1), "shots": _at_least(0),
+    "scoring": _one_of("letter", "text"), "shard_tokens": _at_least(1), "val_every": _at_least(1),
+    "bpe_vocab_size": _at_least(2), "max_tokens": _at_least(1), "workers": _at_least(1),
+}
+
+
+def validate(cfg: Any, where: str = "") -> Any:
+    """Check every field of a (nested) config dataclass against RULES; a ValueError names the key."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            validate(value, key + ".")
+        elif value is not None and f.name in RULES and not isinstance(value, (list, dict)):
+            ok, rule = RULES[f.name]
+            if not ok(value):
+                raise ValueError(f"config key {key!r} = {value!r}: {rule}")
+    if {"n_embd", "n_head"} <= {f.name for f in dataclasses.fields(cfg)} and cfg.n_embd % cfg.n_head:
+        raise ValueError(f"config key {where}n_embd = {cfg.n_embd} must be divisible by n_head = {cfg.n_head}")
     return cfg
 
 

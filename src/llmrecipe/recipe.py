@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .checkpoint import latest_checkpoint
-from .config import apply_overrides, build, load_preset, to_dict
+from .config import apply_overrides, build, load_preset, to_dict, validate
 from .data.prepare import PrepareConfig, prepare
 from .data.world import write_chat_data, write_eval_sets, write_pretrain_corpus
 from .eval import make_suites
@@ -96,6 +96,8 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, d
     pre = apply_overrides(pretrain_config(preset), ov["pretrain"])
     sft, dpo = apply_overrides(sft_config(preset), ov["sft"]), apply_overrides(dpo_config(preset), ov["dpo"])
     ev = apply_overrides(build(EvalConfig, p.get("eval", {})), ov["eval"])
+    validate(prep)
+    make_suites(ev.suites, eval_dir)  # unknown suite names fail now, not after pre-training
     pre.data, sft.base, dpo.sft = str(out / "data"), str(out / "base"), str(out / "sft")
     sft.data, dpo.data = sft_data or sft.data, dpo_data or dpo.data
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from ..chat import IGNORE
 from ..checkpoint import load_model
-from ..config import build, load_preset, settings_line, to_dict
+from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.preference import EncodedPair, collate_pairs, load_pairs
 from ..files import atomic_write
 from ..lora import LoRAConfig, adapters_disabled, inject, trainable_summary
@@ -163,6 +163,7 @@ class DPOStage:
 
 
 def run_dpo(cfg: DPOConfig, out: str | Path, resume: bool = False) -> dict:
+    validate(cfg)
     if not cfg.sft:
         raise ValueError("dpo needs --sft: the adapter folder from `llmrecipe sft`")
     rt = setup(cfg.train.device, cfg.train.dtype)

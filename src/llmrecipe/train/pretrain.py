@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_model
-from ..config import build, load_preset, settings_line, to_dict
+from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.loader import TokenWindows
 from ..data.order import item_start
 from ..model import GPT, GPTConfig
@@ -79,6 +79,7 @@ class PretrainStage:
 
 
 def run_pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> dict:
+    validate(cfg)
     if not cfg.data:
         raise ValueError("pretrain needs --data: a folder written by `llmrecipe prepare`")
     if cfg.train.max_steps <= 0:

@@ -11,7 +11,7 @@ import torch
 
 from ..chat import IGNORE
 from ..checkpoint import load_model
-from ..config import build, load_preset, settings_line, to_dict
+from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.chat import collate, load_chat, pack
 from ..data.order import EpochOrder, item_start
 from ..files import atomic_write_json
@@ -110,6 +110,7 @@ class SFTStage:
 
 
 def run_sft(cfg: SFTConfig, out: str | Path, resume: bool = False) -> dict:
+    validate(cfg)
     if not cfg.base:
         raise ValueError("sft needs --base: a model folder from `llmrecipe pretrain`")
     rt = setup(cfg.train.device, cfg.train.dtype)
