@@ -31,6 +31,23 @@ def test_stage_commands_chain(data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sft: preset tiny (the preset" in out and "dpo: preset tiny (the preset" in out
     assert "sft: preset tiny — lr 0.005 (cosine, warmup 10)" in out
+    # --model base --adapter dpo would silently drop the SFT step: the whole chain is loaded, and said so
+    capsys.readouterr()
+    rebuilt, _ = load_model(tmp_path / "base", adapter=tmp_path / "dpo")
+    assert "was trained on" in capsys.readouterr().out
+    whole, _ = load_model(tmp_path / "dpo")
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), whole.state_dict().values()))
+    import shutil
+    shutil.copytree(tmp_path / "base", tmp_path / "other")  # a different model folder
+    with pytest.raises(ValueError, match="was not trained on"):
+        load_model(tmp_path / "other", adapter=tmp_path / "sft")
+    cfg = json.loads((tmp_path / "sft" / "adapter_config.json").read_text())
+    (tmp_path / "loop").mkdir()
+    shutil.copy(tmp_path / "sft" / "adapter_model.safetensors", tmp_path / "loop")
+    (tmp_path / "loop" / "adapter_config.json").write_text(json.dumps(
+        {**cfg, "base_model_name_or_path": str((tmp_path / "loop").resolve())}))
+    with pytest.raises(SystemExit, match="adapter chain loops"):
+        main(["eval", "--model", str(tmp_path / "loop"), "--suites", "gsm8k"])
     main(["merge", "--model", str(tmp_path / "dpo"), "--out", str(tmp_path / "merged")])
     merged, _ = load_model(tmp_path / "merged")
     chained, _ = load_model(tmp_path / "dpo")  # base → +sft merged → +dpo merged

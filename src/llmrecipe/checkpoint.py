@@ -28,6 +28,19 @@ def save_model(directory: str | Path, model: GPT, tokenizer: Tokenizer, extra: d
     tokenizer.save(directory)
 
 
+def adapter_chain(path: str | Path) -> tuple[Path, list[Path]]:
+    """(root model folder, adapters from the root up to `path`) by following base_model_name_or_path; a chain
+    that comes back to an adapter it passed (one naming itself as its base) is an error, not a hang."""
+    chain, p = [], Path(path).resolve()
+    while (p / "adapter_config.json").is_file() and not (p / "model.json").is_file():
+        if p in chain:
+            raise ValueError(f"{path}: its adapter chain loops at {p} (an adapter recorded as its own base)")
+        chain.append(p)
+        _, base = read_adapter_config(p)
+        p = Path(base).resolve()
+    return p, chain[::-1]
+
+
 def load_model(directory: str | Path, device: str | torch.device = "cpu", adapter: str | Path | None = None,
                merge_adapters: bool = True) -> tuple[GPT, Tokenizer]:
     """A model folder, or an adapter folder (its base chain is loaded and merged), plus an optional adapter.
@@ -36,7 +49,22 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", adapte
     a live LoRA layer.
     """
     directory = Path(directory)
+    if adapter is not None:  # it must have been trained on `directory` itself
+        root, chain = adapter_chain(adapter)
+        model_root, model_chain = adapter_chain(directory)
+        if (root, chain[:-1]) != (model_root, model_chain):
+            path = " → ".join(str(x) for x in [root, *chain])
+            if root == model_root and chain[: len(model_chain)] == model_chain:
+                # --model runs/base --adapter runs/dpo: DPO was trained on the SFT merge; applying it to
+                # the bare base silently drops the SFT step (IFEval analog 3% instead of 65%): load the chain
+                parent = chain[-2] if len(chain) > 1 else root
+                print(f"note: {adapter} was trained on {parent}, not on {directory}: "
+                      f"loading its whole chain ({path})")
+                return load_model(adapter, device, merge_adapters=merge_adapters)
+            raise ValueError(f"adapter {adapter} was not trained on {directory} (its chain: {path}); "
+                             f"pass the model it was trained on, or the adapter folder alone")
     if (directory / "adapter_config.json").is_file() and not (directory / "model.json").is_file():
+        adapter_chain(directory)  # a looping chain is an error before it recurses
         _, base = read_adapter_config(directory)
         model, tok = load_model(base, device, merge_adapters=True)
         load_adapter(model, directory)
@@ -63,6 +91,7 @@ def model_record(directory: str | Path) -> tuple[dict, str | None]:
     run_config = directory / "config.json"  # a stage's run folder: its resolved config, preset included
     preset = json.loads(run_config.read_text()).get("preset") or None if run_config.is_file() else None
     if (directory / "adapter_config.json").is_file() and not (directory / "model.json").is_file():
+        adapter_chain(directory)  # a looping chain is an error before it recurses
         cfg, base_preset = model_record(read_adapter_config(directory)[1])
         return cfg, preset or base_preset
     meta_path = directory / "model.json"

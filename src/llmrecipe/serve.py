@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from .chat import ROLES, chat_loop, encode_chat
-from .checkpoint import load_model
+from .checkpoint import adapter_chain, load_model
 from .engine import Engine
 from .lora import PEFT_PREFIX, read_adapter_config
 from .runtime import setup
@@ -34,16 +34,6 @@ class RequestError(Exception):
     def body(self) -> dict:
         kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
         return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
-
-
-def adapter_chain(path: str | Path) -> tuple[Path, list[Path]]:
-    """(root model folder, adapters from the root up to `path`) by following base_model_name_or_path."""
-    chain, p = [], Path(path).resolve()
-    while (p / "adapter_config.json").is_file() and not (p / "model.json").is_file():
-        chain.append(p)
-        _, base = read_adapter_config(p)
-        p = Path(base).resolve()
-    return p, chain[::-1]
 
 
 def adapter_deltas(adapters: list[Path]) -> dict[str, torch.Tensor]:
