@@ -87,19 +87,19 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", adapte
 def model_record(directory: str | Path) -> tuple[dict, str | None]:
     """(GPTConfig as a dict, the preset it was trained with or None) of a model or adapter folder, following
     an adapter's base chain; reads JSON only (no weights), so a command can choose its settings first."""
-    directory = Path(directory)
-    run_config = directory / "config.json"  # a stage's run folder: its resolved config, preset included
-    preset = json.loads(run_config.read_text()).get("preset") or None if run_config.is_file() else None
-    if (directory / "adapter_config.json").is_file() and not (directory / "model.json").is_file():
-        adapter_chain(directory)  # a looping chain is an error before it recurses
-        cfg, base_preset = model_record(read_adapter_config(directory)[1])
-        return cfg, preset or base_preset
-    meta_path = directory / "model.json"
+    root, chain = adapter_chain(directory)
+    meta_path = root / "model.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{directory}: not a model folder (needs model.json and model.safetensors) "
+        raise FileNotFoundError(f"{root}: not a model folder (needs model.json and model.safetensors) "
                                 "nor an adapter folder (adapter_config.json)")
     meta = json.loads(meta_path.read_text())
-    return meta["config"], meta.get("preset") or preset
+
+    def run_preset(folder: Path) -> str | None:  # a stage's run folder: its resolved config, preset included
+        f = folder / "config.json"
+        return json.loads(f.read_text()).get("preset") if f.is_file() else None
+    # the nearest record wins: the folder itself, then each base down the chain
+    found = [run_preset(f) for f in reversed(chain)] + [meta.get("preset"), run_preset(root)]
+    return meta["config"], next((p for p in found if p), None)
 
 
 def save_hf(directory: str | Path, model: GPT, eot_id: int | None = None) -> None:

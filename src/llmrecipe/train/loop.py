@@ -122,16 +122,17 @@ class StepBatches:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="loader")
         self.ahead: tuple[int, Future] | None = None
 
-    def _build(self, step: int) -> tuple[list, int, int]:
+    def _build(self, step: int) -> tuple[list, list[int], int]:
         batches = [self.stage.batch(step, m) for m in range(self.accum)]
-        units = sum(self.stage.units(b) for b in batches)
+        units = [self.stage.units(b) for b in batches]  # counted here, on CPU tensors: no device sync
         tokens = sum(self.stage.tokens(b) for b in batches)
         if self.device.type == "cuda":
             batches = [_map_tensors(b, torch.Tensor.pin_memory) for b in batches]
         return batches, units, tokens
 
-    def get(self, step: int) -> tuple[list, int, int]:
-        """(device batches, units, tokens) of this rank's share of `step`; starts building `step + 1`."""
+    def get(self, step: int) -> tuple[list, list[int], int]:
+        """(device batches, units per micro-batch, tokens) of this rank's share of `step`; starts building
+        `step + 1`."""
         fut = self.ahead[1] if self.ahead and self.ahead[0] == step else self.pool.submit(self._build, step)
         nxt = step + 1
         self.ahead = (nxt, self.pool.submit(self._build, nxt)) if nxt < self.max_steps else None
@@ -252,7 +253,7 @@ _PEER_LOST = re.compile(r"Connection (reset|closed)[^.\n]*|[Tt]imed? ?out[^.\n]*
                         r"Broken pipe[^.\n]*")
 
 
-def _step(stage: Stage, fwd, wrapped, opt, batches: list, units: int, cfg: TrainConfig, rt: Runtime
+def _step(stage: Stage, fwd, wrapped, opt, batches: list, units: list[int], cfg: TrainConfig, rt: Runtime
           ) -> dict[str, torch.Tensor]:
     """One optimizer step over this rank's micro-batches; gradients sync on the last one only.
 
@@ -262,17 +263,17 @@ def _step(stage: Stage, fwd, wrapped, opt, batches: list, units: int, cfg: Train
     transformers fixed with `num_items_in_batch`). DDP/FSDP average gradients over ranks, hence × W.
     Metrics stay on the device: no `.item()` here (each would stall the GPU's queue once per micro-step).
     """
-    total = torch.tensor(float(units), device=rt.device)
+    total = torch.tensor(float(sum(units)), device=rt.device)
     if rt.distributed:
         torch.distributed.all_reduce(total)
     scale = rt.world_size / total
     sums: dict[str, torch.Tensor] = {}
     n = len(batches)
-    for micro, batch in enumerate(batches):
+    for micro, (batch, n_units) in enumerate(zip(batches, units)):
         with _grad_sync(wrapped, rt, last=micro == n - 1):
             with rt.autocast():
                 loss, metrics = stage.loss(fwd, batch)
-            weighted = loss * (stage.units(batch) * scale)
+            weighted = loss * (n_units * scale)
             weighted.backward()
         sums["loss"] = sums.get("loss", 0.0) + weighted.detach().float()
         for k, v in metrics.items():
