@@ -18,6 +18,16 @@ from llmrecipe.train.loop import TrainConfig, make_optimizer
 from llmrecipe.train.pretrain import pretrain_config
 
 
+def train_step(model, loss_fn, x, y, rt, opt) -> None:
+    """One bare step: forward and loss under autocast, backward, clip at 1.0, AdamW."""
+    with rt.autocast():
+        loss = loss_fn(model, x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def step_time(model, loss_fn, x, y, rt, steps: int, warmup: int) -> float:
     opt = make_optimizer(model, TrainConfig(), rt.device)
     for i in range(warmup + steps):
@@ -25,12 +35,7 @@ def step_time(model, loss_fn, x, y, rt, steps: int, warmup: int) -> float:
             if rt.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        with rt.autocast():
-            loss = loss_fn(model, x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, loss_fn, x, y, rt, opt)
     if rt.device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps

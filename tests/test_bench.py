@@ -17,7 +17,19 @@ def test_gpu_check_runs_shrunken_on_cpu(data_dir, tmp_path):
     assert "### GPU check — CPU — " in table and "--small" in table
     for row in ("pretrain compiled: tokens/s", "pretrain eager: tokens/s", "HF GPT2LMHeadModel (SDPA)",
                 "ours / HF (eager)", "fp32 vs bf16 autocast", "sft (LoRA", "dpo (LoRA", "engine scoring",
-                "engine generation"):
+                "engine decoding", "accum: tokens/s"):
         m = re.search(re.escape(row) + r"[^|]*\| ([0-9.,]+)", table)
         assert m and float(m.group(1).replace(",", "")) > 0, row
     assert "EXCEEDED" not in table  # bf16 autocast and fp32 agree after the same steps
+
+
+def test_profile_step_runs_on_cpu():
+    """bench/profile_step.py (the GPU's kernel table) must not rot: its CPU run prints rates and a table."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "profile_step.py"), "--preset", "tiny",
+                           "--batch", "2", "--seq", "32", "--steps", "1", "--no-compile", "--top", "3",
+                           "--decode", "4"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"decode, batch 16: [0-9.]+ ms/step \(4 steps\)", proc.stdout), proc.stdout
+    m = re.search(r"B=2 T=32: [0-9.]+ ms/step, ([0-9,]+) tokens/s", proc.stdout)
+    assert m and int(m.group(1).replace(",", "")) > 0, proc.stdout
+    assert "Self CPU time total" in proc.stdout

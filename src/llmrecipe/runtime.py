@@ -106,6 +106,11 @@ def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        # SDPA's cuDNN backend builds a kernel plan per new sequence length (~80 ms each): decoding, where
+        # the key length grows every step, ran 11x slower with it (90 vs 8 ms per step at batch 16 on an
+        # H100), and SFT/DPO/scoring see a new length per batch. Flash/memory-efficient attention were as
+        # fast for fixed-length pre-training (37.0% vs 37.1% MFU, bench/profile_step.py), so cuDNN is off.
+        torch.backends.cuda.enable_cudnn_sdp(False)
         if dev.index is None:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(dev)
