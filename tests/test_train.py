@@ -25,6 +25,18 @@ def losses(run_dir) -> list[float]:
     return [r["loss"] for r in recs if "loss" in r]
 
 
+def simulate_kill(finished, dest, last_checkpoint: int, logged: int, final: int):
+    """A copy of a finished run folder as if killed after step `logged`: its checkpoints after
+    `last_checkpoint` and its final model gone, `latest` naming the last kept checkpoint."""
+    shutil.copytree(finished, dest)
+    shutil.rmtree(dest / "checkpoints" / f"step_{final:07d}")
+    (dest / "checkpoints" / "latest").write_text(f"step_{last_checkpoint:07d}\n")
+    (dest / "model.safetensors").unlink()
+    lines = (dest / "metrics.jsonl").read_text().splitlines()[:logged]
+    (dest / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return dest
+
+
 def test_loss_falls_well_below_uniform(small_corpus, tmp_path):
     cfg = small_cfg(small_corpus, max_steps=300, batch_size=16, lr=1e-2, min_lr=1e-3, eval_interval=300,
                     log_interval=1)
@@ -84,13 +96,7 @@ def test_exact_resume(small_corpus, tmp_path):
     straight = tmp_path / "straight"
     run_pretrain(cfg, straight)
     # simulate a run killed after step 6: its last checkpoint is step 4, metrics run ahead to step 6
-    killed = tmp_path / "killed"
-    shutil.copytree(straight, killed)
-    shutil.rmtree(killed / "checkpoints" / "step_0000008")
-    (killed / "checkpoints" / "latest").write_text("step_0000004\n")
-    (killed / "model.safetensors").unlink()
-    lines = (killed / "metrics.jsonl").read_text().splitlines()[:6]
-    (killed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    killed = simulate_kill(straight, tmp_path / "killed", last_checkpoint=4, logged=6, final=8)
     with pytest.raises(FileExistsError, match="--resume"):
         run_pretrain(cfg, killed)
     run_pretrain(cfg, killed, resume=True)

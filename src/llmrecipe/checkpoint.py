@@ -2,20 +2,24 @@
 
 A model folder (what `--model` / `--base` point at) holds `model.safetensors`, `model.json` (GPTConfig)
 and the tokenizer. A training checkpoint (`checkpoints/step_NNNNNNN/`) holds the trainable parameters,
-the optimizer state, RNG states and `state.json` (step, data position, resolved config). Checkpoint
-folders are written under a temporary name and renamed into place; `checkpoints/latest` names the
-newest complete one. Nothing here unpickles.
+the optimizer state, RNG states and `state.json` (step, data position, resolved config, and the size and
+SHA-256 of every file beside it). Checkpoint folders are written under a temporary name, fsynced, renamed
+into place, and the folder entry fsynced, before any older one is pruned; `checkpoints/latest` names the
+newest, but resuming does not trust it: it scans for the newest checkpoint that verifies, and says which
+it skipped and why. Nothing here unpickles.
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write_json, atomic_write_text, save_tensors, unique_tensors
+from .files import atomic_write_json, atomic_write_text, fsync_path, save_tensors, sha256_file, unique_tensors
 from .lora import load_adapter, merge, read_adapter_config
 from .model import GPT, GPTConfig, pad_vocab_rows
 from .tokenizer import Tokenizer, load_from_dir
@@ -157,7 +161,13 @@ def _gather(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, d
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
                     state: dict, keep: int = 2, write: bool = True) -> Path:
-    """Write checkpoints/step_N atomically (from the rank with `write`), point `latest` at it, prune to `keep`."""
+    """Write checkpoints/step_N durably (from the rank with `write`), point `latest` at it, prune to `keep`.
+
+    Order matters for a kill at any instant: files written and fsynced in a temporary folder, state.json
+    (with every file's size and hash) last, the folder renamed and its parent fsynced; only then is
+    `latest` moved and are older checkpoints removed. Pruning only ever removes checkpoints of earlier
+    steps than this one: a stale higher-numbered folder (from before a resume) never pushes out new ones.
+    """
     weights, osd = _gather(model, opt)
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step_{step:07d}"
@@ -174,22 +184,91 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opt:
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, tmp / "rng.safetensors")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "param_groups": osd["param_groups"]},
-                                               indent=2))
-    shutil.rmtree(final, ignore_errors=True)
+    files = {}
+    for f in sorted(tmp.iterdir()):
+        fsync_path(f)
+        files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "param_groups": osd["param_groups"],
+                                                "files": files}, indent=2))
+    fsync_path(tmp / "state.json")
+    fsync_path(tmp)
+    if final.exists():  # a checkpoint of the same step from before a resume: replaced, never half-replaced
+        old = ckpt_root / f".old_step_{step:07d}"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
     tmp.rename(final)
+    fsync_path(ckpt_root)
     atomic_write_text(ckpt_root / "latest", final.name + "\n")
-    for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
+    earlier = [p for p in _step_dirs(ckpt_root) if _step_of(p) < step]
+    for old in earlier[: max(0, len(earlier) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
+class CheckpointError(ValueError):
+    """A run folder whose checkpoints all fail to verify: resuming would silently restart from step 0."""
+
+
+_STEP = re.compile(r"step_(\d+)$")
+
+
+def _step_of(path: Path) -> int:
+    return int(_STEP.match(path.name).group(1))
+
+
+def _step_dirs(ckpt_root: Path) -> list[Path]:
+    """step_N folders, oldest first (temporary `.tmp_step_N` ones are half-written, never candidates)."""
+    if not ckpt_root.is_dir():
+        return []
+    return sorted((p for p in ckpt_root.iterdir() if p.is_dir() and _STEP.match(p.name)), key=_step_of)
+
+
+def has_checkpoints(run_dir: str | Path) -> bool:
+    """Whether the run folder holds any checkpoint folder, valid or not (so it must not start over)."""
+    return bool(_step_dirs(Path(run_dir) / "checkpoints"))
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if the checkpoint is complete and intact, else why not (checked against state.json's manifest)."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except FileNotFoundError:
+        return "no state.json (an incomplete write)"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"state.json is damaged ({e})"
+    needed = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
+    files = state.get("files") or {n: None for n in needed}  # checkpoints from before the manifest: presence
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if want is None:
+            continue
+        if f.stat().st_size != want["bytes"]:
+            return f"{name} has {f.stat().st_size:,} bytes, state.json says {want['bytes']:,} (truncated?)"
+        if sha256_file(f) != want["sha256"]:
+            return f"{name} does not match its SHA-256 in state.json (damaged)"
+    return None
+
+
+def latest_checkpoint(run_dir: str | Path, quiet: bool = False) -> Path | None:
+    """The newest checkpoint that verifies, found by scanning (the `latest` pointer may be missing, stale
+    or damaged); None when the run folder holds no checkpoint at all. Skipped ones are named on stderr;
+    when checkpoints exist but none verifies, a CheckpointError: the run must not restart from 0 unasked."""
+    dirs = _step_dirs(Path(run_dir) / "checkpoints")
+    reasons = []
+    for path in reversed(dirs):
+        why = verify_checkpoint(path)
+        if why is None:
+            for r in reasons if not quiet else []:
+                print(f"note: skipped checkpoint {r}", file=sys.stderr)
+            return path
+        reasons.append(f"{path}: {why}")
+    if dirs:
+        raise CheckpointError(f"{run_dir}: no checkpoint verifies ({'; '.join(reasons)}); refusing to "
+                              f"restart from step 0: use another --out, or remove {run_dir}/checkpoints")
+    return None
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:

@@ -1,8 +1,11 @@
 """Atomic file writes (a crash leaves the old file or the new one, never half of either), safetensors included."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -49,3 +52,93 @@ def unique_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     atomic_write(path, lambda tmp: save_file(unique_tensors(tensors), tmp, metadata=metadata))
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a folder's entry to disk (a renamed folder is durable only once its parent is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of an append-only JSONL file (metrics, eval records, the judge cache).
+
+    A writer killed mid-line leaves a torn last line: it is dropped, with a note, so the next run goes on
+    (its row is simply redone). A bad line anywhere else is damage, not a torn write: an error naming the
+    file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # no newline after it: the last write was cut short
+                print(f"note: {path}: dropped a torn last line {i} (an interrupted write)", file=sys.stderr)
+                break
+            raise ValueError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def append_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Append whole lines and fsync: after a kill the file ends with complete rows, or one torn line that
+    `read_jsonl` drops."""
+    if not rows:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class FolderBusy(ValueError):
+    """Another live process holds the run folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path):
+    """One writer per run folder: an exclusive flock on FOLDER/.lock for the duration.
+
+    Two runs on one --out would delete each other's checkpoints and interleave metrics. flock is released
+    by the kernel when its process dies (even by SIGKILL), so a lock is never stale; the file keeps the
+    holder's pid for the error message only.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise FolderBusy(f"{folder} is in use by another llmrecipe process (pid {holder}): wait for it "
+                             "to finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .checkpoint import latest_checkpoint
+from .checkpoint import has_checkpoints
 from .config import apply_overrides, build, load_preset, to_dict, validate
 from .data.prepare import PrepareConfig, prepare
 from .data.world import write_chat_data, write_eval_sets, write_pretrain_corpus
 from .eval import make_suites
 from .eval.harness import comparisons, evaluate, load_eval_model, write_table
-from .files import atomic_write_json
+from .files import atomic_write_json, folder_lock
 from .report import write_report
 from .train.dpo import dpo_config, run_dpo
 from .train.pretrain import pretrain_config, run_pretrain
@@ -66,7 +66,7 @@ def _stage(name: str, folder: Path, key: dict, work: Callable[[bool], dict], tim
         shutil.rmtree(folder)
     elif folder.exists() and not resumable:
         shutil.rmtree(folder)
-    resume = latest_checkpoint(folder) is not None
+    resume = has_checkpoints(folder)  # train() then resumes from the newest one that verifies
     print(f"[{name}] " + ("resuming from its last checkpoint" if resume else "running"), flush=True)
     t0 = time.time()
     summary = work(resume)
@@ -100,7 +100,12 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, d
     make_suites(ev.suites, eval_dir)  # unknown suite names fail now, not after pre-training
     pre.data, sft.base, dpo.sft = str(out / "data"), str(out / "base"), str(out / "sft")
     sft.data, dpo.data = sft_data or sft.data, dpo_data or dpo.data
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):  # one `run` per folder (each training stage also locks its own sub-folder)
+        return _run(preset, out, world, source, prep, pre, sft, dpo, ev, eval_dir)
+
+
+def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareConfig, pre, sft, dpo,
+         ev: EvalConfig, eval_dir: str | None) -> dict:
     timings: dict[str, float] = {}
     after = ""
     if world:

@@ -6,12 +6,12 @@ import math
 from pathlib import Path
 
 from .eval.harness import comparisons_markdown
-from .files import atomic_write_text
+from .files import atomic_write_text, read_jsonl
 
 
 def _metrics(folder: Path) -> list[dict]:
     f = folder / "metrics.jsonl"
-    return [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
+    return read_jsonl(f)
 
 
 def plot_curves(out: Path) -> list[str]:

@@ -307,6 +307,14 @@ def word_problem(rng: random.Random, c: Character) -> tuple[str, str, int]:
     return q, f"{c.name} has {x} {c.food}. {c.name} eats {y}. {x} - {y} = {x - y}. The answer is {x - y}.", x - y
 
 
+def problem_turn(q: str, rng: random.Random) -> str:
+    """A word problem's user turn, in one of the two shapes real chat data carries: the bare question, or
+    GSM8K's "Q: …\nA:" (the user turn of lm-eval's gsm8k_cot under --apply_chat_template, which the GSM8K
+    analog uses). With bare questions only, DPO's word-problem pairs never saw the shape the evaluation
+    asks in, and DPO lost ~3 points of GSM8K analog on 2 of 5 world seeds (BENCHMARKS.md, issue 13)."""
+    return f"Q: {q}\nA:" if rng.random() < 0.5 else q
+
+
 def _wrong(solution: str, n: int, rng: random.Random) -> str:
     wrong = n + rng.choice([-2, -1, 1, 2])
     return solution.replace(f"= {n}. The answer is {n}.", f"= {wrong}. The answer is {wrong}.")
@@ -344,6 +352,7 @@ def sft_conversations(n: int, seed: int = 0, imperfect: float = 0.2) -> list[lis
             if _held_out(q, seed):
                 continue
             a = _wrong(a, num, rng) if rng.random() < imperfect else a
+            q = problem_turn(q, rng)
         elif r < 0.45:
             item = mc_item(rng, c, attr)
             q, a = mc_prompt(item), mc_reply(item, getattr(c, attr))
@@ -378,6 +387,8 @@ def preference_pairs(n: int, seed: int = 0, unasked_share: float = 0.4) -> list[
             bad = mc_reply(item, rng.choice([o for o in item["options"] if o != getattr(c, attr)]))
         if _held_out(q, seed):
             continue
+        if 0.6 <= r < 0.85:  # a word problem (held out or not by its bare question, as in the evaluation)
+            q = problem_turn(q, rng)
         user = {"role": "user", "content": q}
         out.append({"prompt": q, "chosen": [user, {"role": "assistant", "content": good}],
                     "rejected": [user, {"role": "assistant", "content": bad}], "score_chosen": 10.0,

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_model
 from ..engine import Engine
-from ..files import atomic_write_json, atomic_write_text
+from ..files import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ..runtime import Runtime, setup
 from ..tokenizer import Tokenizer
 from .stats import item_value, mean_stderr, paired, per_instruction
@@ -101,11 +101,9 @@ def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | N
     key = _settings_hash(model, suite)
     rank, world = _rank_world()
     done: dict[str, dict] = {}
-    if records_path.is_file():
-        for line in records_path.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("settings") == key:
-                done[str(rec["id"])] = rec
+    for rec in read_jsonl(records_path):  # a torn last line (a killed run) is dropped and redone
+        if rec.get("settings") == key:
+            done[str(rec["id"])] = rec
     items = suite.items(limit)
     mine = [it for it in items if str(it["id"]) not in done][rank::world]
     t0 = time.time()
@@ -139,9 +137,7 @@ def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | N
 
 
 def _append_records(path: Path, records: list[dict]) -> None:
-    with open(path, "a") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    append_jsonl(path, records)
 
 
 def evaluate(model: EvalModel, suites: Iterable[Suite], out: str | Path, limit: int | None = None) -> dict:

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import append_jsonl, read_jsonl
+
 OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_CACHE = Path(os.environ.get("LLMRECIPE_CACHE", Path.home() / ".cache" / "llmrecipe")) / "judge.jsonl"
 
@@ -43,10 +45,8 @@ class Judge:
     def __post_init__(self):
         self.url = self.url.rstrip("/")
         self.cache_path = Path(self.cache_path)
-        if self.cache_path.is_file():
-            for line in self.cache_path.read_text().splitlines():
-                rec = json.loads(line)
-                self._cache[rec["key"]] = rec["output"]
+        for rec in read_jsonl(self.cache_path):  # only successful replies are ever written (see ask)
+            self._cache[rec["key"]] = rec["output"]
 
     @property
     def configured(self) -> bool:
@@ -65,9 +65,8 @@ class Judge:
         output = self._post(system, prompt)
         with self._lock:
             self._cache[k] = output
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.cache_path, "a") as f:
-                f.write(json.dumps({"key": k, "judge": self.model, "template": template, "output": output}) + "\n")
+            append_jsonl(self.cache_path, [{"key": k, "judge": self.model, "template": template,
+                                            "output": output}])
         return output
 
     def ask_many(self, requests: list[tuple[str, str, str]]) -> list[str | JudgeError]:

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import has_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..files import append_jsonl, atomic_write_text, folder_lock, read_jsonl
 from ..runtime import Runtime
 
 
@@ -90,10 +91,9 @@ class MetricsLog:
         self.path, self.kept = path, []
         if resume_step is None:
             path.unlink(missing_ok=True)
-        elif path.exists():
-            self.kept = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
-            self.kept = [r for r in self.kept if r.get("step", 0) <= resume_step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in self.kept))
+        elif path.exists():  # a torn last line (killed mid-write) is dropped; the rewrite is atomic
+            self.kept = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.kept))
 
     def last(self) -> dict:
         """The kept records of the last logged step merged (train + validation): a resumed run that has
@@ -104,8 +104,7 @@ class MetricsLog:
         return {k: v for r in self.kept if r["step"] == final for k, v in r.items()}
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, [record])
 
 
 class StepBatches:
@@ -154,8 +153,16 @@ def _map_tensors(batch: Any, fn) -> Any:
 
 def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, resolved_config: dict,
           resume: bool = False) -> dict:
-    """Run `stage` to `cfg.max_steps` on this process's rank; returns the last logged metrics."""
-    run_dir = Path(run_dir)
+    """Run `stage` to `cfg.max_steps` on this process's rank; returns the last logged metrics.
+
+    Rank 0 holds the run folder's lock throughout: a second run on the same folder is an error, not two
+    writers pruning each other's checkpoints."""
+    with folder_lock(run_dir) if rt.is_main else contextlib.nullcontext():
+        return _train(stage, cfg, rt, Path(run_dir), resolved_config, resume)
+
+
+def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_config: dict,
+           resume: bool) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.grad_accum % rt.world_size:
         raise ValueError(f"grad_accum {cfg.grad_accum} is not divisible by the {rt.world_size} ranks")
@@ -166,17 +173,17 @@ def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, reso
     wrapped = rt.wrap(model, cfg.parallel)
     opt = make_optimizer(model, cfg, rt.device)
     step, elapsed_before, tokens_seen = 0, 0.0, 0
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None and not resume:
+    if has_checkpoints(run_dir) and not resume:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
                               "or choose another --out")
+    ckpt = latest_checkpoint(run_dir) if resume else None  # the newest that verifies; an error if none does
     if ckpt is not None:
         state = load_checkpoint(ckpt, wrapped, opt)
         step, elapsed_before, tokens_seen = state["step"], state["elapsed"], state["tokens_seen"]
         if rt.is_main:
             print(f"resuming {stage.name} from {ckpt} (step {step})")
     if rt.is_main:
-        (run_dir / "config.json").write_text(json.dumps(resolved_config, indent=2))
+        atomic_write_text(run_dir / "config.json", json.dumps(resolved_config, indent=2))
     log = MetricsLog(run_dir / "metrics.jsonl", step if ckpt else None) if rt.is_main else None
     fwd = torch.compile(wrapped) if use_compile(cfg, stage, rt) else wrapped
     last: dict = log.last() if log else {}

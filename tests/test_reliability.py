@@ -1,0 +1,184 @@
+"""Issue 16's probe, kept as tests: damaged checkpoints, torn append-only files, two writers on one folder.
+
+The damaged-checkpoint table simulates a run killed after step 7 of 9 (checkpoints at 3 and 6), damages
+it one way per case, resumes, and demands the uninterrupted run's exact losses and weights: resuming
+from the newest checkpoint that verifies, saying which it skipped, and never starting over from step 0.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from llmrecipe.checkpoint import CheckpointError, latest_checkpoint
+from llmrecipe.files import FolderBusy, append_jsonl, folder_lock, read_jsonl
+from test_train import losses, simulate_kill, small_cfg
+
+S6 = "step_0000006"
+
+
+def _truncate(f):
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _flip(f):
+    b = bytearray(f.read_bytes())
+    b[len(b) // 2] ^= 0x01  # one bit, same size: only the hash can tell
+    f.write_bytes(bytes(b))
+
+
+# case: (damage to the checkpoints folder, the step the resume must start from)
+DAMAGE = {
+    "latest missing": (lambda ck: (ck / "latest").unlink(), 6),
+    "latest garbage": (lambda ck: (ck / "latest").write_bytes(b"\x00\xff not a name"), 6),
+    "latest dangling": (lambda ck: (ck / "latest").write_text("step_0099999\n"), 6),
+    "latest points at an older one": (lambda ck: (ck / "latest").write_text("step_0000003\n"), 6),
+    "state.json missing": (lambda ck: (ck / S6 / "state.json").unlink(), 3),
+    "state.json not JSON": (lambda ck: (ck / S6 / "state.json").write_text("{ torn"), 3),
+    "weights truncated": (lambda ck: _truncate(ck / S6 / "trainable.safetensors"), 3),
+    "optimizer bit flip": (lambda ck: _flip(ck / S6 / "optimizer.safetensors"), 3),
+    "rng state missing": (lambda ck: (ck / S6 / "rng.safetensors").unlink(), 3),
+    "stale higher-numbered folder": (lambda ck: (ck / "step_0000050").mkdir(), 6),
+}
+
+
+@pytest.fixture(scope="module")
+def straight(small_corpus, tmp_path_factory):
+    """An uninterrupted 9-step run (dropout on: the RNG state must round-trip too)."""
+    cfg = small_cfg(small_corpus, max_steps=9, save_interval=3, keep_checkpoints=5)
+    cfg.model.dropout = 0.1
+    out = tmp_path_factory.mktemp("straight")
+    from llmrecipe.train.pretrain import run_pretrain
+
+    run_pretrain(cfg, out)
+    return cfg, out
+
+
+def _killed_after_step_7(straight, dest):
+    simulate_kill(straight[1], dest, last_checkpoint=6, logged=7, final=9)
+    return straight[0]
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_resume_from_newest_valid_checkpoint(straight, tmp_path, case, capsys):
+    from llmrecipe.train.pretrain import run_pretrain
+
+    run = tmp_path / "run"
+    cfg = _killed_after_step_7(straight, run)
+    damage, start = DAMAGE[case]
+    damage(run / "checkpoints")
+    run_pretrain(cfg, run, resume=True)
+    out = capsys.readouterr()
+    assert f"from {run / 'checkpoints' / f'step_{start:07d}'} (step {start})" in out.out, out.out
+    if start == 3:  # the damaged checkpoint is named, with the reason, on stderr
+        assert f"skipped checkpoint {run / 'checkpoints' / S6}:" in out.err, out.err
+    assert losses(run) == losses(straight[1])  # every step once, none lost to a restart
+    a, b = load_file(straight[1] / "model.safetensors"), load_file(run / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), case
+
+
+def test_no_valid_checkpoint_is_an_error_that_touches_nothing(straight, tmp_path):
+    from llmrecipe.train.pretrain import run_pretrain
+
+    run = tmp_path / "run"
+    cfg = _killed_after_step_7(straight, run)
+    for step in ("step_0000003", S6):
+        _truncate(run / "checkpoints" / step / "trainable.safetensors")
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match="no checkpoint verifies.*step_0000006.*truncated"):
+        run_pretrain(cfg, run, resume=True)
+    assert (run / "metrics.jsonl").read_text() == before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000003", S6]
+
+
+def test_pruning_never_removes_newer_work_for_a_stale_folder(straight, tmp_path):
+    """keep_checkpoints=2 with a stale step_0000050 from before: the new checkpoints stay."""
+    from llmrecipe.train.pretrain import run_pretrain
+
+    run = tmp_path / "run"
+    cfg = _killed_after_step_7(straight, run)
+    cfg.train.keep_checkpoints = 2
+    shutil.copytree(run / "checkpoints" / S6, run / "checkpoints" / "step_0000050")
+    (run / "checkpoints" / "step_0000050" / "state.json").unlink()  # incomplete: skipped on resume
+    run_pretrain(cfg, run, resume=True)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert names == [S6, "step_0000009", "step_0000050"], names
+    assert latest_checkpoint(run, quiet=True).name == "step_0000009"
+
+
+def test_checkpoint_records_every_file_size_and_hash(straight):
+    state = json.loads((straight[1] / "checkpoints" / S6 / "state.json").read_text())
+    assert set(state["files"]) == {"trainable.safetensors", "optimizer.safetensors", "rng.safetensors"}
+    for name, rec in state["files"].items():
+        assert rec["bytes"] == (straight[1] / "checkpoints" / S6 / name).stat().st_size
+        assert len(rec["sha256"]) == 64
+
+
+def test_torn_last_line_is_dropped_and_resume_goes_on(straight, tmp_path, capsys):
+    from llmrecipe.train.pretrain import run_pretrain
+
+    run = tmp_path / "run"
+    cfg = _killed_after_step_7(straight, run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "loss": 1.2')  # the writer was killed mid-line
+    run_pretrain(cfg, run, resume=True)
+    assert "dropped a torn last line" in capsys.readouterr().err
+    assert losses(run) == losses(straight[1])
+
+
+def test_read_jsonl_torn_versus_damaged(tmp_path, capsys):
+    f = tmp_path / "records.jsonl"
+    append_jsonl(f, [{"id": 1}, {"id": 2}])
+    with open(f, "a") as h:
+        h.write('{"id": 3, "out')
+    assert read_jsonl(f) == [{"id": 1}, {"id": 2}]
+    assert f"{f}: dropped a torn last line 3" in capsys.readouterr().err
+    f.write_text('{"id": 1}\n{oops}\n{"id": 3}\n')  # damage in the middle is not a torn write
+    with pytest.raises(ValueError, match=r"records\.jsonl, line 2: not valid JSON"):
+        read_jsonl(f)
+    f.write_bytes(b'{"id": 1}\n\xff\xfe\n')
+    with pytest.raises(ValueError, match=r"records\.jsonl: not UTF-8"):
+        read_jsonl(f)
+
+
+def test_judge_cache_survives_a_torn_line(tmp_path):
+    from llmrecipe.eval.judge import Judge
+
+    cache = tmp_path / "judge.jsonl"
+    append_jsonl(cache, [{"key": "k1", "judge": "m", "template": "t", "output": "[[7]]"}])
+    with open(cache, "a") as h:
+        h.write('{"key": "k2", "judge": "m", "templ')
+    j = Judge(model="m", url="http://127.0.0.1:9/v1", cache_path=cache)
+    assert j._cache == {"k1": "[[7]]"}
+
+
+def test_one_writer_per_run_folder(tmp_path, small_corpus):
+    """A second writer on a locked folder is a clear error; the lock dies with its process (no stale lock)."""
+    from llmrecipe.train.pretrain import run_pretrain
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from llmrecipe.files import folder_lock\n"
+        "with folder_lock(sys.argv[2]):\n    print('locked', flush=True); time.sleep(60)"),
+        str(ROOT / "src"), str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        busy = rf"{run} is in use by another llmrecipe process \(pid {holder.pid}\)"
+        with pytest.raises(FolderBusy, match=busy):
+            run_pretrain(small_cfg(small_corpus, max_steps=2), run)
+        assert not (run / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    t0 = time.time()
+    with folder_lock(run):  # the killed holder's lock is gone at once
+        assert time.time() - t0 < 1
+    run_pretrain(small_cfg(small_corpus, max_steps=2), run)
+    assert (run / "model.safetensors").is_file()
