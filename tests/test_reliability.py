@@ -182,3 +182,26 @@ def test_one_writer_per_run_folder(tmp_path, small_corpus):
         assert time.time() - t0 < 1
     run_pretrain(small_cfg(small_corpus, max_steps=2), run)
     assert (run / "model.safetensors").is_file()
+
+
+def test_eval_records_are_keyed_by_the_weights_not_the_folder(tiny_base, data_dir, tmp_path):
+    """A model retrained into the same folder must not be answered from its predecessor's records."""
+    from llmrecipe.checkpoint import load_model, save_model
+    from llmrecipe.eval.harness import evaluate, load_eval_model
+    from llmrecipe.eval.mmlu_pro import MMLUPro
+
+    folder = tmp_path / "base"
+    shutil.copytree(tiny_base, folder)
+    suite = MMLUPro(data_dir=str(data_dir / "eval"))
+    first = load_eval_model(str(folder))
+    evaluate(first, [suite], tmp_path / "eval.json", limit=4)
+    evaluate(load_eval_model(str(folder)), [suite], tmp_path / "eval.json", limit=4)  # same weights: reused
+    assert len(read_jsonl(tmp_path / "eval.mmlu_pro.jsonl")) == 4
+    model, tok = load_model(folder)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(0.5)  # "retrained": new weights, same folder and settings
+    save_model(folder, model, tok)
+    second = load_eval_model(str(folder))
+    assert second.source["weights"] != first.source["weights"]
+    evaluate(second, [suite], tmp_path / "eval.json", limit=4)
+    assert len(read_jsonl(tmp_path / "eval.mmlu_pro.jsonl")) == 8  # scored afresh

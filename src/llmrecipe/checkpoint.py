@@ -10,6 +10,7 @@ it skipped and why. Nothing here unpickles.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -43,6 +44,21 @@ def adapter_chain(path: str | Path) -> tuple[Path, list[Path]]:
         _, base = read_adapter_config(p)
         p = Path(base).resolve()
     return p, chain[::-1]
+
+
+def weights_fingerprint(directory: str | Path, adapter: str | Path | None = None) -> str:
+    """SHA-256 over the weight files a model (and adapter) loads: the base's and every adapter's in the
+    chain. Caches of results (eval records) key on it, so a model retrained into the same folder is never
+    answered from its predecessor's records."""
+    root, chain = adapter_chain(adapter or directory)
+    if adapter:
+        _, own = adapter_chain(directory)
+        chain = [a for a in own if a not in chain] + chain
+    files = [root / "model.safetensors"] + [a / "adapter_model.safetensors" for a in chain]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(sha256_file(f).encode() if f.is_file() else b"missing")
+    return h.hexdigest()[:16]
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu", adapter: str | Path | None = None,

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Protocol
 
 from tqdm import tqdm
 
-from ..checkpoint import load_model
+from ..checkpoint import load_model, weights_fingerprint
 from ..engine import Engine
 from ..files import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ..runtime import Runtime, setup
@@ -50,8 +50,10 @@ def load_eval_model(path: str, adapter: str | None = None, chat: bool | None = N
     rt = rt or setup()
     model, tok = load_model(path, rt.device, adapter=adapter, merge_adapters=True)
     is_chat = is_chat_folder(path, adapter) if chat is None else chat
-    return EvalModel(name or Path(path).name, Engine(model, tok, rt, batch_size), is_chat,
-                     {"model": str(path), "adapter": str(adapter) if adapter else None, "prompting": "chat" if is_chat else "few-shot"})
+    source = {"model": str(path), "adapter": str(adapter) if adapter else None,
+              "prompting": "chat" if is_chat else "few-shot",
+              "weights": weights_fingerprint(path, adapter)}  # the record cache's key: content, not paths
+    return EvalModel(name or Path(path).name, Engine(model, tok, rt, batch_size), is_chat, source)
 
 
 class Suite(Protocol):
