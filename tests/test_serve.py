@@ -244,3 +244,106 @@ def test_judge_retries_5xx_and_times_out_clearly(tmp_path):
                 assert time.time() - t0 < 4
         finally:
             httpd.shutdown()
+
+
+def raw_http(url: str, request: bytes, rcvbuf: int | None = None, read: bool = True) -> bytes:
+    """One raw HTTP exchange over a socket (for requests no client library will send)."""
+    import socket
+
+    host, port = re.search(r"http://([\d.]+):(\d+)", url).groups()
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(60)
+    s.connect((host, int(port)))
+    s.sendall(request)
+    if not read:
+        return s  # type: ignore[return-value]
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    s.close()
+    return out
+
+
+def test_hostile_requests_get_4xx_not_5xx(server):
+    msgs = [{"role": "user", "content": "hi"}]
+    cases = [(json.dumps({"model": "base", "messages": msgs, "seed": 2 ** 80}).encode(), 400, "seed"),
+             (b'{"model": "base", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, "surrogate"),
+             (b"[" * 100_000 + b"]" * 100_000, 400, "nested"),
+             (json.dumps({"model": "base", "messages": msgs, "n": 2}).encode(), 400, "n=1"),
+             (json.dumps({"model": ["base"], "messages": msgs}).encode(), 404, "not found")]
+    for body, status, words in cases:
+        code, resp = raw(server, "/chat/completions", body)
+        assert code == status and words in resp["error"]["message"], (body[:40], resp)
+    path = "/v1/chat/completions"
+    for length, status in (("99999999999", b"413"), ("-5", b"400"), ("lots", b"400")):
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+        reply = raw_http(server, head.encode())
+        assert reply.startswith(b"HTTP/1.1 " + status) and b'"error"' in reply, reply[:200]
+    reply = raw_http(server, b"PUT /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 405") and b"Allow: GET, POST" in reply and b'"error"' in reply
+    assert raw(server, "/chat/completions", json.dumps({"model": "base", "messages": msgs, "max_tokens": 2}
+                                                       ).encode())[0] == 200  # still serving
+
+
+def test_unseeded_sampling_is_random_and_finish_reason_is_length(server):
+    client = openai.OpenAI(base_url=server, api_key="x")
+    msgs = [{"role": "user", "content": "Tell me a story."}]
+    texts = {client.chat.completions.create(model="base", messages=msgs, max_tokens=12, temperature=1.0
+                                            ).choices[0].message.content for _ in range(5)}
+    assert len(texts) > 1, texts  # a default seed of 0 gave five identical answers
+    seeded = {client.chat.completions.create(model="base", messages=msgs, max_tokens=12, temperature=1.0,
+                                             seed=7).choices[0].message.content for _ in range(2)}
+    assert len(seeded) == 1
+    r = client.chat.completions.create(model="base", messages=msgs, max_tokens=1, temperature=0)
+    chunks = list(client.chat.completions.create(model="base", messages=msgs, max_tokens=1, temperature=0,
+                                                 stream=True))
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    if r.choices[0].message.content:  # the first token was not EOT: the budget of 1 ran out
+        assert r.choices[0].finish_reason == "length" and finish == ["length"]
+
+
+def test_a_stalled_stream_reader_does_not_block_other_clients(server):
+    body = json.dumps({"model": "base", "messages": [{"role": "user", "content": "go"}], "max_tokens": 200,
+                       "temperature": 1.0, "stream": True, "stop": []}).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    stalled = raw_http(server, head.encode() + body, rcvbuf=1024, read=False)
+    try:
+        time.sleep(0.5)  # the stalled client never reads; another client must still be answered promptly
+        t0 = time.time()
+        code, _ = raw(server, "/chat/completions", json.dumps({"model": "base", "messages": [
+            {"role": "user", "content": "hi"}], "max_tokens": 2}).encode())
+        assert code == 200 and time.time() - t0 < 20
+    finally:
+        stalled.close()
+
+
+def test_key_from_file_bearer_any_case_and_disconnects_are_one_line(tiny_base, tmp_path):
+    key = tmp_path / "key.txt"
+    key.write_text("s3cret\n")
+    proc, url = start_server(tiny_base, {}, "--api-key-file", str(key))
+    try:
+        msgs = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        for auth, status in (("bearer s3cret", 200), ("BEARER s3cret", 200), ("Bearer s3cre", 401),
+                             ("", 401)):
+            headers = {"Content-Type": "application/json", **({"Authorization": auth} if auth else {})}
+            req = urllib.request.Request(url + "/chat/completions", json.dumps(msgs).encode(), headers)
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    code = r.status
+            except urllib.error.HTTPError as e:
+                code = e.code
+            assert code == status, auth
+        body = json.dumps({**msgs, "max_tokens": 200, "stream": True, "stop": []}).encode()
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        sock = raw_http(url, head.encode() + body, read=False)
+        sock.recv(10)
+        sock.close()  # gone mid-stream
+        time.sleep(2)
+        assert raw(url, "/chat/completions", json.dumps(msgs).encode(), key="s3cret")[0] == 200
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "s3cret" not in err, err

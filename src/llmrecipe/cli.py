@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .data.sources import DataError
 
@@ -119,7 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--name", default="base", help="the model id of --model itself (default base)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $LLMRECIPE_API_KEY if set)")
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (visible in `ps`: prefer "
+                    "--api-key-file or $LLMRECIPE_API_KEY)")
+    sv.add_argument("--api-key-file", help="file holding the key (first line)")
     sv.add_argument("--device", default="auto")
     mt = sub.add_parser("mt-bench", help="MT-Bench pairwise comparison of two models")
     mt.add_argument("mode", choices=["pairwise"])
@@ -133,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     for q in (ev, mt):
         q.add_argument("--judge-model", help="judge model name (OpenAI's API unless --judge-url)")
         q.add_argument("--judge-url", help="any OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
+        q.add_argument("--judge-api-key-file", help="file holding the --judge-url server's key (default: "
+                       "$LLMRECIPE_JUDGE_API_KEY; $OPENAI_API_KEY is only ever sent to OpenAI)")
         q.add_argument("--judge-cache", help="verdict cache file (default ~/.cache/llmrecipe/judge.jsonl)")
         q.add_argument("--judge-concurrency", type=int, default=8)
         q.add_argument("--judge-timeout", type=float, default=120.0)
@@ -315,13 +320,25 @@ def cmd_eval(a) -> None:
         print(write_table(results, [s.name for s in suites], a.out or "table.md"))
 
 
+def read_secret(path: str) -> str:
+    """A key from a file's first line (a key in argv is visible to every user through `ps`)."""
+    try:
+        key = Path(path).read_text().strip().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the key ({e})") from None
+    if not key or not key[0].strip():
+        raise ValueError(f"{path}: the key file is empty")
+    return key[0].strip()
+
+
 def _judge(a):
     from .eval.judge import DEFAULT_CACHE, OPENAI_URL, Judge
 
     if not a.judge_model:
         return None
+    key = read_secret(a.judge_api_key_file) if a.judge_api_key_file else None
     return Judge(a.judge_model, a.judge_url or OPENAI_URL, timeout=a.judge_timeout, concurrency=a.judge_concurrency,
-                 cache_path=a.judge_cache or DEFAULT_CACHE)
+                 cache_path=a.judge_cache or DEFAULT_CACHE, api_key=key)
 
 
 def cmd_serve(a) -> None:
@@ -333,7 +350,9 @@ def cmd_serve(a) -> None:
         if not path:
             raise ValueError(f"--adapter expects NAME=PATH, got {item!r}")
         adapters[name] = path
-    serve(a.model, adapters, a.host, a.port, a.api_key or os.environ.get("LLMRECIPE_API_KEY"), a.device)
+    key = a.api_key or (read_secret(a.api_key_file) if a.api_key_file
+                        else os.environ.get("LLMRECIPE_API_KEY"))
+    serve(a.model, adapters, a.host, a.port, key, a.device)
 
 
 def cmd_mt_bench(a) -> None:

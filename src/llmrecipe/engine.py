@@ -8,7 +8,7 @@ for each row, so a prompt's output is the same alone or in a batch of unequal le
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Generator, Iterator
 
 import torch
 
@@ -137,23 +137,26 @@ class Engine:
 
     def stream(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
                top_p: float | None = None, stop: list[str] | None = None, seed: int | None = None
-               ) -> Iterator[str]:
-        """Text pieces of one prompt's continuation as they are generated (stop strings never leak out)."""
+               ) -> Generator[str, None, str]:
+        """Text pieces of one prompt's continuation as they are generated (stop strings never leak out);
+        returns "stop" (EOT or a stop string) or "length" (the token budget ran out)."""
         g = torch.Generator(device=self.rt.device)
         g.manual_seed(seed if seed is not None else 0)
         stop = stop or []
         hold = max((len(s) for s in stop), default=1) - 1
         tokens: list[int] = []
         sent = 0
+        finish = "length"  # the generator's return value: OpenAI's finish_reason
         for (tok,) in self._steps([prompt], max_new_tokens, temperature, top_k, top_p, g):
             if tok == self.tok.eot_id:
+                finish = "stop"
                 break
             tokens.append(tok)
             text = self.tok.decode(tokens)
             cut = min((text.find(s) for s in stop if s in text), default=-1)
             if cut >= 0:
                 yield text[sent:cut]
-                return
+                return "stop"
             safe = len(text) - hold
             if safe > sent and not text.endswith("\ufffd"):
                 yield text[sent:safe]
@@ -161,6 +164,7 @@ class Engine:
         text = self.tok.decode(tokens)
         if len(text) > sent:
             yield text[sent:]
+        return finish
 
     def _append(self, row: list[int], token: int, stop: list[str]) -> bool:
         """Add a token to a row; True when the row is finished (EOT or a stop string, which is cut off)."""

@@ -78,6 +78,10 @@ class BPETokenizer(Tokenizer):
 
         self.path = Path(path)
         self.tok = HFTokenizer.from_file(str(self.path))
+        # Text is text: a literal "<|endoftext|>" typed by a user (or found in a document) is encoded as its
+        # characters, never as the end-of-turn token, or anyone could forge a chat turn. tiktoken's
+        # encode_ordinary does the same for GPT-2; the real EOT is only ever appended by id.
+        self.tok.encode_special_tokens = True
         self.spec = f"bpe:{self.path}"
         self.vocab_size = self.tok.get_vocab_size()
         eot = self.tok.token_to_id(EOT)

@@ -31,7 +31,7 @@ class JudgeError(RuntimeError):
 class Judge:
     model: str
     url: str = OPENAI_URL
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key: str | None = None  # --judge-api-key; else the environment (see api_key_for)
     timeout: float = 120.0
     retries: int = 5
     backoff: float = 1.0
@@ -50,7 +50,15 @@ class Judge:
 
     @property
     def configured(self) -> bool:
-        return self.url != OPENAI_URL or bool(os.environ.get(self.api_key_env))
+        return self.url != OPENAI_URL or bool(self.api_key_for())
+
+    def api_key_for(self) -> str | None:
+        """The key sent to this judge. $OPENAI_API_KEY goes to OpenAI's own endpoint and nowhere else: a
+        --judge-url server (anyone's) gets --judge-api-key or $LLMRECIPE_JUDGE_API_KEY, or no key."""
+        if self.api_key:
+            return self.api_key
+        env = "OPENAI_API_KEY" if self.url == OPENAI_URL else "LLMRECIPE_JUDGE_API_KEY"
+        return os.environ.get(env) or None
 
     def key(self, template: str, system: str, prompt: str) -> str:
         blob = json.dumps([self.model, template, system, prompt])
@@ -85,8 +93,8 @@ class Judge:
         data = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
                            "max_tokens": self.max_tokens}).encode()
         headers = {"Content-Type": "application/json"}
-        if os.environ.get(self.api_key_env):
-            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
+        if key := self.api_key_for():
+            headers["Authorization"] = f"Bearer {key}"
         last = ""
         for attempt in range(self.retries):
             if attempt:
