@@ -235,3 +235,63 @@ def test_openai_key_goes_to_openai_only(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMRECIPE_JUDGE_API_KEY", "local-key")
     assert other.api_key_for() == "local-key"
     assert Judge("m", "http://127.0.0.1:8001/v1", cache_path=cache, api_key="flag").api_key_for() == "flag"
+
+
+def _cli(args, cwd, env=None):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "llmrecipe", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_bad_inputs_are_one_line_errors_naming_the_thing(data_dir, tmp_path):
+    """Item 7's table: each a one-line `error:` naming its file or setting; no traceback, no hang."""
+    src = str(data_dir / "pretrain" / "c4_demo.jsonl")
+    (tmp_path / "bad").mkdir()
+    config = {"n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 16, "block_size": 8}
+    (tmp_path / "bad" / "model.json").write_text(json.dumps({"config": config}))
+    (tmp_path / "bad" / "model.safetensors").write_bytes(b"garbage")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    prep = ["prepare", "text", "--out", "s", "--tokenizer", "gpt2", "--input"]
+    cases = [
+        ([*prep, src, "--shard-tokens", "0"], "shard_tokens"),
+        ([*prep, src, "--val-every", "0"], "val_every"),
+        (["generate", "--model", "bad", "--prompt", "hi"], "bad/model.safetensors: not a readable"),
+        (["generate", "--model", "bad", "--prompt", "hi", "--device", "cuda"], "device=cuda"),
+        ([*prep, "someone/no-such-dataset"], "no network?"),
+        ([*prep, "latin1.jsonl"], "latin1.jsonl"),
+    ]
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "LLMRECIPE_GPT2_RANKS": str(data_dir / "tokenizer" / "r50k_base.tiktoken")}
+    for args, names in cases:
+        r = _cli(args, tmp_path, env)
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+        assert r.returncode != 0 and "Traceback" not in r.stderr, (args, r.stderr[-1500:])
+        assert last.startswith("error:") and names in last, (args, last)
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("train_*.bin"))
+
+
+def test_one_document_corpus_still_trains(data_dir, tmp_path):
+    (tmp_path / "one.jsonl").write_text(json.dumps({"text": "a single short document " * 20}) + "\n")
+    env = {"LLMRECIPE_GPT2_RANKS": str(data_dir / "tokenizer" / "r50k_base.tiktoken")}
+    r = _cli(["prepare", "text", "--input", "one.jsonl", "--out", "one", "--tokenizer", "gpt2"], tmp_path,
+             env)
+    assert r.returncode == 0 and "one document only" in r.stderr, r.stderr[-1500:]
+    r = _cli(["pretrain", "--preset", "gpt2-124m", "--data", "one", "--out", "p", "--set", "max_steps=2",
+              "n_layer=1", "n_head=1", "n_embd=16", "block_size=16", "batch_size=1", "grad_accum=1",
+              "eval_interval=1"], tmp_path, env)
+    assert r.returncode == 0 and "no validation shard" in r.stderr, r.stderr[-1500:]
+    assert (tmp_path / "p" / "model.safetensors").is_file()
+
+
+def test_port_in_use_is_a_one_line_error(tiny_base, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = _cli(["serve", "--model", str(tiny_base), "--port", str(s.getsockname()[1]), "--device", "cpu"],
+                 tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: cannot listen on 127.0.0.1:")

@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .files import atomic_write_json, atomic_write_text, fsync_path, save_tensors, sha256_file, unique_tensors
+from .files import (atomic_write_json, atomic_write_text, fsync_path, load_tensors, save_tensors, sha256_file,
+                    unique_tensors)
 from .lora import load_adapter, merge, read_adapter_config
 from .model import GPT, GPTConfig, pad_vocab_rows
 from .tokenizer import Tokenizer, load_from_dir
@@ -94,7 +95,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", adapte
             raise FileNotFoundError(f"{directory}: not a model folder (needs model.json and model.safetensors) "
                                     "nor an adapter folder (adapter_config.json)")
         model = GPT(GPTConfig(**json.loads(meta_path.read_text())["config"]))
-        load_into(model, load_file(weights), str(weights), strict=True)
+        load_into(model, load_tensors(weights), str(weights), strict=True)
         tok = load_from_dir(directory)
     if adapter is not None:
         merge(model)
@@ -292,16 +293,16 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     state = json.loads((path / "state.json").read_text())
-    weights = load_file(path / "trainable.safetensors")
+    weights = load_tensors(path / "trainable.safetensors")
     check_tensors(getattr(model, "module", model).state_dict(), weights, str(path / "trainable.safetensors"))
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
     opt_state: dict[str, dict] = {}
-    for key, v in load_file(path / "optimizer.safetensors").items():
+    for key, v in load_tensors(path / "optimizer.safetensors").items():
         name, k = key.split("::", 1)
         opt_state.setdefault(name, {})[k] = v
     set_optimizer_state_dict(model, opt, {"state": opt_state, "param_groups": state["param_groups"]},
                              options=StateDictOptions(full_state_dict=True))
-    rng = load_file(path / "rng.safetensors")
+    rng = load_tensors(path / "rng.safetensors")
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])

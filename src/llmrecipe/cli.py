@@ -419,6 +419,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")
+    except ConnectionError as e:  # the hub (datasets/huggingface_hub) with no network
+        if os.environ.get("LLMRECIPE_DEBUG"):
+            raise
+        sys.exit(f"error: {e} — no network? Give local files instead: a path for --data/--input, or "
+                 "--data-dir with copies in the hub's layout (see README)")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,18 @@ def unique_tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """safetensors.load_file with damage reported as one line naming the file (not a Rust traceback)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e}); it is damaged or incomplete"
+                         ) from None
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     atomic_write(path, lambda tmp: save_file(unique_tensors(tensors), tmp, metadata=metadata))
 

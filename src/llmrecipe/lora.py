@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
-from .files import atomic_write_json, save_tensors
+from .files import atomic_write_json, load_tensors, save_tensors
 
 PEFT_PREFIX = "base_model.model."
 
@@ -159,7 +158,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> LoRAConfig:
     cfg, _ = read_adapter_config(directory)
     inject(model, cfg)
     path = Path(directory) / "adapter_model.safetensors"
-    sd = {k.removeprefix(PEFT_PREFIX).replace(".default.", "."): v for k, v in load_file(path).items()}
+    sd = {k.removeprefix(PEFT_PREFIX).replace(".default.", "."): v for k, v in load_tensors(path).items()}
     own = dict(model.named_parameters())
     for k, v in sd.items():
         if k not in own:

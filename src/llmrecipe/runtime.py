@@ -103,6 +103,9 @@ def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device} but this torch ({torch.__version__}) sees no CUDA GPU; "
+                         "use device=auto or device=cpu")
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

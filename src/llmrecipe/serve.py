@@ -25,11 +25,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from .chat import ROLES, chat_loop, encode_chat
 from .checkpoint import adapter_chain, load_model
 from .engine import Engine
+from .files import load_tensors
 from .lora import PEFT_PREFIX, read_adapter_config
 from .runtime import setup
 
@@ -49,7 +49,8 @@ def adapter_deltas(adapters: list[Path]) -> dict[str, torch.Tensor]:
     deltas: dict[str, torch.Tensor] = {}
     for folder in adapters:
         cfg, _ = read_adapter_config(folder)
-        sd = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(folder / "adapter_model.safetensors").items()}
+        sd = {k.removeprefix(PEFT_PREFIX): v
+              for k, v in load_tensors(folder / "adapter_model.safetensors").items()}
         for key, a in sd.items():
             if ".lora_A." in key:
                 layer = key.split(".lora_A.")[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,17 +84,28 @@ def prepare(cfg: PrepareConfig) -> dict:
     train = ShardWriter(out, "train", cfg.shard_tokens, tok.vocab_size)
     val = ShardWriter(out, "val", cfg.max_val_tokens, tok.vocab_size)
     docs, t0 = 0, time.time()
+    first = None  # document 0 (a validation document) is held until a second one shows it is not the only one
     with tqdm(desc="tokenizing", unit="doc", dynamic_ncols=True) as bar, _encoder_pool(cfg, tok) as encode:
         for arrays in encode(_chunks(_texts(cfg), cfg.chunk_docs)):
             for arr in arrays:
                 is_val = docs % cfg.val_every == 0 and val.total + val.fill + arr.size <= cfg.max_val_tokens
-                (val if is_val else train).add(arr)
+                if docs == 0 and is_val:
+                    first = arr
+                else:
+                    if first is not None:
+                        val.add(first)
+                        first = None
+                    (val if is_val else train).add(arr)
                 docs += 1
             tokens = train.total + train.fill + val.total + val.fill
             bar.update(len(arrays))
             bar.set_postfix(tokens=f"{tokens:,}", tok_per_s=f"{tokens / max(time.time() - t0, 1e-9):,.0f}")
             if cfg.max_tokens and train.total + train.fill >= cfg.max_tokens:
                 break
+    if first is not None:  # a one-document corpus: it trains (there is no validation split to make)
+        print("note: one document only: it goes to training, and there is no validation shard",
+              file=sys.stderr)
+        train.add(first)
     meta = dict(source=cfg.source, tokenizer=tok.spec if cfg.tokenizer != "bpe" else "bpe:tokenizer.json",
                 vocab_size=tok.vocab_size, eot_id=tok.eot_id, documents=docs,
                 train_shards=[p.name for p in train.close()], val_shards=[p.name for p in val.close()],

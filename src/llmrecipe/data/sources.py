@@ -84,6 +84,8 @@ def _iter_file(path: Path) -> Iterator[Row]:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         if isinstance(rows, dict):  # {"data": [...]} or column-oriented exports
             rows = rows.get("data", rows.get("rows", [rows]))
         if not isinstance(rows, list):
@@ -100,17 +102,22 @@ def iter_jsonl(path: Path) -> Iterator[Row]:
     import gzip
 
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
-            if not isinstance(r, dict):
-                raise DataError(f"{path}, line {i}: expected a JSON object, got {type(r).__name__}")
-            yield Row(str(path), i, r)
+    i = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
+                if not isinstance(r, dict):
+                    raise DataError(f"{path}, line {i}: expected a JSON object, got {type(r).__name__}")
+                yield Row(str(path), i, r)
+    except UnicodeDecodeError as e:  # decoding runs ahead of the line count: name the file and the byte
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} near line {i + 1}); re-encode it as UTF-8"
+                        ) from None
 
 
 def _iter_parquet(path: Path) -> Iterator[Row]:
@@ -121,7 +128,14 @@ def _iter_parquet(path: Path) -> Iterator[Row]:
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable parquet file ({e})") from None
     i = 0
-    for batch in pf.iter_batches(batch_size=1024):
+    batches = pf.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:  # a damaged page or column chunk inside an otherwise readable file
+            raise DataError(f"{path}: damaged parquet data after row {i} ({e})") from None
         for r in batch.to_pylist():
             i += 1
             yield Row(str(path), i, r)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..chat import IGNORE
 from ..checkpoint import load_model
 from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.preference import EncodedPair, collate_pairs, load_pairs
-from ..files import atomic_write
+from ..files import atomic_write, load_tensors
 from ..lora import LoRAConfig, adapters_disabled, inject, trainable_summary
 from ..runtime import Runtime, setup
 from .loop import TrainConfig, train
@@ -110,7 +110,7 @@ class DPOStage:
     def _precompute(self, path: Path) -> torch.Tensor:
         """(N, 2) reference log-probs of (chosen, rejected) for every pair, cached beside the run."""
         if path.is_file():
-            cache = load_file(path)["logps"]
+            cache = load_tensors(path)["logps"]
             if cache.shape[0] == len(self.pairs):
                 return cache
         out = []

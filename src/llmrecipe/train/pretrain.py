@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,12 @@ class PretrainStage:
         tc, T = cfg.train, cfg.model.block_size
         item_start(0, 0, tc.batch_size, tc.grad_accum, rt.rank, rt.world_size)  # checks accum vs ranks early
         self.train_data = TokenWindows(cfg.data, "train", T, tc.seed, cfg.model.vocab_size)
-        self.val_data = TokenWindows(cfg.data, "val", T, tc.seed, cfg.model.vocab_size, shuffle=False)
+        self.val_data = None  # a corpus too small for a validation split trains without one (and says so)
+        if any(Path(cfg.data).glob("val_*.bin")):
+            self.val_data = TokenWindows(cfg.data, "val", T, tc.seed, cfg.model.vocab_size, shuffle=False)
+        elif tc.eval_interval:
+            print(f"note: {cfg.data} has no validation shard: no validation loss in this run",
+                  file=sys.stderr)
         self.model = GPT(cfg.model)
         n = self.model.num_params()
         # PaLM appendix B: 6N per token for the matmuls + attention's 12·L·C·T
@@ -65,6 +71,8 @@ class PretrainStage:
     tokens = units
 
     def evaluate(self, model) -> dict[str, float]:
+        if self.val_data is None:
+            return {}
         B, n_val = self.cfg.train.batch_size, self.val_data.num_windows
         losses = []
         for i in range(min(self.cfg.train.eval_batches, -(-n_val // B))):
