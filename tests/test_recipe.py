@@ -167,12 +167,15 @@ def test_real_preset_chain_on_the_hub_files(data_dir, tmp_path):
               "batch_size": "2", "grad_accum": "1", "max_steps": "3", "warmup_steps": "1", "eval_interval": "0",
               "eval_batches": "1", "sft.train.max_steps": "2", "sft.train.batch_size": "2", "sft.train.grad_accum": "1",
               "dpo.train.max_steps": "2", "dpo.train.batch_size": "2", "dpo.train.grad_accum": "1",
-              "dpo.max_examples": "16", "eval.limit": "2", "eval.max_new_tokens": "8"}
+              "dpo.max_examples": "16", "eval.limit": "2", "eval.max_new_tokens": "8",
+              "rl.train.max_steps": "1", "rl.train.batch_size": "1", "rl.train.grad_accum": "1",
+              "rl.group_size": "2", "rl.max_new_tokens": "4", "rl.max_examples": "4"}
     r = run("gpt2-124m", tmp_path, shrink, data_dir=str(data_dir))
+    assert r["rl"]["step"] == 1 and r["inputs"]["rl"].endswith("eval/gsm8k/train.jsonl")
     assert r["data"]["tokenizer"] == "gpt2" and r["data"]["source"].endswith("pretrain/*.parquet")
     assert r["sft"]["step"] == 2 and r["dpo"]["step"] == 2
     assert r["table"]["suites"] == ["mmlu_pro", "gsm8k", "ifeval", "mt_bench"]
-    for model in ("base", "sft", "dpo"):
+    for model in ("base", "sft", "dpo", "rl"):
         scores = r["table"]["scores"][model]
         assert scores["mmlu_pro"]["items"] == 2 and scores["gsm8k"]["items"] == 2 and scores["ifeval"]["items"] == 2
     assert (tmp_path / "report.md").is_file() and (tmp_path / "eval.png").is_file()

@@ -31,7 +31,7 @@ def simulate_kill(finished, dest, last_checkpoint: int, logged: int, final: int)
     shutil.copytree(finished, dest)
     shutil.rmtree(dest / "checkpoints" / f"step_{final:07d}")
     (dest / "checkpoints" / "latest").write_text(f"step_{last_checkpoint:07d}\n")
-    (dest / "model.safetensors").unlink()
+    (dest / "model.safetensors").unlink(missing_ok=True)  # an adapter run has none
     lines = (dest / "metrics.jsonl").read_text().splitlines()[:logged]
     (dest / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return dest

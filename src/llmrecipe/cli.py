@@ -75,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--precompute-reference", action="store_true", help="score the reference once, cache it")
     dp.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
     _add_train_common(dp, "the preset --sft was trained with")
+    rl = sub.add_parser("rl", help="stage 5: RL with verifiable rewards (GRPO) on word problems, fresh LoRA")
+    rl.add_argument("--model", help="model or adapter folder to start from (e.g. runs/dpo)")
+    rl.add_argument("--data", help="hub id (openai/gsm8k) or local .jsonl/.parquet files in its schema")
+    rl.add_argument("--data-dir", help="a folder holding gsm8k/train.jsonl (the layout of shared/data/eval)")
+    rl.add_argument("--split", help="hub split (default train)")
+    rl.add_argument("--group-size", type=int, help="answers sampled per question (G)")
+    rl.add_argument("--max-new-tokens", type=int)
+    rl.add_argument("--lr", type=float)
+    _add_train_common(rl, "the preset --model was trained with")
     c = sub.add_parser("chat", help="interactive chat in the terminal")
     c.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is loaded); "
                    "with --url, the served model's name")
@@ -197,7 +206,7 @@ def _tune(a, make_config, run, fields: tuple[str, ...], parent: str | None, stag
     from .config import apply_overrides, choose_preset, parse_overrides
 
     if not parent:
-        flag = "--base" if stage == "sft" else "--sft"
+        flag = {"sft": "--base", "dpo": "--sft", "rl": "--model"}[stage]
         raise ValueError(f"{stage} needs {flag}: the model folder it starts from")
     model, recorded = model_record(parent)
     preset, why = choose_preset(a.preset, model, recorded, parent)
@@ -225,6 +234,14 @@ def cmd_dpo(a) -> None:
 
     _tune(a, dpo_config, run_dpo, ("sft", "data", "split", "beta", "epochs", "reference", "precompute_reference",
                                    "strict"), a.sft, "dpo")
+
+
+def cmd_rl(a) -> None:
+    from .train.rl import rl_config, run_rl
+
+    if a.data_dir:
+        a.data = str(Path(a.data_dir) / "gsm8k" / "train.jsonl")
+    _tune(a, rl_config, run_rl, ("model", "data", "split", "group_size", "max_new_tokens"), a.model, "rl")
 
 
 def cmd_chat(a) -> None:
@@ -402,7 +419,7 @@ def cmd_run(a) -> None:
     run(a.preset, a.out, parse_overrides(a.set), a.data_dir)
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo,
+COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "rl": cmd_rl,
             "chat": cmd_chat,
             "merge": cmd_merge, "export": cmd_export,
             "generate": cmd_generate, "eval": cmd_eval, "ifeval-score": cmd_ifeval_score,

@@ -77,6 +77,10 @@ def settings_line(stage: str, cfg: Any, why: str = "") -> str:
     parts.append(f"{t.max_steps:,} steps" if t.max_steps > 0 else f"{getattr(cfg, 'epochs', 0):g} epochs")
     if lora := getattr(cfg, "lora", None):
         parts.append(f"LoRA r {lora.r} alpha {lora.alpha:g} dropout {lora.dropout:g}")
+    if hasattr(cfg, "group_size"):
+        kl = f", kl_beta {cfg.kl_beta:g}" if cfg.kl_beta else ""
+        parts.append(f"group {cfg.group_size}, temperature {cfg.temperature:g}, "
+                     f"{cfg.max_new_tokens} new tokens{kl}")
     if hasattr(cfg, "beta"):
         parts.append(f"beta {cfg.beta:g}" + (f", rpo_alpha {cfg.rpo_alpha:g}" if cfg.rpo_alpha else ""))
     preset = getattr(cfg, "preset", "") or "none"
@@ -181,6 +185,7 @@ RULES: dict[str, tuple] = {
     "max_new_tokens": _at_least(1), "limit": _at_least(1), "shots": _at_least(0),
     "scoring": _one_of("letter", "text"), "shard_tokens": _at_least(1), "val_every": _at_least(1),
     "bpe_vocab_size": _at_least(2), "max_tokens": _at_least(1), "workers": _at_least(1),
+    "group_size": _at_least(2), "temperature": _POSITIVE, "kl_beta": _at_least(0),
 }
 
 

@@ -18,16 +18,17 @@ from typing import Callable
 from .checkpoint import has_checkpoints
 from .config import apply_overrides, build, load_preset, to_dict, validate
 from .data.prepare import PrepareConfig, prepare
-from .data.world import write_chat_data, write_eval_sets, write_pretrain_corpus
+from .data.world import write_chat_data, write_eval_sets, write_pretrain_corpus, write_rl_problems
 from .eval import make_suites
 from .eval.harness import comparisons, evaluate, load_eval_model, write_table
 from .files import atomic_write_json, folder_lock
 from .report import write_report
 from .train.dpo import dpo_config, run_dpo
 from .train.pretrain import pretrain_config, run_pretrain
+from .train.rl import rl_config, run_rl
 from .train.sft import run_sft, sft_config
 
-STAGES = ("pretrain", "sft", "dpo")
+STAGES = ("pretrain", "sft", "dpo", "rl")
 # `run --data-dir D` for the hub presets: where each stage finds its data set's parquet files under D
 # (eval suites read D/eval/<suite>/ in the layout the suites document).
 DATA_DIR_LAYOUT = {"pretrain": "pretrain/*.parquet", "sft": "sft/*.parquet", "dpo": "preference/ultrafeedback/*train*.parquet"}
@@ -95,16 +96,22 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, d
     prep = PrepareConfig(**{**p.get("prepare", {}), "source": source, "out": str(out / "data")})
     pre = apply_overrides(pretrain_config(preset), ov["pretrain"])
     sft, dpo = apply_overrides(sft_config(preset), ov["sft"]), apply_overrides(dpo_config(preset), ov["dpo"])
+    rl = apply_overrides(rl_config(preset), ov["rl"])
     ev = apply_overrides(build(EvalConfig, p.get("eval", {})), ov["eval"])
     validate(prep)
     make_suites(ev.suites, eval_dir)  # unknown suite names fail now, not after pre-training
     pre.data, sft.base, dpo.sft = str(out / "data"), str(out / "base"), str(out / "sft")
+    rl.model = str(out / "dpo")
     sft.data, dpo.data = sft_data or sft.data, dpo_data or dpo.data
+    if world:
+        rl.data = str(out / "world" / "rl_gsm8k.jsonl")
+    elif data_dir:
+        rl.data = str(Path(data_dir) / "eval" / "gsm8k" / "train.jsonl")  # the hub's train split, local
     with folder_lock(out):  # one `run` per folder (each training stage also locks its own sub-folder)
-        return _run(preset, out, world, source, prep, pre, sft, dpo, ev, eval_dir)
+        return _run(preset, out, world, source, prep, pre, sft, dpo, rl, ev, eval_dir)
 
 
-def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareConfig, pre, sft, dpo,
+def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareConfig, pre, sft, dpo, rl,
          ev: EvalConfig, eval_dir: str | None) -> dict:
     timings: dict[str, float] = {}
     after = ""
@@ -119,13 +126,21 @@ def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareC
                             lambda resume: run_sft(sft, out / "sft", resume=resume), timings)
     dpo_sum, after = _stage("dpo", out / "dpo", to_dict(dpo) | {"after": after},
                             lambda resume: run_dpo(dpo, out / "dpo", resume=resume), timings)
+    # RL runs when the preset gives it steps: tiny's world does not yet show a significant RL gain over
+    # DPO (BENCHMARKS.md, issue 18), so tiny ships with rl.train.max_steps 0 (`--set rl.train.max_steps=100`)
+    stages = ["base", "sft", "dpo"] + (["rl"] if rl.train.max_steps > 0 else [])
+    rl_sum = None
+    if "rl" in stages:
+        rl_sum, after = _stage("rl", out / "rl", to_dict(rl) | {"after": after},
+                               lambda resume: run_rl(rl, out / "rl", resume=resume), timings)
     table, _ = _stage("eval", out / "eval", to_dict(ev) | {"data_dir": eval_dir, "after": after},
-                      lambda _: _evaluate(out, ev, eval_dir), timings)
-    exported, _ = _stage("export", out / "hf", {"after": after}, lambda _: _export(out), timings,
+                      lambda _: _evaluate(out, ev, eval_dir, stages), timings)
+    exported, _ = _stage("export", out / "hf", {"after": after}, lambda _: _export(out, stages), timings,
                          resumable=False)
-    results = {"preset": preset, "timings_s": timings, "inputs": {"pretrain": source, "sft": sft.data, "dpo": dpo.data,
-               "eval": eval_dir or "the hub"}, "data": data, "pretrain": base, "sft": sft_sum, "dpo": dpo_sum,
-               "table": table, "export": exported}
+    inputs = {"pretrain": source, "sft": sft.data, "dpo": dpo.data, "rl": rl.data,
+              "eval": eval_dir or "the hub"}
+    results = {"preset": preset, "timings_s": timings, "inputs": inputs, "data": data, "pretrain": base,
+               "sft": sft_sum, "dpo": dpo_sum, "rl": rl_sum, "table": table, "export": exported}
     atomic_write_json(out / "results.json", results)
     write_report(out, results)
     print(table["markdown"])
@@ -158,12 +173,13 @@ def _inputs(p: dict, out: Path, data_dir: str | None) -> tuple[str, str | None, 
 def _make_world(folder: Path, world: dict) -> dict:
     write_pretrain_corpus(folder / "pretrain.jsonl", world["pretrain_docs"], world["seed"])
     write_chat_data(folder, world["sft_conversations"], world["preference_pairs"], world["seed"])
+    write_rl_problems(folder / "rl_gsm8k.jsonl", world.get("rl_problems", 2000), world["seed"])
     write_eval_sets(folder / "eval", world["seed"], world["eval_items"])
     return {k: v for k, v in world.items()}
 
 
-def _export(out: Path) -> dict:
-    """A Hugging Face folder per stage (hf/base, hf/sft, hf/dpo), for lm-eval, vLLM or transformers."""
+def _export(out: Path, stages: list[str]) -> dict:
+    """A Hugging Face folder per stage (hf/base, hf/sft, hf/dpo, hf/rl), for lm-eval, vLLM or transformers."""
     try:
         import transformers  # noqa: F401  (the export's one optional dependency)
     except ImportError:
@@ -172,19 +188,18 @@ def _export(out: Path) -> dict:
     from .checkpoint import load_model
     from .export import export_hf
 
-    for name, folder in (("base", "base"), ("sft", "sft"), ("dpo", "dpo")):
-        model, tok = load_model(out / folder)
+    for name in stages:
+        model, tok = load_model(out / name)
         export_hf(out / "hf" / name, model.eval(), tok)
-    return {"folders": [str(out / "hf" / n) for n in ("base", "sft", "dpo")]}
+    return {"folders": [str(out / "hf" / n) for n in stages]}
 
 
-def _evaluate(out: Path, ev: EvalConfig, eval_dir: str | None) -> dict:
+def _evaluate(out: Path, ev: EvalConfig, eval_dir: str | None, stages: list[str]) -> dict:
     suites = make_suites(ev.suites, eval_dir, max_new_tokens=ev.max_new_tokens, scoring=ev.scoring, shots=ev.shots)
     names = [s.name for s in suites]
     results = {}
-    for name in STAGES:
-        folder = out / {"pretrain": "base"}.get(name, name)
-        model = load_eval_model(str(folder), name={"pretrain": "base"}.get(name, name))
+    for name in stages:
+        model = load_eval_model(str(out / name), name=name)
         results[model.name] = evaluate(model, suites, out / "eval" / f"{model.name}.json", ev.limit)
     markdown = write_table(results, names, out / "eval" / "table.md")
     return {"suites": names, "markdown": markdown, "scores": {m: r["suites"] for m, r in results.items()},

@@ -22,11 +22,12 @@ def plot_curves(out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    for stage, folder in (("pretrain", "base"), ("sft", "sft"), ("dpo", "dpo")):
+    extra = {"dpo": ["rewards/accuracy", "rewards/margin"], "rl": ["reward", "answer_tokens"]}
+    for stage, folder in (("pretrain", "base"), ("sft", "sft"), ("dpo", "dpo"), ("rl", "rl")):
         recs = [r for r in _metrics(out / folder) if "loss" in r]
         if not recs:
             continue
-        keys = ["loss"] + (["rewards/accuracy", "rewards/margin"] if stage == "dpo" else [])
+        keys = ["loss"] + extra.get(stage, [])
         fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
         for ax, k in zip(axes[0], keys):
             ax.plot([r["step"] for r in recs], [r[k] for r in recs], label=f"train {k}")
@@ -90,9 +91,10 @@ def write_report(out: Path, r: dict) -> None:
     plots = plot_curves(out) + [p for p in [plot_table(out, r["table"]["scores"], r["table"]["suites"])] if p]
     rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in r["timings_s"].items())
     pt, sft, dpo, src = r["pretrain"], r["sft"], r["dpo"], r["inputs"]
+    rl = r.get("rl") or {}
     text = f"""# llmrecipe run — preset `{r['preset']}`
 
-## Base / SFT / DPO
+## Base / SFT / DPO / RL
 Scores ± standard error over the items. Each stage against the one before it, paired over the same items:
 {r['table']['markdown']}
 {comparisons_markdown(r['table'].get('comparisons', {}))}
@@ -105,7 +107,7 @@ Scores ± standard error over the items. Each stage against the one before it, p
 ## Data
 - pre-training: `{src['pretrain']}`: {r['data']['documents']:,} documents → {r['data']['train_tokens']:,} training and
   {r['data']['val_tokens']:,} validation tokens (tokenizer `{r['data']['tokenizer']}`, vocabulary {r['data']['vocab_size']:,}).
-- SFT: `{src['sft']}`; DPO: `{src['dpo']}`; evaluation: `{src['eval']}`.
+- SFT: `{src['sft']}`; DPO: `{src['dpo']}`; RL: `{src.get('rl')}`; evaluation: `{src['eval']}`.
 
 ## Training
 | stage | steps | tokens seen | final loss | size |
@@ -113,6 +115,7 @@ Scores ± standard error over the items. Each stage against the one before it, p
 | pre-training | {pt.get('step')} | {pt.get('tokens', 0):,} | {_num(pt.get('loss'))} (validation {_num(pt.get('val_loss'))}) | {_size(out / 'base' / 'model.safetensors')} |
 | SFT (LoRA) | {sft.get('step')} | {sft.get('tokens', 0):,} | {_num(sft.get('loss'))} | adapter: {_size(out / 'sft' / 'adapter_model.safetensors')} |
 | DPO (LoRA) | {dpo.get('step')} | {dpo.get('tokens', 0):,} | {_num(dpo.get('loss'))} (reward accuracy {_num(dpo.get('rewards/accuracy'))}, margin {_num(dpo.get('rewards/margin'))}) | adapter: {_size(out / 'dpo' / 'adapter_model.safetensors')} |
+| RL, GRPO (LoRA) | {rl.get('step')} | {rl.get('tokens', 0):,} | {_num(rl.get('loss'))} (batch reward {_num(rl.get('reward'))}) | adapter: {_size(out / 'rl' / 'adapter_model.safetensors')} |
 
 ## Plots
 """ + "\n".join(f"![{p}]({p})" for p in plots) + "\n"

@@ -451,6 +451,21 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def write_rl_problems(path: str | Path, n: int, seed: int = 0) -> Path:
+    """Word problems for the RL stage in GSM8K's schema (question, answer ending "#### N"): training
+    problems only (`_held_out` keeps the GSM8K analog's questions out), so RL is scored on unseen ones."""
+    rng, cast, rows, seen = random.Random(seed + 5), characters(seed), [], set()
+    while len(rows) < n:
+        q, sol, num = word_problem(rng, rng.choice(cast))
+        if not _held_out(q, seed) and q not in seen:
+            seen.add(q)
+            rows.append({"question": q, "answer": sol.rsplit(" The answer is", 1)[0] + f"\n#### {num}"})
+        if len(seen) > 50 * n + 1000:  # the world has finitely many distinct problems
+            break
+    _write_jsonl(Path(path), rows)
+    return Path(path)
+
+
 def write_chat_data(folder: str | Path, n_sft: int, n_pairs: int, seed: int = 0) -> tuple[Path, Path]:
     """SFT conversations (ultrachat schema) and preference pairs (ultrafeedback schema) as jsonl."""
     folder = Path(folder)

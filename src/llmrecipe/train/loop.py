@@ -131,7 +131,11 @@ class StepBatches:
 
     def get(self, step: int) -> tuple[list, list[int], int]:
         """(device batches, units per micro-batch, tokens) of this rank's share of `step`; starts building
-        `step + 1`."""
+        `step + 1`. An on-policy stage (RL) samples its batches from the model being trained: they are
+        built here, after the previous step's update, never ahead."""
+        if getattr(self.stage, "on_policy", False):
+            batches, units, tokens = self._build(step)
+            return [_map_tensors(b, lambda t: t.to(self.device)) for b in batches], units, tokens
         fut = self.ahead[1] if self.ahead and self.ahead[0] == step else self.pool.submit(self._build, step)
         nxt = step + 1
         self.ahead = (nxt, self.pool.submit(self._build, nxt)) if nxt < self.max_steps else None

@@ -1,0 +1,216 @@
+"""Stage 5: reinforcement learning with verifiable rewards (GSM8K-style word problems).
+
+The variant is the on-policy one nanochat uses, which is GRPO (DeepSeekMath, Shao et al. 2024) with one
+gradient step per sampled batch: for each question, sample G answers from the current policy; reward 1
+when the GSM8K suite's own strict extraction matches the gold answer, else 0; advantage = reward − the
+group's mean (optionally ÷ its std, `scale_rewards`, as DeepSeekMath does; Dr. GRPO, Liu et al. 2025, argues
+the division biases towards easy and hard questions, so it is off by default); loss = −advantage · log π of
+each sampled answer token, averaged over all answer tokens of the step. With one update per batch the
+policy that sampled is the policy being updated, so GRPO's importance ratio is exactly 1 and its clipping
+never acts: dropping them is not an approximation. An optional KL penalty to the starting model (k3
+estimator, as GRPO) uses the same weights with the adapter disabled, like DPO's reference.
+
+A group whose answers are all right or all wrong has zero advantage everywhere: it teaches nothing, and
+costs only its sampling. The trainable part is a fresh LoRA on the input model, saved as a PEFT adapter.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from ..chat import IGNORE, encode_chat
+from ..checkpoint import load_model
+from ..config import build, load_preset, settings_line, to_dict, validate
+from ..data.sources import DataError, iter_rows
+from ..engine import Engine
+from ..eval.gsm8k import GSM8K, STOP, gold_answer
+from ..lora import LoRAConfig, adapters_disabled, inject, trainable_summary
+from ..runtime import Runtime, setup
+from .loop import TrainConfig, train
+from .sft import finish_adapter_run
+
+HUB = ("openai/gsm8k", "main")
+
+
+@dataclass
+class RLConfig:
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    # batch_size = questions per micro-batch; each is answered group_size times
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=4, grad_accum=4, lr=1e-5, min_lr=1e-6, warmup_steps=0, schedule="constant",
+        weight_decay=0.0, max_steps=200, log_interval=5, eval_interval=0, save_interval=50))
+    model: str = ""  # the starting model: a model or adapter folder (its chain is merged), usually DPO's
+    data: str = "openai/gsm8k"  # hub id, or local .jsonl/.parquet files in GSM8K's schema (question, answer)
+    split: str = "train"
+    group_size: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    scale_rewards: bool = False  # divide advantages by the group's std (DeepSeekMath) or not (Dr. GRPO)
+    kl_beta: float = 0.0  # weight of the KL penalty to the starting model (0: none, as nanochat)
+    max_examples: int | None = None
+    preset: str = ""
+
+
+def rl_config(preset: str) -> RLConfig:
+    p = load_preset(preset).get("rl", {})
+    return build(RLConfig, {"lora": p.get("lora", {}), "train": p.get("train", {}),
+                            **{k: v for k, v in p.items() if k not in ("lora", "train")}, "preset": preset})
+
+
+def load_problems(spec: str, split: str, limit: int | None) -> list[dict]:
+    """GSM8K rows (question, answer ending '#### N') as {question, gold}; bad rows name their file and row."""
+    rows = iter_rows(HUB[0], split, HUB[1]) if spec == HUB[0] else iter_rows(spec, split)
+    out = []
+    for row in rows:
+        q, a = row.data.get("question"), row.data.get("answer")
+        if not isinstance(q, str) or not isinstance(a, str) or "####" not in a:
+            raise DataError(f"{row.where('answer')}: expected 'question' and an 'answer' ending '#### N'")
+        out.append({"id": len(out), "question": q, "gold": gold_answer(a)})
+        if limit and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(f"{spec}: no problems")
+    return out
+
+
+def rewards_for(problems: list[dict], outputs: list[str]) -> torch.Tensor:
+    """1.0 where the GSM8K suite's record says correct (its strict extraction vs the gold), else 0.0."""
+    return torch.tensor([float(GSM8K.record(p, o)["correct"]) for p, o in zip(problems, outputs)])
+
+
+def group_advantages(rewards: torch.Tensor, group: int, scale: bool) -> torch.Tensor:
+    """reward − its group's mean (÷ the group's std when `scale`); groups are consecutive runs of `group`."""
+    r = rewards.view(-1, group)
+    adv = r - r.mean(1, keepdim=True)
+    if scale:
+        adv = adv / (r.std(1, keepdim=True) + 1e-4)
+    return adv.view(-1)
+
+
+class RLStage:
+    name = "rl"
+    on_policy = True  # batches sample from the model being trained: built in step order, never ahead
+
+    def __init__(self, cfg: RLConfig, rt: Runtime):
+        self.cfg, self.rt = cfg, rt
+        self.model, self.tokenizer = load_model(cfg.model, merge_adapters=True)
+        self.problems = load_problems(cfg.data, cfg.split, cfg.max_examples)
+        print(f"rl data: {len(self.problems):,} problems from {cfg.data}")
+        self.report = SimpleNamespace(problems=len(self.problems), data=cfg.data, split=cfg.split)
+        self._perms: dict[int, list[int]] = {}
+        inject(self.model, cfg.lora)
+        print(trainable_summary(self.model))
+        self.engine = Engine(self.model, self.tokenizer, rt, batch_size=cfg.train.batch_size * cfg.group_size)
+        self.model.train()
+        room = self.model.config.block_size - cfg.max_new_tokens
+        if room < 16:
+            raise ValueError(f"max_new_tokens {cfg.max_new_tokens} leaves no room for a question in the "
+                             f"{self.model.config.block_size}-token context")
+        self.prompts = [encode_chat([{"role": "user", "content": f"Q: {p['question']}\nA:"}], self.tokenizer,
+                                    add_generation_prompt=True).ids[-room:] for p in self.problems]
+
+    def _questions(self, step: int, micro: int) -> list[int]:
+        tc = self.cfg.train
+        start = ((step * tc.grad_accum + micro) * self.rt.world_size + self.rt.rank) * tc.batch_size
+        n = len(self.problems)
+        order: list[int] = []
+        for k in range(start, start + tc.batch_size):  # a fresh shuffle per epoch, a pure function of k
+            epoch = k // n
+            if epoch not in self._perms:
+                perm = list(range(n))
+                random.Random(f"{tc.seed}:{epoch}").shuffle(perm)
+                self._perms = {epoch: perm}
+            order.append(self._perms[epoch][k % n])
+        return order
+
+    @torch.no_grad()
+    def batch(self, step: int, micro: int):
+        """Sample G answers per question with the current policy; CPU tensors (inputs, targets, advantages)
+        and the batch's statistics. The sampler's seed is a function of (seed, step, micro, rank), so a
+        resumed run draws the same answers."""
+        cfg, G = self.cfg, self.cfg.group_size
+        qs = self._questions(step, micro)
+        prompts = [self.prompts[q] for q in qs for _ in range(G)]
+        seed = random.Random(f"{cfg.train.seed}:{step}:{micro}:{self.rt.rank}").getrandbits(62)
+        self.model.eval()  # no dropout while sampling
+        with self.rt.autocast():
+            outs = self.engine.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, stop=STOP,
+                                        seed=seed)
+        self.model.train()
+        texts = [self.tokenizer.decode(o) for o in outs]
+        problems = [self.problems[q] for q in qs for _ in range(G)]
+        rewards = self.reward(problems, texts, outs)
+        adv = group_advantages(rewards, G, cfg.scale_rewards)
+        # the sampled answer (+ EOT when it ended on its own: the model learns to stop) is the target span
+        seqs, spans = [], []
+        for p, o in zip(prompts, outs):
+            ans = o + ([self.tokenizer.eot_id] if len(o) < cfg.max_new_tokens else [])
+            ans = ans[: self.model.config.block_size + 1 - len(p)] or [self.tokenizer.eot_id]
+            seqs.append(p + ans)
+            spans.append(len(ans))
+        T = max(len(s) for s in seqs) - 1
+        x = torch.full((len(seqs), T), self.tokenizer.eot_id, dtype=torch.long)
+        y = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
+        for r, (s, n) in enumerate(zip(seqs, spans)):
+            x[r, : len(s) - 1] = torch.tensor(s[:-1])
+            y[r, len(s) - 1 - n: len(s) - 1] = torch.tensor(s[-n:])
+        correct = rewards.view(-1, G)
+        stats = torch.tensor([rewards.mean().item(), correct.max(1).values.mean().item(),
+                              sum(spans) / len(spans)])
+        return x, y, adv, stats
+
+    def reward(self, problems: list[dict], texts: list[str], outs: list[list[int]]) -> torch.Tensor:
+        """The verifiable reward: the GSM8K suite's verdict on each answer (a subclass may check another
+        task)."""
+        return rewards_for(problems, texts)
+
+    def loss(self, model, batch):
+        x, y, adv, stats = batch
+        logits, _ = model(x)
+        mask = y != IGNORE
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        n = mask.sum().clamp(min=1)
+        pg = -(adv.to(logp.dtype)[:, None] * logp * mask).sum() / n
+        metrics = {"reward": stats[0], "pass@1": stats[0], f"pass@{self.cfg.group_size}": stats[1],
+                   "answer_tokens": stats[2], "pg_loss": pg.detach()}
+        loss = pg
+        if self.cfg.kl_beta:
+            with torch.no_grad(), adapters_disabled(self.model):
+                ref_logits, _ = self.model(x)
+            ref = torch.log_softmax(ref_logits.float(), -1)
+            ref = ref.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            d = ref - logp
+            kl = ((d.exp() - d - 1) * mask).sum() / n  # k3: unbiased, always ≥ 0 (Schulman's estimator)
+            loss = loss + self.cfg.kl_beta * kl
+            metrics["kl"] = kl.detach()
+        return loss, metrics
+
+    def units(self, batch) -> int:
+        return int((batch[1] != IGNORE).sum())  # token-level: every answer token of the step weighs the same
+
+    tokens = units
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {}
+
+    def finish(self, model, run_dir: Path) -> None:
+        finish_adapter_run(self, model, run_dir, self.cfg.model)
+
+
+def run_rl(cfg: RLConfig, out: str | Path, resume: bool = False) -> dict:
+    validate(cfg)
+    if not cfg.model:
+        raise ValueError("rl needs --model: the model or adapter folder to start from (e.g. runs/dpo)")
+    if cfg.train.max_steps <= 0:
+        raise ValueError("rl needs train.max_steps > 0 (the tiny preset leaves RL off): --set max_steps=100")
+    rt = setup(cfg.train.device, cfg.train.dtype)
+    torch.manual_seed(cfg.train.seed)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    stage = RLStage(cfg, rt)
+    if rt.is_main:
+        print(settings_line("rl", cfg))
+    return train(stage, cfg.train, rt, out, to_dict(cfg), resume)
