@@ -36,6 +36,8 @@ def _add_train_common(p, default_help: str) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, final model)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--log", help="live trackers besides metrics.jsonl: tensorboard, wandb, or both "
+                   "(comma-separated)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys: max_steps=100 (pre-training), sft.epochs=1, dpo.beta=0.2, eval.limit=20")
     r.add_argument("--data-dir", help="local copies of every data set in the hub's schema (e.g. ../shared/data)")
+    r.add_argument("--log", help="live trackers for every stage: tensorboard, wandb or tensorboard,wandb")
     return ap
 
 
@@ -195,6 +198,8 @@ def cmd_pretrain(a) -> None:
     cfg = pretrain_config(a.preset or "tiny")
     if a.data:
         cfg.data = a.data
+    if a.log:
+        cfg.train.log = a.log
     apply_overrides(cfg, parse_overrides(a.set))
     last = run_pretrain(cfg, a.out, resume=a.resume)
     print(f"done: {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
@@ -218,6 +223,8 @@ def _tune(a, make_config, run, fields: tuple[str, ...], parent: str | None, stag
             setattr(cfg, key, val)
     if a.lr is not None:
         cfg.train.lr = a.lr
+    if a.log:
+        cfg.train.log = a.log
     apply_overrides(cfg, parse_overrides(a.set))
     last = run(cfg, a.out, resume=a.resume)
     print(f"done: adapter in {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
@@ -416,7 +423,10 @@ def cmd_run(a) -> None:
     from .config import parse_overrides
     from .recipe import run
 
-    run(a.preset, a.out, parse_overrides(a.set), a.data_dir)
+    overrides = parse_overrides(a.set)
+    if a.log:  # every training stage logs to the trackers
+        overrides = {"log": a.log, **{f"{s}.train.log": a.log for s in ("sft", "dpo", "rl")}, **overrides}
+    run(a.preset, a.out, overrides, a.data_dir)
 
 
 COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "rl": cmd_rl,

@@ -185,6 +185,8 @@ RULES: dict[str, tuple] = {
     "max_new_tokens": _at_least(1), "limit": _at_least(1), "shots": _at_least(0),
     "scoring": _one_of("letter", "text"), "shard_tokens": _at_least(1), "val_every": _at_least(1),
     "bpe_vocab_size": _at_least(2), "max_tokens": _at_least(1), "workers": _at_least(1),
+    "log": (lambda v: all(k.strip() in ("tensorboard", "wandb") for k in v.split(",") if k.strip()),
+            "comma-separated trackers from: tensorboard, wandb"),
     "group_size": _at_least(2), "temperature": _POSITIVE, "kl_beta": _at_least(0),
 }
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ..checkpoint import has_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..files import append_jsonl, atomic_write_text, folder_lock, read_jsonl
 from ..runtime import Runtime
+from ..track import Trackers
 
 
 @dataclass
@@ -44,6 +45,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: str = "auto"  # auto: on for pre-training on CUDA (see use_compile) | true | false
     parallel: str = "ddp"  # with several ranks (torchrun): ddp | fsdp
+    log: str = ""  # live trackers besides metrics.jsonl: tensorboard, wandb, or "tensorboard,wandb"
 
 
 class Stage(Protocol):
@@ -87,8 +89,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 class MetricsLog:
     """metrics.jsonl in the run folder; on resume, records after the restored step are dropped."""
 
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path, self.kept = path, []
+    def __init__(self, path: Path, resume_step: int | None, tracker=None):
+        self.path, self.kept, self.tracker = path, [], tracker
         if resume_step is None:
             path.unlink(missing_ok=True)
         elif path.exists():  # a torn last line (killed mid-write) is dropped; the rewrite is atomic
@@ -105,6 +107,8 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         append_jsonl(self.path, [record])
+        if self.tracker is not None:  # the same record, same names and step, to TensorBoard / W&B
+            self.tracker.log(record)
 
 
 class StepBatches:
@@ -188,7 +192,9 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
             print(f"resuming {stage.name} from {ckpt} (step {step})")
     if rt.is_main:
         atomic_write_text(run_dir / "config.json", json.dumps(resolved_config, indent=2))
-    log = MetricsLog(run_dir / "metrics.jsonl", step if ckpt else None) if rt.is_main else None
+    tracker = (Trackers(cfg.log, run_dir, stage.name, resolved_config, step if ckpt else None)
+               if rt.is_main and cfg.log else None)
+    log = MetricsLog(run_dir / "metrics.jsonl", step if ckpt else None, tracker) if rt.is_main else None
     fwd = torch.compile(wrapped) if use_compile(cfg, stage, rt) else wrapped
     last: dict = log.last() if log else {}
     t_start = t_window = time.time()
@@ -236,6 +242,13 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
                     log.write({"step": step, **val})
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
                     last.update(val)
+                if rt.is_main and hasattr(stage, "samples"):  # watch the model learn (nanoGPT, nanochat)
+                    model.eval()
+                    text = stage.samples(model)
+                    model.train()
+                    bar.write(text)
+                    if tracker:
+                        tracker.text("samples", text, step)
             if step % cfg.save_interval == 0 and step < cfg.max_steps:
                 checkpoint(step)
             paused += time.time() - t_pause
@@ -251,6 +264,8 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
                          ) from None
     finally:
         loader.close()
+        if tracker:
+            tracker.close()
     bar.close()
     checkpoint(step)
     final = _unsharded(wrapped, model, rt) if rt.distributed and cfg.parallel == "fsdp" else model

@@ -12,6 +12,7 @@ from ..checkpoint import save_model
 from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.loader import TokenWindows
 from ..data.order import item_start
+from ..engine import Engine
 from ..model import GPT, GPTConfig
 from ..runtime import Runtime, setup
 from ..tokenizer import load_from_dir
@@ -30,6 +31,9 @@ def pretrain_config(preset: str) -> PretrainConfig:
     p = load_preset(preset)
     return build(PretrainConfig, {"model": p.get("model", {}), "train": p.get("pretrain", {}),
                                   "preset": preset})
+
+
+SAMPLE_PROMPTS = ("The", "Once upon a time", "In this lesson we")
 
 
 class PretrainStage:
@@ -80,6 +84,16 @@ class PretrainStage:
             losses.append(model(x.to(self.rt.device), y.to(self.rt.device))[1].float())
         val = torch.stack(losses).mean().item()  # one sync for the whole evaluation
         return {"val_loss": val, "val_ppl": float(torch.tensor(val).exp())}
+
+    def samples(self, model) -> str:
+        """Greedy continuations of fixed prompts, printed and logged at each evaluation (as nanoGPT and
+        nanochat do): a person watching a day-long run sees the model learn. Greedy and with its own
+        generator, so the run's RNG, and exact resume, are untouched."""
+        if self.rt.distributed and self.cfg.train.parallel == "fsdp":
+            return ""  # sharded weights: sampling would need every rank
+        eng = Engine(model, self.tokenizer, self.rt, batch_size=len(SAMPLE_PROMPTS))
+        outs = eng.generate([self.tokenizer.encode(p) for p in SAMPLE_PROMPTS], 24, temperature=0.0)
+        return "\n".join(f"  {p!r} → {self.tokenizer.decode(o)!r}" for p, o in zip(SAMPLE_PROMPTS, outs))
 
     def finish(self, model, run_dir: Path) -> None:
         save_model(run_dir, model, self.tokenizer, {"stage": "pretrain", "data": str(self.cfg.data),
