@@ -34,8 +34,8 @@ def test_padded_vocabulary_rows_are_invisible():
     assert model.lm_head.weight.grad[300:].abs().max().item() == 0.0
     with torch.no_grad():  # make a padded row the most likely token: sampling must still never return it
         model.lm_head.weight[310] = 10 * model.hidden(idx)[0, -1]
-        out = model.generate(idx[:1], 20, temperature=1.0)
-    assert int(out.max()) < 300
+    out = _engine(model, eot=299).generate([idx[0].tolist()], 20, temperature=1.0, seed=0)[0]
+    assert out and max(out) < 300
 
 
 def test_init_scales_residual_projections():
@@ -94,12 +94,20 @@ def test_sampling_filters():
     assert draws == {0, 1}
 
 
-def test_generate_stops_at_stop_token():
+def _engine(model, eot: int):
+    """The one sampling path (generate, chat, eval, serve, RL) over a bare model; it needs only the EOT id."""
+    from types import SimpleNamespace
+
+    from llmrecipe.engine import Engine
+    from llmrecipe.runtime import setup
+
+    return Engine(model, SimpleNamespace(eot_id=eot), setup("cpu", "float32"))
+
+
+def test_generation_stops_at_the_end_of_text_token():
     torch.manual_seed(0)
     model = GPT(SMALL).eval()
-    idx = torch.tensor([[1, 2, 3]])
-    greedy = model.generate(idx, 10, temperature=0)
-    assert greedy.shape == (1, 13)
-    first = greedy[0, 3].item()
-    stopped = model.generate(idx, 10, temperature=0, stop_ids={first})
-    assert stopped.tolist() == [[1, 2, 3, first]]
+    greedy = _engine(model, eot=299).generate([[1, 2, 3]], 10, temperature=0)[0]
+    assert len(greedy) == 10 and 299 not in greedy
+    first = greedy[0]
+    assert _engine(model, eot=first).generate([[1, 2, 3]], 10, temperature=0) == [[]]  # EOT ends the row

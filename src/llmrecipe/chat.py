@@ -10,6 +10,7 @@ identical at training and inference time and response spans are exact.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Callable
 
@@ -97,8 +98,9 @@ def chat_loop(reply: Callable[[list[dict]], str], system: str | None, banner: st
 def chat_repl(model, tok: Tokenizer, rt, system: str | None, sampling: dict) -> None:
     """Chat with a local model: the history is re-encoded through the template each turn (oldest turns dropped
     to fit)."""
-    import torch
+    from .engine import Engine
 
+    engine = Engine(model, tok, rt, batch_size=1)  # the one sampling path
     budget = model.config.block_size - sampling["max_new_tokens"]
 
     def reply(history: list[dict]) -> str:
@@ -106,8 +108,10 @@ def chat_repl(model, tok: Tokenizer, rt, system: str | None, sampling: dict) -> 
         while len(ids) > budget and len(history) > 1:
             history.pop(1 if system else 0)
             ids = encode_chat(history, tok, add_generation_prompt=True).ids
-        with torch.no_grad(), rt.autocast():
-            out = model.generate(torch.tensor([ids[-budget:]], device=rt.device), stop_ids={tok.eot_id}, **sampling)
-        return tok.decode(t for t in out[0, len(ids[-budget:]):].tolist() if t != tok.eot_id)
+        seed = sampling.get("seed")
+        seed = secrets.randbelow(2**62) if seed is None else seed  # a fresh draw per reply unless seeded
+        out = engine.generate([ids[-budget:]], sampling["max_new_tokens"], sampling["temperature"],
+                              sampling.get("top_k"), sampling.get("top_p"), seed=seed)
+        return tok.decode(out[0])
 
     chat_loop(reply, system, "chat")

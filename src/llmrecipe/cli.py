@@ -296,20 +296,17 @@ def cmd_generate(a) -> None:
     import torch
 
     from .checkpoint import load_model
+    from .engine import Engine
     from .runtime import setup
 
     rt = setup(a.device)
     model, tok = load_model(a.model, rt.device)
-    model.eval()
-    gen = torch.Generator(device=rt.device)
-    gen.manual_seed(a.seed if a.seed is not None else torch.seed())
+    engine = Engine(model, tok, rt)  # the one sampling path (eval, serve, chat and RL use it too)
+    seed = a.seed if a.seed is not None else torch.seed() % 2**62
     ids = tok.encode(a.prompt) or [tok.eot_id]
-    for i in range(a.num_samples):
-        idx = torch.tensor([ids], device=rt.device)
-        with rt.autocast():
-            out = model.generate(idx, a.max_new_tokens, a.temperature, a.top_k, a.top_p, {tok.eot_id}, gen)
-        text = tok.decode(t for t in out[0].tolist()[len(ids):] if t != tok.eot_id)
-        print(("-" * 40 + "\n") if i else "", a.prompt + text, sep="")
+    outs = engine.generate([ids] * a.num_samples, a.max_new_tokens, a.temperature, a.top_k, a.top_p, seed=seed)
+    for i, out in enumerate(outs):
+        print(("-" * 40 + "\n") if i else "", a.prompt + tok.decode(out), sep="")
 
 
 def cmd_eval(a) -> None:

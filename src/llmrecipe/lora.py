@@ -44,7 +44,7 @@ class LoRALinear(nn.Linear):
         self.enabled, self.merged = True, False
 
     def delta_weight(self) -> torch.Tensor:
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        return lora_delta(self.lora_A.weight, self.lora_B.weight, self.scaling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
@@ -138,6 +138,28 @@ def save_adapter(directory: str | Path, model: nn.Module, cfg: LoRAConfig, base_
         "use_rslora": False, "use_dora": False, "layers_to_transform": None, "layers_pattern": None,
         "rank_pattern": {}, "alpha_pattern": {}, "revision": None,
     })
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The weight change a LoRA pair stands for: ΔW = (α/r)·B·A — the one place this formula lives
+    (merging, and the server's per-request adapter switching, both use it)."""
+    return (b @ a) * scaling
+
+
+def adapter_deltas(adapters: list[Path]) -> dict[str, torch.Tensor]:
+    """Σ ΔW per weight name over a chain of adapter folders (each trained on the merge of those before it),
+    in fp32, read from their files without building a model."""
+    deltas: dict[str, torch.Tensor] = {}
+    for folder in adapters:
+        cfg, _ = read_adapter_config(folder)
+        sd = {k.removeprefix(PEFT_PREFIX): v
+              for k, v in load_tensors(Path(folder) / "adapter_model.safetensors").items()}
+        for key, a in sd.items():
+            if ".lora_A." in key:
+                layer = key.split(".lora_A.")[0]
+                d = lora_delta(a.float(), sd[f"{layer}.lora_B.weight"].float(), cfg.alpha / cfg.r)
+                deltas[f"{layer}.weight"] = deltas.get(f"{layer}.weight", 0) + d
+    return deltas
 
 
 def read_adapter_config(directory: str | Path) -> tuple[LoRAConfig, str]:

@@ -182,26 +182,6 @@ class GPT(nn.Module):
                                ignore_index=-100)
         return logits, loss
 
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, stop_ids: set[int] | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample a continuation of one prompt (1, T) with the KV cache; stops early at any of `stop_ids`."""
-        max_new_tokens = min(max_new_tokens, self.config.block_size - idx.size(1))
-        cache = KVCache(self.config, idx.size(0), idx.size(1) + max_new_tokens, idx.device,
-                        self.transformer.wte.weight.dtype)
-        logits = self.logits(self.hidden(idx, cache=cache)[:, -1])
-        out = idx
-        for _ in range(max_new_tokens):
-            nxt = sample(logits, temperature, top_k, top_p, generator)
-            out = torch.cat([out, nxt], dim=1)
-            if stop_ids and nxt.item() in stop_ids:
-                break
-            if cache.length >= cache.k.size(3):
-                break
-            logits = self.logits(self.hidden(nxt, cache=cache)[:, -1])
-        return out
-
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:

@@ -29,8 +29,7 @@ import torch
 from .chat import ROLES, chat_loop, encode_chat
 from .checkpoint import adapter_chain, load_model
 from .engine import Engine
-from .files import load_tensors
-from .lora import PEFT_PREFIX, read_adapter_config
+from .lora import adapter_deltas
 from .runtime import setup
 
 
@@ -42,21 +41,6 @@ class RequestError(Exception):
     def body(self) -> dict:
         kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
         return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
-
-
-def adapter_deltas(adapters: list[Path]) -> dict[str, torch.Tensor]:
-    """Σ scale·B·A per weight name over a chain of adapters (each trained on the merge of those before it)."""
-    deltas: dict[str, torch.Tensor] = {}
-    for folder in adapters:
-        cfg, _ = read_adapter_config(folder)
-        sd = {k.removeprefix(PEFT_PREFIX): v
-              for k, v in load_tensors(folder / "adapter_model.safetensors").items()}
-        for key, a in sd.items():
-            if ".lora_A." in key:
-                layer = key.split(".lora_A.")[0]
-                d = sd[f"{layer}.lora_B.weight"].float() @ a.float() * (cfg.alpha / cfg.r)
-                deltas[f"{layer}.weight"] = deltas.get(f"{layer}.weight", 0) + d
-    return deltas
 
 
 @dataclass
