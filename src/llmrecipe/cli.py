@@ -304,7 +304,8 @@ def cmd_generate(a) -> None:
     engine = Engine(model, tok, rt)  # the one sampling path (eval, serve, chat and RL use it too)
     seed = a.seed if a.seed is not None else torch.seed() % 2**62
     ids = tok.encode(a.prompt) or [tok.eot_id]
-    outs = engine.generate([ids] * a.num_samples, a.max_new_tokens, a.temperature, a.top_k, a.top_p, seed=seed)
+    outs = engine.generate([ids] * a.num_samples, a.max_new_tokens, a.temperature, a.top_k, a.top_p,
+                           seed=seed)
     for i, out in enumerate(outs):
         print(("-" * 40 + "\n") if i else "", a.prompt + tok.decode(out), sep="")
 
