@@ -112,7 +112,7 @@ def test_rl_cli_on_local_gsm8k_train_file(tiny_base, data_dir, tmp_path, capsys)
           "--out", str(tmp_path / "rl"), "--preset", "tiny", "--set", "max_steps=1", "batch_size=2",
           "group_size=2", "max_new_tokens=4"])
     out = capsys.readouterr().out
-    assert "rl: preset tiny" in out and "group 2, temperature 1" in out
+    assert "rl: preset tiny" in out and "group 2, temperature 0.7" in out
     assert (tmp_path / "rl" / "adapter_config.json").is_file()
     with pytest.raises(SystemExit, match="rl needs --model"):
         main(["rl", "--out", str(tmp_path / "x")])

@@ -127,7 +127,7 @@ def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareC
     dpo_sum, after = _stage("dpo", out / "dpo", to_dict(dpo) | {"after": after},
                             lambda resume: run_dpo(dpo, out / "dpo", resume=resume), timings)
     # RL runs when the preset gives it steps: tiny's world does not yet show a significant RL gain over
-    # DPO (BENCHMARKS.md, issue 18), so tiny ships with rl.train.max_steps 0 (`--set rl.train.max_steps=100`)
+    # DPO (BENCHMARKS.md, issue 18), so tiny ships with rl.train.max_steps 0 (`--set rl.train.max_steps=160`)
     stages = ["base", "sft", "dpo"] + (["rl"] if rl.train.max_steps > 0 else [])
     rl_sum = None
     if "rl" in stages:
