@@ -92,9 +92,13 @@ def write_report(out: Path, r: dict) -> None:
     rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in r["timings_s"].items())
     pt, sft, dpo, src = r["pretrain"], r["sft"], r["dpo"], r["inputs"]
     rl = r.get("rl") or {}
+    rl_row = (f"\n| RL, GRPO (LoRA) | {rl.get('step')} | {rl.get('tokens', 0):,} | {_num(rl.get('loss'))} "
+              f"(batch reward {_num(rl.get('reward'))}) | "
+              f"adapter: {_size(out / 'rl' / 'adapter_model.safetensors')} |" if rl else "")  # the stage runs only when the preset gives it steps
+    rl_src = f"`{src.get('rl')}`" if rl else "not run (the preset gives it no steps)"
     text = f"""# llmrecipe run — preset `{r['preset']}`
 
-## Base / SFT / DPO / RL
+## Base / SFT / DPO{' / RL' if rl else ''}
 Scores ± standard error over the items. Each stage against the one before it, paired over the same items:
 {r['table']['markdown']}
 {comparisons_markdown(r['table'].get('comparisons', {}))}
@@ -107,15 +111,14 @@ Scores ± standard error over the items. Each stage against the one before it, p
 ## Data
 - pre-training: `{src['pretrain']}`: {r['data']['documents']:,} documents → {r['data']['train_tokens']:,} training and
   {r['data']['val_tokens']:,} validation tokens (tokenizer `{r['data']['tokenizer']}`, vocabulary {r['data']['vocab_size']:,}).
-- SFT: `{src['sft']}`; DPO: `{src['dpo']}`; RL: `{src.get('rl')}`; evaluation: `{src['eval']}`.
+- SFT: `{src['sft']}`; DPO: `{src['dpo']}`; RL: {rl_src}; evaluation: `{src['eval']}`.
 
 ## Training
 | stage | steps | tokens seen | final loss | size |
 |---|---:|---:|---:|---|
 | pre-training | {pt.get('step')} | {pt.get('tokens', 0):,} | {_num(pt.get('loss'))} (validation {_num(pt.get('val_loss'))}) | {_size(out / 'base' / 'model.safetensors')} |
 | SFT (LoRA) | {sft.get('step')} | {sft.get('tokens', 0):,} | {_num(sft.get('loss'))} | adapter: {_size(out / 'sft' / 'adapter_model.safetensors')} |
-| DPO (LoRA) | {dpo.get('step')} | {dpo.get('tokens', 0):,} | {_num(dpo.get('loss'))} (reward accuracy {_num(dpo.get('rewards/accuracy'))}, margin {_num(dpo.get('rewards/margin'))}) | adapter: {_size(out / 'dpo' / 'adapter_model.safetensors')} |
-| RL, GRPO (LoRA) | {rl.get('step')} | {rl.get('tokens', 0):,} | {_num(rl.get('loss'))} (batch reward {_num(rl.get('reward'))}) | adapter: {_size(out / 'rl' / 'adapter_model.safetensors')} |
+| DPO (LoRA) | {dpo.get('step')} | {dpo.get('tokens', 0):,} | {_num(dpo.get('loss'))} (reward accuracy {_num(dpo.get('rewards/accuracy'))}, margin {_num(dpo.get('rewards/margin'))}) | adapter: {_size(out / 'dpo' / 'adapter_model.safetensors')} |{rl_row}
 
 ## Plots
 """ + "\n".join(f"![{p}]({p})" for p in plots) + "\n"
