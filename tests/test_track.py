@@ -77,6 +77,11 @@ def test_sft_logs_the_same_scalars(tiny_base, data_dir, tmp_path):
                                       log="tensorboard"))
     run_sft(cfg, tmp_path / "sft")
     assert_same(tb_scalars(tmp_path / "sft"), jsonl_scalars(tmp_path / "sft"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path / "sft" / "tb"))
+    ea.Reload()
+    assert "samples/text_summary" in ea.Tags()["tensors"]  # replies to the fixed chat prompts, last step
 
 
 def test_unknown_tracker_is_a_config_error(tmp_path):

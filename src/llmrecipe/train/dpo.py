@@ -20,7 +20,7 @@ from ..files import atomic_write, load_tensors
 from ..lora import LoRAConfig, adapters_disabled, inject, trainable_summary
 from ..runtime import Runtime, setup
 from .loop import TrainConfig, train
-from .sft import ExampleBatches, finish_adapter_run, steps_for
+from .sft import ExampleBatches, chat_samples, finish_adapter_run, steps_for
 
 
 @dataclass
@@ -154,6 +154,9 @@ class DPOStage:
 
     def tokens(self, batch) -> int:
         return int((batch[1] != IGNORE).sum())
+
+    def samples(self, model) -> str:
+        return chat_samples(model, self.tokenizer, self.rt)
 
     def evaluate(self, model) -> dict[str, float]:
         return {}

@@ -236,17 +236,20 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
                 if log:
                     log.write(last)
             t_pause = time.time()
-            if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.max_steps):
+            at_eval = cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.max_steps)
+            if at_eval:
                 val = _evaluate(stage, wrapped if cfg.parallel == "fsdp" else model, rt)
                 if val and log:
                     log.write({"step": step, **val})
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
                     last.update(val)
-                if rt.is_main and hasattr(stage, "samples"):  # watch the model learn (nanoGPT, nanochat)
-                    model.eval()
-                    text = stage.samples(model)
-                    model.train()
-                    bar.write(text)
+            # watch the model learn (nanoGPT, nanochat): at each evaluation, and always at the last step
+            if rt.is_main and hasattr(stage, "samples") and (at_eval or step == cfg.max_steps):
+                model.eval()
+                text = stage.samples(model)
+                model.train()
+                if text:
+                    bar.write(f"step {step} samples:\n{text}")
                     if tracker:
                         tracker.text("samples", text, step)
             if step % cfg.save_interval == 0 and step < cfg.max_steps:

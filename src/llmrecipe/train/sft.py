@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
-from ..chat import IGNORE
+from ..chat import IGNORE, encode_chat
 from ..checkpoint import load_model
 from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.chat import collate, load_chat, pack
 from ..data.order import EpochOrder, item_start
+from ..engine import Engine
 from ..files import atomic_write_json
 from ..lora import LoRAConfig, inject, save_adapter, trainable_summary
 from ..runtime import Runtime, setup
@@ -48,6 +49,20 @@ def finish_adapter_run(stage, model, run_dir: Path, parent: str) -> None:
     save_adapter(run_dir, model, stage.cfg.lora, str(Path(parent).resolve()))
     stage.tokenizer.save(run_dir)
     atomic_write_json(run_dir / "data_report.json", vars(stage.report))
+
+
+CHAT_PROMPTS = ("What is 7 + 5?", "Write a title for a story about a fox.", "Name a colour.")
+
+
+def chat_samples(model, tokenizer, rt, max_new_tokens: int = 32) -> str:
+    """Greedy replies to fixed chat prompts through the one chat template and the engine: logged by the
+    LoRA stages (SFT, DPO, RL) at each evaluation and at their last step. Greedy with its own generator:
+    the run's RNG (and exact resume) is untouched."""
+    prompts = [encode_chat([{"role": "user", "content": p}], tokenizer, add_generation_prompt=True).ids
+               for p in CHAT_PROMPTS]
+    outs = Engine(model, tokenizer, rt, batch_size=len(prompts)).generate(prompts, max_new_tokens,
+                                                                          temperature=0.0)
+    return "\n".join(f"  {p!r} → {tokenizer.decode(o)!r}" for p, o in zip(CHAT_PROMPTS, outs))
 
 
 def steps_for(n_examples: int, epochs: float, tc: TrainConfig) -> int:
@@ -97,6 +112,9 @@ class SFTStage:
         return int((batch[1] != IGNORE).sum())  # response tokens: the ones the loss sees
 
     tokens = units
+
+    def samples(self, model) -> str:
+        return chat_samples(model, self.tokenizer, self.rt)
 
     def evaluate(self, model) -> dict[str, float]:
         if not self.val:
