@@ -126,8 +126,8 @@ def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareC
                             lambda resume: run_sft(sft, out / "sft", resume=resume), timings)
     dpo_sum, after = _stage("dpo", out / "dpo", to_dict(dpo) | {"after": after},
                             lambda resume: run_dpo(dpo, out / "dpo", resume=resume), timings)
-    # RL runs when the preset gives it steps: tiny's world does not yet show a significant RL gain over
-    # DPO (BENCHMARKS.md, issue 18), so tiny ships with rl.train.max_steps 0 (`--set rl.train.max_steps=160`)
+    # RL runs when the preset gives it steps; tiny ships with rl.train.max_steps 0 until its gain over DPO
+    # is measured on several seeds (BENCHMARKS.md, issue 18): `--set rl.train.max_steps=300` runs it
     stages = ["base", "sft", "dpo"] + (["rl"] if rl.train.max_steps > 0 else [])
     rl_sum = None
     if "rl" in stages:
