@@ -20,7 +20,7 @@ from ..files import atomic_write, load_tensors
 from ..lora import LoRAConfig, adapters_disabled, inject, trainable_summary
 from ..runtime import Runtime, setup
 from .loop import TrainConfig, train
-from .sft import ExampleBatches, chat_samples, finish_adapter_run, steps_for
+from .sft import ChatSamples, ExampleBatches, finish_adapter_run, steps_for
 
 
 @dataclass
@@ -73,7 +73,7 @@ def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Ten
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 
-class DPOStage:
+class DPOStage(ChatSamples):
     name = "dpo"
 
     def __init__(self, cfg: DPOConfig, rt: Runtime, run_dir: Path):
@@ -154,9 +154,6 @@ class DPOStage:
 
     def tokens(self, batch) -> int:
         return int((batch[1] != IGNORE).sum())
-
-    def samples(self, model) -> str:
-        return chat_samples(model, self.tokenizer, self.rt)
 
     def evaluate(self, model) -> dict[str, float]:
         return {}

@@ -31,7 +31,7 @@ from ..eval.gsm8k import GSM8K, STOP, gold_answer
 from ..lora import LoRAConfig, adapters_disabled, inject, trainable_summary
 from ..runtime import Runtime, setup
 from .loop import TrainConfig, train
-from .sft import chat_samples, finish_adapter_run
+from .sft import ChatSamples, finish_adapter_run
 
 HUB = ("openai/gsm8k", "main")
 
@@ -91,7 +91,7 @@ def group_advantages(rewards: torch.Tensor, group: int, scale: bool) -> torch.Te
     return adv.view(-1)
 
 
-class RLStage:
+class RLStage(ChatSamples):
     name = "rl"
     on_policy = True  # batches sample from the model being trained: built in step order, never ahead
 
@@ -193,9 +193,6 @@ class RLStage:
         return int((batch[1] != IGNORE).sum())  # token-level: every answer token of the step weighs the same
 
     tokens = units
-
-    def samples(self, model) -> str:
-        return chat_samples(model, self.tokenizer, self.rt)
 
     def evaluate(self, model) -> dict[str, float]:
         return {}

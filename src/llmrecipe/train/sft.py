@@ -65,6 +65,13 @@ def chat_samples(model, tokenizer, rt, max_new_tokens: int = 32) -> str:
     return "\n".join(f"  {p!r} → {tokenizer.decode(o)!r}" for p, o in zip(CHAT_PROMPTS, outs))
 
 
+class ChatSamples:
+    """`samples()` for the LoRA stages (SFT, DPO, RL): the loop logs it at evaluations and the last step."""
+
+    def samples(self, model) -> str:
+        return chat_samples(model, self.tokenizer, self.rt)
+
+
 def steps_for(n_examples: int, epochs: float, tc: TrainConfig) -> int:
     return max(1, math.ceil(epochs * n_examples / (tc.batch_size * tc.grad_accum)))
 
@@ -81,7 +88,7 @@ class ExampleBatches:
         return [self.examples[self.order[k]] for k in range(start, start + self.tc.batch_size)]
 
 
-class SFTStage:
+class SFTStage(ChatSamples):
     name = "sft"
 
     def __init__(self, cfg: SFTConfig, rt: Runtime):
@@ -112,9 +119,6 @@ class SFTStage:
         return int((batch[1] != IGNORE).sum())  # response tokens: the ones the loss sees
 
     tokens = units
-
-    def samples(self, model) -> str:
-        return chat_samples(model, self.tokenizer, self.rt)
 
     def evaluate(self, model) -> dict[str, float]:
         if not self.val:
