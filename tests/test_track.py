@@ -73,24 +73,31 @@ def test_tensorboard_equals_metrics_jsonl_across_a_kill_and_resume(small_corpus,
     assert sorted(tb_scalars(killed)["loss"]) == list(range(1, 9))
 
 
-def test_sft_logs_the_same_scalars(tiny_base, data_dir, tmp_path):
+def test_sft_logs_the_same_scalars_to_both_trackers(tiny_base, data_dir, tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from llmrecipe.lora import LoRAConfig
     from llmrecipe.train.loop import TrainConfig
     from llmrecipe.train.sft import SFTConfig, run_sft
 
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = SFTConfig(lora=LoRAConfig(r=4, alpha=8, dropout=0.0), base=str(tiny_base),
                     data=str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl"),
                     train=TrainConfig(batch_size=2, grad_accum=1, max_steps=3, lr=1e-3, warmup_steps=0,
                                       schedule="constant", log_interval=1, eval_interval=0, save_interval=100,
-                                      log="tensorboard"))
+                                      log="tensorboard,wandb"))
     run_sft(cfg, tmp_path / "sft")
-    assert_same(tb_scalars(tmp_path / "sft"), jsonl_scalars(tmp_path / "sft"))
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+    js = jsonl_scalars(tmp_path / "sft")
+    assert_same(tb_scalars(tmp_path / "sft"), js)
     ea = EventAccumulator(str(tmp_path / "sft" / "tb"))
     ea.Reload()
     assert "samples/text_summary" in ea.Tags()["tensors"]  # replies to the fixed chat prompts, last step
+    runs, hist = wandb_history(tmp_path / "sft")
+    assert len(runs) == 1 and runs[0]["config"]["lora"]["r"] == 4
+    assert {k: hist[k] for k in js} == js and isinstance(hist["samples"][3], str)
 
 
 def test_unknown_tracker_is_a_config_error(tmp_path):
