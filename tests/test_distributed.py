@@ -21,6 +21,11 @@ SMALL = ["n_layer=2", "n_head=2", "n_embd=64", "vocab_size=512", "block_size=64"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmrecipe"]
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
 def torchrun(*args, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=timeout, env=env)
@@ -55,10 +60,16 @@ def one_proc(small_corpus, tmp_path_factory):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_ranks_match_one_process_and_resume_in_one(one_proc, small_corpus, tmp_path, parallel):
     two = tmp_path / "two"
+    # torchrun's parser stops at "--log" (ambiguous with its --log-dir): --report-to is the spelling it lets by
+    track = ["--report-to", "tensorboard"] if parallel == "ddp" and _has("tensorboard") else []
     torchrun("pretrain", "--data", str(small_corpus), "--out", str(two), "--set", "max_steps=6", f"parallel={parallel}",
-             *SMALL)
+             *SMALL, *track)
     losses_close(losses(two), losses(one_proc))
     assert len(losses(two)) == 6
+    if track:  # only rank 0 logs: one event file, each step once
+        assert len(list((two / "tb").glob("events.out.tfevents.*"))) == 1
+        from test_track import tb_scalars
+        assert sorted(tb_scalars(two)["loss"]) == list(range(1, 7))
     weights_close(one_proc, two)
     # the step-3 checkpoint written by 2 ranks continues identically in 1 process
     resumed = tmp_path / "resumed"

@@ -36,8 +36,10 @@ def _add_train_common(p, default_help: str) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, final model)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--log", help="live trackers besides metrics.jsonl: tensorboard, wandb, or both "
-                   "(comma-separated)")
+    # --report-to (TRL's name) is the spelling torchrun lets through: its own parser takes `--log` for an
+    # abbreviation of its --log-dir/--logs-specs and stops with "ambiguous option"
+    p.add_argument("--log", "--report-to", dest="log", help="live trackers besides metrics.jsonl: tensorboard, "
+                   "wandb, or both (comma-separated); under torchrun write --report-to")
 
 
 def _parser() -> argparse.ArgumentParser:
