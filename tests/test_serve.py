@@ -347,3 +347,52 @@ def test_key_from_file_bearer_any_case_and_disconnects_are_one_line(tiny_base, t
         proc.kill()
     err = proc.stderr.read()
     assert "Traceback" not in err and "s3cret" not in err, err
+
+
+class _Outage(BaseHTTPRequestHandler):
+    """A judge that answers 503 while `down`, then "Rating: [[6]]"."""
+    down, hits = True, 0
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        type(self).hits += 1
+        self.rfile.read(int(self.headers["Content-Length"]))
+        reply = {"choices": [{"message": {"role": "assistant", "content": "Rating: [[6]]"}}]}
+        body = json.dumps(reply).encode()
+        self.send_response(503 if type(self).down else 200)
+        self.send_header("Content-Length", "0" if type(self).down else str(len(body)))
+        self.end_headers()
+        if not type(self).down:
+            self.wfile.write(body)
+
+
+def test_a_judge_outage_is_never_a_result(tiny_base, data_dir, tmp_path):
+    """Issue 16 item 3: judge failures are not verdicts — not scores, not ties, not cached records; a rerun
+    after the judge recovers judges exactly those items; a pairwise run judged by nobody is an error."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Outage)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+    def judge():
+        return Judge("m", url, cache_path=tmp_path / "cache.jsonl", timeout=5, retries=2, backoff=0.01)
+    try:
+        model = load_eval_model(str(tiny_base), None, name="b")
+
+        def suite():
+            return MTBench(data_dir=str(data_dir / "eval"), judge=judge(), max_new_tokens=4)
+        res = evaluate(model, [suite()], tmp_path / "eval.json", limit=2)["suites"]["mt_bench"]
+        assert res["score"] is None and res["judge_failed"] == 4 and res["unparseable"] == 0
+        assert "judge failed on 4 of 4" in res["display"]
+        with pytest.raises(ValueError, match="every MT-Bench judgment failed"):
+            pairwise(model, model, judge(), str(data_dir / "eval"), limit=1, max_new_tokens=4)
+        _Outage.down, _Outage.hits = False, 0
+        res = evaluate(model, [suite()], tmp_path / "eval.json", limit=2)["suites"]["mt_bench"]
+        assert _Outage.hits == 4 and res["score"] == 6 and res["judge_failed"] == 0  # the 4 failed, redone
+        hits = _Outage.hits
+        res = evaluate(model, [suite()], tmp_path / "eval.json", limit=2)["suites"]["mt_bench"]
+        assert _Outage.hits == hits and res["score"] == 6  # complete records are reused
+    finally:
+        _Outage.down = True
+        httpd.shutdown()

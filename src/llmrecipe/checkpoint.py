@@ -71,6 +71,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", adapte
     """
     directory = Path(directory)
     if adapter is not None:  # it must have been trained on `directory` itself
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--adapter {adapter}: not an adapter folder (no adapter_config.json)")
         root, chain = adapter_chain(adapter)
         model_root, model_chain = adapter_chain(directory)
         if (root, chain[:-1]) != (model_root, model_chain):

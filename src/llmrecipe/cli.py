@@ -11,6 +11,27 @@ from .data.sources import DataError
 USER_ERRORS = (DataError, ValueError, FileNotFoundError, FileExistsError, KeyError)
 
 
+def _number(kind, low, high=None, low_open=False, what=""):
+    """An argparse type that range-checks, so a bad flag is argparse's one-line error naming the flag, not
+    a silent clamp (temperature -1 sampled greedily, --limit 0 divided by zero) or a traceback."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}")
+        if v < low or (low_open and v == low) or (high is not None and v > high):
+            bound = f"{'>' if low_open else '≥'} {low}" + (f" and ≤ {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}{what}, got {text}")
+        return v
+    return parse
+
+
+POSITIVE = _number(int, 1)
+TEMPERATURE = _number(float, 0.0, what=" (0 = greedy)")
+TOP_K = _number(int, 0, what=" (0 = off)")
+TOP_P = _number(float, 0.0, 1.0, low_open=True)
+
+
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="tokenize a corpus into training shards")
     kinds = p.add_subparsers(dest="kind", required=True)
@@ -52,12 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample text from a model folder")
     g.add_argument("--model", required=True)
     g.add_argument("--prompt", default="")
-    g.add_argument("--max-new-tokens", type=int, default=100)
-    g.add_argument("--temperature", type=float, default=0.8)
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--num-samples", type=int, default=1)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--max-new-tokens", type=POSITIVE, default=100)
+    g.add_argument("--temperature", type=TEMPERATURE, default=0.8)
+    g.add_argument("--top-k", type=TOP_K, default=50)
+    g.add_argument("--top-p", type=TOP_P, default=None)
+    g.add_argument("--num-samples", type=POSITIVE, default=1)
+    g.add_argument("--seed", type=_number(int, 0, 2**63 - 1), default=None)
     g.add_argument("--device", default="auto")
     sf = sub.add_parser("sft", help="stage 2: LoRA instruction tuning on chat data")
     sf.add_argument("--base", help="model folder from `llmrecipe pretrain`")
@@ -95,10 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--api-key", help="Bearer key for --url (default: $LLMRECIPE_API_KEY)")
     c.add_argument("--adapter", help="an adapter folder to apply on top of --model")
     c.add_argument("--system", help="system message")
-    c.add_argument("--max-new-tokens", type=int, default=256)
-    c.add_argument("--temperature", type=float, default=0.7)
-    c.add_argument("--top-k", type=int, default=50)
-    c.add_argument("--top-p", type=float, default=None)
+    c.add_argument("--max-new-tokens", type=POSITIVE, default=256)
+    c.add_argument("--temperature", type=TEMPERATURE, default=0.7)
+    c.add_argument("--top-k", type=TOP_K, default=50)
+    c.add_argument("--top-p", type=TOP_P, default=None)
     c.add_argument("--device", default="auto")
     m = sub.add_parser("merge", help="fold an adapter into its base and save a plain model folder")
     m.add_argument("--model", required=True)
@@ -117,14 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--compare", nargs="+", metavar="NAME=PATH", help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
     ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench,"
                     "mmlu_pro_category (all: the first four)")
-    ev.add_argument("--limit", type=int, help="first N items per suite (stratified by category where there is one)")
+    ev.add_argument("--limit", type=POSITIVE,
+                    help="first N items per suite (stratified by category where there is one)")
     ev.add_argument("--data-dir", help="local copies in the hub's schema (e.g. ../shared/data/eval); default: the hub")
     ev.add_argument("--out", help="summary JSON (single model; default MODEL/eval.json) or table path (--compare)")
     ev.add_argument("--prompting", choices=["auto", "chat", "plain"], default="auto",
                     help="force the chat template or plain few-shot text (default: chat for SFT/DPO models)")
     ev.add_argument("--mmlu-scoring", choices=["letter", "text"], help="rank option letters (default) or texts")
-    ev.add_argument("--max-new-tokens", type=int, help="generation budget for gsm8k / ifeval (ifeval default 1280)")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-new-tokens", type=POSITIVE,
+                    help="generation budget for gsm8k / ifeval (ifeval default 1280)")
+    ev.add_argument("--batch-size", type=POSITIVE, default=16)
     ev.add_argument("--device", default="auto")
     sv = sub.add_parser("serve", help="OpenAI-compatible server: a base model plus named adapters")
     sv.add_argument("--model", required=True, help="model folder (or an adapter folder, served merged)")
@@ -132,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="a named adapter, selected by the request's model field (repeatable)")
     sv.add_argument("--name", default="base", help="the model id of --model itself (default base)")
     sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="0: any free port")
     sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (visible in `ps`: prefer "
                     "--api-key-file or $LLMRECIPE_API_KEY)")
     sv.add_argument("--api-key-file", help="file holding the key (first line)")
@@ -142,8 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     mt.add_argument("--a", required=True, metavar="NAME=PATH")
     mt.add_argument("--b", required=True, metavar="NAME=PATH")
     mt.add_argument("--data-dir", required=True, help="folder holding mt_bench/ (question.jsonl, judge_prompts.jsonl)")
-    mt.add_argument("--limit", type=int)
-    mt.add_argument("--max-new-tokens", type=int, default=1024)
+    mt.add_argument("--limit", type=POSITIVE)
+    mt.add_argument("--max-new-tokens", type=POSITIVE, default=1024)
     mt.add_argument("--out", help="write the verdicts as JSON here")
     mt.add_argument("--device", default="auto")
     for q in (ev, mt):
@@ -152,8 +175,8 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--judge-api-key-file", help="file holding the --judge-url server's key (default: "
                        "$LLMRECIPE_JUDGE_API_KEY; $OPENAI_API_KEY is only ever sent to OpenAI)")
         q.add_argument("--judge-cache", help="verdict cache file (default ~/.cache/llmrecipe/judge.jsonl)")
-        q.add_argument("--judge-concurrency", type=int, default=8)
-        q.add_argument("--judge-timeout", type=float, default=120.0)
+        q.add_argument("--judge-concurrency", type=POSITIVE, default=8)
+        q.add_argument("--judge-timeout", type=_number(float, 0.0, low_open=True), default=120.0)
     isc = sub.add_parser("ifeval-score", help="score any model's IFEval responses (official JSONL format)")
     isc.add_argument("--responses", required=True, help='JSONL lines {"prompt": ..., "response": ...}')
     isc.add_argument("--data-dir", help="folder holding ifeval/input_data.jsonl (default: google/IFEval from the hub)")
@@ -269,11 +292,17 @@ def cmd_chat(a) -> None:
                                                      top_k=a.top_k, top_p=a.top_p))
 
 
+def _out_folder(path: str) -> None:
+    if Path(path).exists() and not Path(path).is_dir():
+        raise FileExistsError(f"--out {path}: exists and is not a folder")
+
+
 def cmd_merge(a) -> None:
-    from .checkpoint import load_model, save_model
+    from .checkpoint import load_model, model_record, save_model
 
-    from .checkpoint import model_record
-
+    _out_folder(a.out)
+    if not a.adapter and (Path(a.model) / "model.json").is_file():
+        raise ValueError(f"--model {a.model} is a plain model and no --adapter was given: nothing to merge")
     model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
     preset = model_record(a.adapter or a.model)[1]
     save_model(a.out, model, tok, {"stage": "merged", "from": [a.model, a.adapter], "preset": preset})
@@ -288,6 +317,7 @@ def cmd_export(a) -> None:
     from .checkpoint import load_model
     from .export import export_hf
 
+    _out_folder(a.out)
     model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
     export_hf(a.out, model.eval(), tok)
     print(f"Hugging Face folder written to {a.out} "
@@ -306,6 +336,12 @@ def cmd_generate(a) -> None:
     engine = Engine(model, tok, rt)  # the one sampling path (eval, serve, chat and RL use it too)
     seed = a.seed if a.seed is not None else torch.seed() % 2**62
     ids = tok.encode(a.prompt) or [tok.eot_id]
+    block = model.config.block_size
+    if len(ids) + a.max_new_tokens > block:  # the engine's rule: room for the new tokens first, then prompt
+        kept = min(len(ids), block - min(a.max_new_tokens, block - 1))
+        print(f"note: the prompt ({len(ids)} tokens) and --max-new-tokens {a.max_new_tokens} exceed the "
+              f"{block}-token context: the prompt keeps its last {kept} tokens, at most {block - kept} new",
+              file=sys.stderr)
     outs = engine.generate([ids] * a.num_samples, a.max_new_tokens, a.temperature, a.top_k, a.top_p,
                            seed=seed)
     for i, out in enumerate(outs):
@@ -394,12 +430,14 @@ def cmd_mt_bench(a) -> None:
     for spec in (a.a, a.b):
         name, _, path = spec.partition("=")
         if not path:
-            raise ValueError(f"expected NAME=PATH, got {spec!r}")
+            raise ValueError(f"--{'a' if spec is a.a else 'b'} expects NAME=PATH, got {spec!r}")
         models.append(load_eval_model(path, None, True, name=name, rt=rt))
     res = pairwise(models[0], models[1], judge, a.data_dir, a.limit, a.max_new_tokens)
     print(f"{res['a']} vs {res['b']} (judge {res['judge']}, {res['comparisons']} comparisons, both orders): "
           f"win {res['win']}, tie {res['tie']}, loss {res['loss']} "
-          f"({res['inconsistent']} inconsistent, {res['unparseable']} unparseable counted as ties)")
+          f"({res['inconsistent']} inconsistent, {res['unparseable']} unparseable counted as ties"
+          + (f"; the judge failed on {res['judge_failed']}, not counted: rerun to judge them"
+             if res["judge_failed"] else "") + ")")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=2)

@@ -91,6 +91,10 @@ def split_overrides(overrides: dict[str, str]) -> dict[str, dict[str, str]]:
 
 def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, data_dir: str | None = None) -> dict:
     out, p, ov = Path(out), load_preset(preset), split_overrides(overrides or {})
+    if data_dir and not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
+    if data_dir and p.get("world"):
+        print(f"note: --preset {preset} generates its own data; --data-dir {data_dir} is not used")
     world, (source, sft_data, dpo_data, eval_dir) = _world_config(p, ov["world"]), _inputs(p, out, data_dir)
     # every config is resolved before anything runs: a bad key fails now, not after pre-training
     prep = PrepareConfig(**{**p.get("prepare", {}), "source": source, "out": str(out / "data")})
@@ -156,7 +160,16 @@ def _world_config(p: dict, overrides: dict[str, str]) -> dict | None:
     unknown = set(overrides) - set(world)
     if unknown:
         raise ValueError(f"unknown config key(s) world.{', world.'.join(sorted(unknown))} (known: {', '.join(world)})")
-    return {**world, **{k: int(v) for k, v in overrides.items()}}
+    world = dict(world)
+    for key, text in overrides.items():
+        try:
+            world[key] = int(text)
+        except ValueError:
+            raise ValueError(f"config key 'world.{key}': cannot read {text!r} as an integer") from None
+    for key, v in world.items():  # every count must be at least one item: an empty world trains nothing
+        if v < (0 if key == "seed" else 1):
+            raise ValueError(f"config key 'world.{key}' = {v}: must be ≥ {0 if key == 'seed' else 1}")
+    return world
 
 
 def _inputs(p: dict, out: Path, data_dir: str | None) -> tuple[str, str | None, str | None, str | None]:

@@ -77,7 +77,12 @@ class BPETokenizer(Tokenizer):
         from tokenizers import Tokenizer as HFTokenizer
 
         self.path = Path(path)
-        self.tok = HFTokenizer.from_file(str(self.path))
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such tokenizer file")
+        try:
+            self.tok = HFTokenizer.from_file(str(self.path))
+        except Exception as e:  # the Rust library raises a bare Exception: name the file instead
+            raise ValueError(f"{self.path}: not a `tokenizers` JSON file ({e})") from None
         # Text is text: a literal "<|endoftext|>" typed by a user (or found in a document) is encoded as its
         # characters, never as the end-of-turn token, or anyone could forge a chat turn. tiktoken's
         # encode_ordinary does the same for GPT-2; the real EOT is only ever appended by id.

@@ -104,7 +104,8 @@ def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | N
     rank, world = _rank_world()
     done: dict[str, dict] = {}
     for rec in read_jsonl(records_path):  # a torn last line (a killed run) is dropped and redone
-        if rec.get("settings") == key:
+        # an incomplete record (its judge failed) is redone: a judge outage must not become a result
+        if rec.get("settings") == key and not rec.get("incomplete"):
             done[str(rec["id"])] = rec
     items = suite.items(limit)
     mine = [it for it in items if str(it["id"]) not in done][rank::world]

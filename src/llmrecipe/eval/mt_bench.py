@@ -148,21 +148,29 @@ class MTBench:
                 text = str(reply) if isinstance(reply, JudgeError) else reply
                 scores.append(None if isinstance(reply, JudgeError) else parse_score(reply))
                 judgments.append(text)
+            failed = sum(isinstance(r, JudgeError) for r in replies[2 * i: 2 * i + 2])
             recs.append({"id": q["id"], "category": q["category"], "answers": ans, "judgments": judgments,
-                         "scores": scores, "correct": None})
+                         "scores": scores, "correct": None, "judge_failed": failed,
+                         # a judge failure is not a verdict: the harness redoes incomplete records on a rerun
+                         "incomplete": failed > 0})
         return recs
 
     def summarize(self, records: list[dict]) -> dict:
         if not self.active:
             return {"display": NO_JUDGE, "hint": NO_JUDGE_HINT}
         scores = [s for r in records for s in r["scores"] if s is not None]
-        unparseable = sum(s is None for r in records for s in r["scores"])
+        failed = sum(r.get("judge_failed", 0) for r in records)  # no verdict: neither a score nor unparseable
+        unparseable = sum(s is None for r in records for s in r["scores"]) - failed
         mean = sum(scores) / len(scores) if scores else None
         per_turn = [[r["scores"][t] for r in records if r["scores"][t] is not None] for t in (0, 1)]
+        display = f"{mean:.2f}" if mean is not None else f"n/a ({unparseable} unparseable)"
+        if failed:
+            display = (f"{display if mean is not None else 'n/a'} (judge failed on {failed} of "
+                       f"{2 * len(records)} judgments: rerun to judge them)")
         return {"score": mean, "turn_1": sum(per_turn[0]) / len(per_turn[0]) if per_turn[0] else None,
                 "turn_2": sum(per_turn[1]) / len(per_turn[1]) if per_turn[1] else None,
-                "unparseable": unparseable, "judge": self.judge.model,
-                "display": f"{mean:.2f}" if mean is not None else f"n/a ({unparseable} unparseable)"}
+                "unparseable": unparseable, "judge_failed": failed, "judge": self.judge.model,
+                "display": display}
 
 
 def pairwise(a: EvalModel, b: EvalModel, judge: Judge, data_dir: str, limit: int | None = None,
@@ -182,10 +190,19 @@ def pairwise(a: EvalModel, b: EvalModel, judge: Judge, data_dir: str, limit: int
             requests.append((tpl["name"], tpl["system_prompt"], pair_prompt(tpl, q, ans_b[qi], ans_a[qi], ref)))
             index.append((q["id"], turn))
     replies = judge.ask_many(requests)
-    tally = {"win": 0, "tie": 0, "loss": 0, "inconsistent": 0, "unparseable": 0}
+    errors = [r for r in replies if isinstance(r, JudgeError)]
+    if len(errors) == len(replies):  # nothing was judged: an error, not a table of ties
+        raise ValueError(f"every MT-Bench judgment failed ({errors[0]})")
+    tally = {"win": 0, "tie": 0, "loss": 0, "inconsistent": 0, "unparseable": 0, "judge_failed": 0}
     details = []
     for k, (qid, turn) in enumerate(index):
-        g1, g2 = (None if isinstance(r, JudgeError) else parse_pair(r) for r in replies[2 * k: 2 * k + 2])
+        pair = replies[2 * k: 2 * k + 2]
+        if any(isinstance(r, JudgeError) for r in pair):  # no verdict: counted apart, never as a tie
+            tally["judge_failed"] += 1
+            details.append({"question_id": qid, "turn": turn, "order_ab": None, "order_ba": None,
+                            "outcome": "judge failed"})
+            continue
+        g1, g2 = (parse_pair(r) for r in pair)
         if g1 is None or g2 is None:
             tally["unparseable"] += 1
         g2_for_a = {"A": "B", "B": "A", "tie": "tie"}.get(g2) if g2 else None  # undo the swap
