@@ -319,6 +319,35 @@ def test_a_stalled_stream_reader_does_not_block_other_clients(server):
         stalled.close()
 
 
+def test_connections_beyond_the_bound_get_503_and_the_slots_come_back(server):
+    """64 clients that connect and send nothing hold every handler slot; the 65th is told 503 at once
+    (an unbounded server would start a 65th thread and answer 200); once they leave, service resumes."""
+    import socket
+
+    from llmrecipe.serve import MAX_CONNECTIONS
+
+    host, port = re.search(r"http://([\d.]+):(\d+)", server).groups()
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(socket.create_connection((host, int(port)), timeout=10))
+        time.sleep(0.5)  # the server accepts them all and parks a handler on each
+        code, body = raw(server, "/chat/completions", json.dumps({"model": "base", "messages": [
+            {"role": "user", "content": "hi"}], "max_tokens": 1}).encode())
+        assert code == 503 and "too many open connections" in body["error"]["message"], (code, body)
+    finally:
+        for c in idle:
+            c.close()
+    deadline = time.time() + 20
+    while True:  # the slots are released as the idle handlers see their clients gone
+        code, _ = raw(server, "/chat/completions", json.dumps({"model": "base", "messages": [
+            {"role": "user", "content": "hi"}], "max_tokens": 1}).encode())
+        if code == 200 or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert code == 200
+
+
 def test_key_from_file_bearer_any_case_and_disconnects_are_one_line(tiny_base, tmp_path):
     key = tmp_path / "key.txt"
     key.write_text("s3cret\n")
