@@ -199,3 +199,14 @@ def test_wandb_offline_equals_metrics_jsonl_across_a_kill_and_resume(small_corpu
             assert hist[key][step] == v, (key, step)
     assert sorted(js["loss"]) == list(range(1, 9))
     assert isinstance(hist["samples"][8], str) and hist["samples"][8]  # the fixed prompts' continuations
+
+
+@pytest.mark.parametrize("kind, module", [("wandb", "wandb"), ("tensorboard", "torch.utils.tensorboard")])
+def test_a_missing_tracker_package_is_named_in_one_line(kind, module, small_corpus, tmp_path, monkeypatch):
+    from llmrecipe.cli import main
+
+    monkeypatch.setitem(__import__("sys").modules, module, None)  # `import` of it now fails, as uninstalled
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "--data", str(small_corpus), "--out", str(tmp_path / "o"), "--log", kind,
+              "--set", "max_steps=1", "n_layer=1", "n_embd=16", "n_head=1", "vocab_size=512", "block_size=16"])
+    assert str(e.value) == (f"error: --log {kind} needs the {kind} package: pip install 'llmrecipe[track]'")
