@@ -35,12 +35,22 @@ def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
     traded = sum(v["delta"] < -v["stderr"] - 1e-12 for v in per.values())
     base_lt_sft = all(base_sft[x]["low"] > 0 for x in HEAD)
     others = all(sft_dpo[x]["high"] >= 0 for x in ("mmlu_pro_category", "gsm8k"))  # not significantly worse
+    rl = comp.get("dpo→rl", {}).get("paired")  # stage 5, when the preset runs it
+    rl_cell = "—"
+    if rl:
+        g = rl["gsm8k"]
+        i = rl["ifeval"]
+        rl_cell = (f"{100 * s['rl']['gsm8k']['strict']:.1f} {100 * g['delta']:+.1f} [{100 * g['low']:+.1f}, "
+                   f"{100 * g['high']:+.1f}]; IFEval {100 * i['delta']:+.1f} [{100 * i['low']:+.1f}, "
+                   f"{100 * i['high']:+.1f}]")
     line = (f"| {name} | {seed} | " + " | ".join(cells) + f" | {100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, "
             f"{100 * d['high']:+.1f}] | {worst_id.split(':')[1]} {100 * worst['delta']:+.1f}±"
             f"{100 * worst['stderr']:.1f} | {traded} | {'yes' if base_lt_sft else 'NO'} | "
-            f"{'yes' if others else 'NO'} | {seconds:.0f} |")
+            f"{'yes' if others else 'NO'} | {rl_cell} | {seconds:.0f} |")
+    rl_ok = rl is None or (rl["gsm8k"]["low"] > 0 and all(rl[x]["high"] >= 0 for x in ("mmlu_pro_category",
+                                                                                      "ifeval")))
     return line, {"delta": d["delta"], "low": d["low"], "traded": traded, "ok": base_lt_sft and others
-                  and d["low"] > 0 and traded == 0}
+                  and d["low"] > 0 and traded == 0, "rl": rl and rl["gsm8k"], "rl_ok": rl_ok}
 
 
 def main() -> None:
@@ -55,7 +65,8 @@ def main() -> None:
     variants = [("preset", {})] + [(v[0], dict(kv.split("=", 1) for kv in v[1:])) for v in a.variant]
     print("| variant | seed | MMLU-Pro analog base / sft / dpo | GSM8K analog | IFEval analog | IFEval DPO − SFT "
           "[95% CI] | worst type (DPO − SFT) | types lost > stderr | base < SFT everywhere | DPO not worse "
-          "elsewhere | s |\n|---|---:|---|---|---|---|---|---:|---|---|---:|")
+          "elsewhere | RL GSM8K analog, RL − DPO [95% CI] | s |\n"
+          "|---|---:|---|---|---|---|---|---:|---|---|---|---:|")
     summary: dict[str, list[dict]] = {}
     for name, overrides in variants:
         for seed in a.seeds:
@@ -69,12 +80,17 @@ def main() -> None:
             line, stats = _row(name, seed, r, time.time() - t0)
             summary.setdefault(name, []).append(stats)
             print(line, flush=True)
-    print("\n| variant | seeds | IFEval DPO − SFT mean (min .. max) | lowest CI end | seeds passing all |"
-          "\n|---|---:|---|---:|---:|")
+    print("\n| variant | seeds | IFEval DPO − SFT mean (min .. max) | lowest CI end | seeds passing all | "
+          "GSM8K RL − DPO mean (min .. max) | lowest CI end | RL seeds: gain, no loss |"
+          "\n|---|---:|---|---:|---:|---|---:|---:|")
     for name, rows in summary.items():
         ds = [100 * r["delta"] for r in rows]
+        rls = [100 * r["rl"]["delta"] for r in rows if r["rl"]]
+        rl = (f"{statistics.mean(rls):+.1f} ({min(rls):+.1f} .. {max(rls):+.1f}) | "
+              f"{100 * min(r['rl']['low'] for r in rows if r['rl']):+.1f}" if rls else "— | —")
         print(f"| {name} | {len(rows)} | {statistics.mean(ds):+.1f} ({min(ds):+.1f} .. {max(ds):+.1f}) | "
-              f"{100 * min(r['low'] for r in rows):+.1f} | {sum(r['ok'] for r in rows)}/{len(rows)} |")
+              f"{100 * min(r['low'] for r in rows):+.1f} | {sum(r['ok'] for r in rows)}/{len(rows)} | {rl} | "
+              f"{sum(r['rl_ok'] for r in rows if r['rl'])}/{len(rls)} |")
 
 
 if __name__ == "__main__":

@@ -89,8 +89,11 @@ def test_update_raises_the_probability_of_rewarded_answers(tiny_base, tmp_path):
     assert after > 1.3 * before, (before, after)
     # (the per-step batch reward is logged too, but 32 samples a step are too few to compare its first and
     # last steps robustly on another CPU's sampling trajectory: the exact probability above is the check)
-    rewards = [json.loads(x)["reward"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rewards) == 20 and all(0 <= r <= 1 for r in rewards)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 20 and all(0 <= r["reward"] <= 1 for r in recs)
+    # KL to the starting model is logged although not penalised: exactly 0 at step 1 (a fresh LoRA's B is
+    # zero, so the policy that sampled IS the reference), then > 0 as the update moves the policy
+    assert recs[0]["kl"] == 0.0 and recs[-1]["kl"] > 0, [r["kl"] for r in recs]
 
 
 def test_killed_rl_stage_resumes_to_the_same_weights(tiny_base, tmp_path):
