@@ -304,19 +304,46 @@ def test_unseeded_sampling_is_random_and_finish_reason_is_length(server):
         assert r.choices[0].finish_reason == "length" and finish == ["length"]
 
 
-def test_a_stalled_stream_reader_does_not_block_other_clients(server):
-    body = json.dumps({"model": "base", "messages": [{"role": "user", "content": "go"}], "max_tokens": 200,
-                       "temperature": 1.0, "stream": True, "stop": []}).encode()
+def test_a_stalled_stream_reader_does_not_block_other_clients(tiny_base):
+    """A client that starts a stream and never reads must delay only itself.
+
+    On loopback the kernel sizes a socket's send buffer from the 64 KB MSS (~1 MB), more than a whole stream,
+    so a stalled reader would never block the writer and the test could not fail. Here the real server
+    runs in-process with SO_SNDBUF pinned to 4 KB on its accepted sockets (as on a real network link), the
+    client's receive buffer is 1 KB, and the test checks that the stream outgrew both — its writer really
+    was stuck — while another client was answered."""
+    import socket
+
+    from llmrecipe.serve import ModelServer, Server, make_handler
+
+    class SmallBuffers(Server):
+        def get_request(self):
+            conn, addr = super().get_request()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            return conn, addr
+
+    httpd = SmallBuffers(("127.0.0.1", 0), make_handler(ModelServer(str(tiny_base), {}, "cpu"), None))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    body = json.dumps({"model": "base", "messages": [{"role": "user", "content": "go"}], "max_tokens": 240,
+                       "temperature": 1.0, "seed": 1, "stream": True, "stop": []}).encode()
     head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-    stalled = raw_http(server, head.encode() + body, rcvbuf=1024, read=False)
+    stalled = raw_http(url, head.encode() + body, rcvbuf=1024, read=False)
     try:
-        time.sleep(0.5)  # the stalled client never reads; another client must still be answered promptly
+        time.sleep(1.0)  # the stream's writer fills both buffers and blocks; the model lock must be free
         t0 = time.time()
-        code, _ = raw(server, "/chat/completions", json.dumps({"model": "base", "messages": [
+        code, _ = raw(url, "/chat/completions", json.dumps({"model": "base", "messages": [
             {"role": "user", "content": "hi"}], "max_tokens": 2}).encode())
         assert code == 200 and time.time() - t0 < 20
+        streamed = b""
+        while chunk := stalled.recv(65536):
+            streamed += chunk
+        buffers = 2 * 4096 + 2 * 1024 * 2 + 4096  # doubled SO_SNDBUF + doubled SO_RCVBUF with slack
+        assert len(streamed) > buffers and streamed.rstrip().endswith(b"data: [DONE]"), len(streamed)
     finally:
         stalled.close()
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_connections_beyond_the_bound_get_503_and_the_slots_come_back(server):
