@@ -1,13 +1,14 @@
-"""The tiny recipe over world seeds and preference-stage settings: does each stage improve on the last?
+"""The tiny recipe over world seeds and DPO/RL settings: does each stage improve on the last?
 
     python bench/sweep_tiny.py --seeds 0 1 2 3 4 --out runs/sweep                      # the preset as it is
     python bench/sweep_tiny.py --seeds 0 1 2 --variant lr3e-4 dpo.train.lr=3e-4 --variant beta0.3 dpo.beta=0.3
 
 Each seed's world, pre-training and SFT run once (runs/sweep/seed<S>/preset); a variant copies those stage
-folders and reruns only DPO and the evaluation (`run` skips stages whose settings are unchanged). Prints one
-Markdown row per (variant, seed): the three analogs' SFT and DPO scores ± stderr, the paired DPO − SFT
-difference on the instruction analog with its bootstrap 95% interval, and the instruction type that lost
-most (its paired difference ± stderr). Then the spread over seeds.
+folders and reruns only DPO, RL and the evaluation (`run` skips stages whose settings are unchanged); a
+variant of rl.* keys only also reuses DPO. Prints one Markdown row per (variant, seed): the three analogs'
+SFT and DPO scores ± stderr, the paired DPO − SFT difference on the instruction analog with its bootstrap
+95% interval, the instruction type that lost most (its paired difference ± stderr), and RL's GSM8K analog
+score with the paired RL − DPO difference. Then the spread over seeds.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--out", default="runs/sweep")
     ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
-                    help="a name, then dpo.*/eval.* overrides run on each seed's SFT model")
+                    help="a name, then dpo.*/rl.*/eval.* overrides run on each seed's SFT (or DPO) model")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     a = ap.parse_args()
     common = dict(kv.split("=", 1) for kv in a.set)
@@ -72,8 +73,10 @@ def main() -> None:
         for seed in a.seeds:
             root = Path(a.out) / f"seed{seed}"
             folder = root / name
-            if name != "preset" and not folder.exists():  # reuse the seed's world, base and SFT
-                for stage in ("world", "data", "base", "sft"):
+            if name != "preset" and not folder.exists():  # reuse the seed's world, base and SFT (and DPO
+                # when the variant only changes RL): `run` then skips them, their settings being unchanged
+                rl_only = all(k.startswith("rl.") for k in overrides)
+                for stage in ("world", "data", "base", "sft") + (("dpo",) if rl_only else ()):
                     shutil.copytree(root / "preset" / stage, folder / stage)
             t0 = time.time()
             r = run("tiny", folder, {**common, "world.seed": str(seed), **overrides})
