@@ -3,8 +3,9 @@ import json
 import random
 from collections import Counter
 
-from llmrecipe.data.world import (IFEVAL_IDS, INSTRUCTION_TYPES, characters, instruction_task, preference_pairs,
-                                  sft_conversations, write_eval_sets)
+from llmrecipe.data import world
+from llmrecipe.data.world import (HARD_REJECTIONS, IFEVAL_IDS, INSTRUCTION_TYPES, characters, hard_rejection,
+                                  instruction_task, preference_pairs, sft_conversations, write_eval_sets)
 from llmrecipe.eval.ifeval.rules import RULES, check
 
 
@@ -37,3 +38,41 @@ def test_eval_analogs_are_large_stratified_and_held_out(tmp_path):
     trained = {c[0]["content"] for c in sft_conversations(1500, seed=2)}
     trained |= {p["prompt"] for p in preference_pairs(600, seed=2)}
     assert not trained & ({t["prompt"] for t in tasks} | {p["question"] for p in problems})
+
+
+def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):
+    """wrong_content follows every instruction (the real IFEval rules) about another character; truncated
+    is the compliant answer cut at its first full stop, which breaks a format more often than not; the
+    preference data uses them at HARD_REJECTIONS' shares."""
+    rng, cast = random.Random(7), characters(7)
+    cuts = Counter()
+    for _ in range(300):
+        c = rng.choice(cast)
+        t = instruction_task(rng, c, "food")
+        if t is None:
+            continue
+        wrong = hard_rejection(rng, c, "food", t, {"wrong_content": 1.0}, cast)
+        for i, kw in zip(t["ids"], t["kwargs"]):  # IFEval's case rules also run langdetect on the text,
+            # which can call another character's facts in capitals "not English": check the case itself there
+            ok = {"change_case:english_capital": wrong.isupper(), "change_case:english_lowercase":
+                  wrong.islower()}.get(i, None)
+            assert (check(i, kw, wrong) if ok is None else ok), (t["prompt"], wrong)
+        assert c.name.lower() not in wrong.lower() and wrong != t["good"]
+        cut = hard_rejection(rng, c, "food", t, {"truncated": 1.0}, cast)
+        if cut is not None:  # None: a one-sentence answer has nothing to cut
+            assert t["good"].startswith(cut) and cut.endswith(".") and len(cut) < len(t["good"])
+            cuts["breaks a format"] += not all(check(i, kw, cut) for i, kw in zip(t["ids"], t["kwargs"]))
+            cuts["all"] += 1
+        assert hard_rejection(rng, c, "food", t, {}, cast) is None
+    assert cuts["all"] > 200 and cuts["breaks a format"] > cuts["all"] // 2, cuts
+    # wiring: each hard rejection drawn is a pair's rejected answer, at the configured share of the pairs
+    drawn: list[str | None] = []
+    real = world.hard_rejection
+    monkeypatch.setattr(world, "hard_rejection", lambda *a: drawn.append(real(*a)) or drawn[-1])
+    rejected = {p["rejected"][1]["content"] for p in preference_pairs(1600, seed=7)}
+    used = [r for r in drawn if r is not None]
+    assert set(used) <= rejected
+    # wrong_content is always drawn at its share; truncated only where the answer has two sentences
+    share, low, high = len(used) / len(drawn), HARD_REJECTIONS["wrong_content"], sum(HARD_REJECTIONS.values())
+    sigma = (high * (1 - high) / len(drawn)) ** 0.5  # binomial: the bounds are 4 standard errors wide
+    assert low - 4 * sigma < share < high + 4 * sigma, (share, len(drawn))

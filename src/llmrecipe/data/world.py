@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,17 +326,50 @@ def _held_out(key: str, seed: int, share: float = 0.2) -> bool:
     return random.Random(f"{seed}:{key}").random() < share
 
 
-def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, unasked_share: float = 0.0
+def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, unasked_share: float = 0.0,
+                      hard: dict[str, float] | None = None, cast: list[Character] | None = None
                       ) -> tuple[str, str, str] | None:
     """(prompt, compliant answer, an answer that violates one instruction) for a training prompt, or None
     (a contradictory combination, or a held-out prompt). With probability `unasked_share` the second answer
-    follows every instruction but adds a format that was not asked for."""
+    follows every instruction but adds a format that was not asked for; `hard` gives the shares of the
+    rejections in `hard_rejection` (drawn first; the SFT data's imperfect answers use none)."""
     t = instruction_task(rng, c, attr)
     if t is None or _held_out(t["prompt"], seed):
         return None
+    if hard and (bad := hard_rejection(rng, c, attr, t, hard, cast or [])) is not None:
+        return t["prompt"], t["good"], bad
     if rng.random() < unasked_share and (extra := unasked(rng, c, attr, t)) is not None:
         return t["prompt"], t["good"], extra
     return t["prompt"], t["good"], t["bad"][rng.choice(t["kinds"])]
+
+
+# The preference data's "hard" rejections: shares of the instruction pairs (the rest reject an answer that
+# misses one instruction, or adds an unasked one). Chosen by a five-seed sweep (BENCHMARKS.md, issue 13).
+HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0}
+
+
+def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shares: dict[str, float],
+                   cast: list[Character]) -> str | None:
+    """A rejected answer that keeps the requested format but fails as an answer, or None (not drawn):
+    - wrong_content: every instruction followed, about another character (another name, other facts);
+    - truncated: the compliant answer cut after its first sentence (a JSON object, quotation marks or a
+      highlight left open, the bullets or paragraphs asked for missing).
+
+    Why: these are the tiny model's own failures after DPO, read in the per-item records (AMD EPYC, world
+    seeds 0-4). DPO answers to case-changing prompts named another character ("the favourite food of kai"
+    for Yuri; a 768-token BPE spells capitals letter by letter, the hardest thing to copy), and answers
+    stopped after one sentence with the JSON or quotation marks open — the "answer in fewer than N words"
+    pairs make stopping there the chosen continuation, and nothing said that the wrapper must still close.
+    DPO only learns what its pairs contrast: with only one-instruction-missing pairs it pushed each format
+    at the cost of the answer, and the instruction types already right under SFT paid for it."""
+    u = rng.random()
+    if u < shares.get("wrong_content", 0.0):
+        others = [x for x in cast if x.name != c.name and getattr(x, attr) != getattr(c, attr)]
+        return respond(rng.choice(others), attr, dict(zip(task["kinds"], task["kwargs"])))
+    if u < shares.get("wrong_content", 0.0) + shares.get("truncated", 0.0):
+        end = re.search(r"\.[ \n]", task["good"])  # the first sentence's full stop
+        return task["good"][: end.start() + 1] if end else None
+    return None
 
 
 def sft_conversations(n: int, seed: int = 0, imperfect: float = 0.2) -> list[list[dict]]:
@@ -366,15 +400,19 @@ def sft_conversations(n: int, seed: int = 0, imperfect: float = 0.2) -> list[lis
     return out
 
 
-def preference_pairs(n: int, seed: int = 0, unasked_share: float = 0.4) -> list[dict]:
+def preference_pairs(n: int, seed: int = 0, unasked_share: float = 0.4,
+                     hard: dict[str, float] | None = None) -> list[dict]:
     """Pairs in ultrafeedback_binarized's schema: the compliant/correct answer chosen over the other.
-    `unasked_share` of the instruction pairs reject an unrequested format instead (see `unasked`)."""
+    Of the instruction pairs, `hard` (default HARD_REJECTIONS) reject a compliant-looking answer that
+    fails as an answer (see `hard_rejection`), then `unasked_share` of the rest an unrequested format
+    (see `unasked`)."""
     rng, cast = random.Random(seed + 3), characters(seed)
+    hard = HARD_REJECTIONS if hard is None else hard
     out = []
     while len(out) < n:
         c, attr, r = rng.choice(cast), rng.choice(list(ATTRIBUTES)), rng.random()
         if r < 0.6:
-            pair = _instruction_pair(rng, c, attr, seed, unasked_share)
+            pair = _instruction_pair(rng, c, attr, seed, unasked_share, hard, cast)
             if pair is None:
                 continue
             q, good, bad = pair
