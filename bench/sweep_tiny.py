@@ -2,10 +2,13 @@
 
     python bench/sweep_tiny.py --seeds 0 1 2 3 4 --out runs/sweep                      # the preset as it is
     python bench/sweep_tiny.py --seeds 0 1 2 --variant lr3e-4 dpo.train.lr=3e-4 --variant beta0.3 dpo.beta=0.3
+    python bench/sweep_tiny.py --variant w20t20 pairs.wrong_content=0.2 pairs.truncated=0.2   # other pairs
 
 Each seed's world, pre-training and SFT run once (runs/sweep/seed<S>/preset); a variant copies those stage
 folders and reruns only DPO, RL and the evaluation (`run` skips stages whose settings are unchanged); a
-variant of rl.* keys only also reuses DPO. Prints one Markdown row per (variant, seed): the three analogs'
+variant of rl.* keys only also reuses DPO. `pairs.*` keys (wrong_content, truncated, unasked_share, n) rewrite
+the variant's world/preferences.jsonl with `world.preference_pairs` (the preference data feeds DPO alone, so
+pre-training and SFT stay the same). Prints one Markdown row per (variant, seed): the three analogs'
 SFT and DPO scores ± stderr, the paired DPO − SFT difference on the instruction analog with its bootstrap
 95% interval, the instruction type that lost most (its paired difference ± stderr), and RL's GSM8K analog
 score with the paired RL − DPO difference. Then the spread over seeds.
@@ -18,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+from llmrecipe.data.world import HARD_REJECTIONS, _write_jsonl, preference_pairs
 from llmrecipe.recipe import run
 
 HEAD = {"mmlu_pro_category": "accuracy", "gsm8k": "strict", "ifeval": "prompt_strict"}
@@ -54,12 +58,23 @@ def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
                   and d["low"] > 0 and traded == 0, "rl": rl and rl["gsm8k"], "rl_ok": rl_ok}
 
 
+def _pairs(seed: int, keys: dict[str, float], common: dict[str, str]) -> list[dict]:
+    """The world's preference pairs with other rejection shares (`pairs.*` variant keys)."""
+    unknown = set(keys) - {"wrong_content", "truncated", "unasked_share", "n"}
+    if unknown:
+        raise SystemExit(f"error: unknown variant key(s) pairs.{', pairs.'.join(sorted(unknown))}")
+    hard = {k: keys.get(k, v) for k, v in HARD_REJECTIONS.items()}
+    n = int(keys.get("n", common.get("world.preference_pairs", 1600)))
+    return preference_pairs(n, seed, keys.get("unasked_share", 0.4), hard)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--out", default="runs/sweep")
     ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
-                    help="a name, then dpo.*/rl.*/eval.* overrides run on each seed's SFT (or DPO) model")
+                    help="a name, then dpo.*/rl.*/eval.*/pairs.* overrides run on each seed's SFT (or DPO) "
+                    "model")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     a = ap.parse_args()
     common = dict(kv.split("=", 1) for kv in a.set)
@@ -78,8 +93,12 @@ def main() -> None:
                 rl_only = all(k.startswith("rl.") for k in overrides)
                 for stage in ("world", "data", "base", "sft") + (("dpo",) if rl_only else ()):
                     shutil.copytree(root / "preset" / stage, folder / stage)
+                pairs = {k.split(".", 1)[1]: float(v) for k, v in overrides.items() if k.startswith("pairs.")}
+                if pairs:
+                    _write_jsonl(folder / "world" / "preferences.jsonl", _pairs(seed, pairs, common))
+            settings = {k: v for k, v in overrides.items() if not k.startswith("pairs.")}
             t0 = time.time()
-            r = run("tiny", folder, {**common, "world.seed": str(seed), **overrides})
+            r = run("tiny", folder, {**common, "world.seed": str(seed), **settings})
             line, stats = _row(name, seed, r, time.time() - t0)
             summary.setdefault(name, []).append(stats)
             print(line, flush=True)
