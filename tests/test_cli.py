@@ -7,6 +7,8 @@ import torch
 from fp32 import assert_fp32_close
 from llmrecipe.checkpoint import load_model
 from llmrecipe.cli import main
+from llmrecipe.config import load_preset
+from llmrecipe.train.dpo import DPOConfig
 
 SMALL = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=128", "log_interval=5", "eval_interval=0",
          "save_interval=1000"]
@@ -27,7 +29,9 @@ def test_stage_commands_chain(data_dir, tmp_path, capsys):
     assert resolved["beta"] == 0.2 and resolved["train"]["max_steps"] == 3
     # no --preset: each stage took the preset its input was trained with, and said so before training
     assert json.loads((tmp_path / "base" / "model.json").read_text())["preset"] == "tiny"
-    assert resolved["preset"] == "tiny" and resolved["rpo_alpha"] == 1.0  # tiny's DPO, not the default
+    tiny_rpo = load_preset("tiny")["dpo"]["rpo_alpha"]
+    assert tiny_rpo != DPOConfig().rpo_alpha  # so the check below tells the preset from the default
+    assert resolved["preset"] == "tiny" and resolved["rpo_alpha"] == tiny_rpo  # tiny's DPO, not the default
     out = capsys.readouterr().out
     assert "sft: preset tiny (the preset" in out and "dpo: preset tiny (the preset" in out
     assert "sft: preset tiny — lr 0.005 (cosine, warmup 10)" in out
