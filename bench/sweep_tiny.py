@@ -94,7 +94,8 @@ def main() -> None:
                 for stage in ("world", "data", "base", "sft") + (("dpo",) if rl_only else ()):
                     shutil.copytree(root / "preset" / stage, folder / stage)
                 pairs = {k.split(".", 1)[1]: float(v) for k, v in overrides.items() if k.startswith("pairs.")}
-                if pairs:
+                # rewritten for on-policy variants too: the pairs' checks as this code writes them
+                if pairs or any(k.startswith("onpolicy.") for k in overrides):
                     _write_jsonl(folder / "world" / "preferences.jsonl", _pairs(seed, pairs, common))
             settings = {k: v for k, v in overrides.items() if not k.startswith("pairs.")}
             t0 = time.time()

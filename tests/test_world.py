@@ -76,3 +76,29 @@ def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):
     share, low, high = len(used) / len(drawn), HARD_REJECTIONS["wrong_content"], sum(HARD_REJECTIONS.values())
     sigma = (high * (1 - high) / len(drawn)) ** 0.5  # binomial: the bounds are 4 standard errors wide
     assert low - 4 * sigma < share < high + 4 * sigma, (share, len(drawn))
+
+
+def test_case_copies_show_an_answer_then_the_same_answer_in_another_case():
+    """The pre-training documents that teach copying under a change of case: the answer as the formats
+    write it, then the same text in lowercase or capitals (inside any JSON or quotation marks asked for)."""
+    rng, cast = random.Random(3), characters(3)
+    cases = Counter()
+    for _ in range(300):
+        c, kinds = rng.choice(cast), rng.sample(INSTRUCTION_TYPES, k=rng.randint(1, 2))
+        spec = {k: world._instruction(k, rng)[1] for k in kinds}
+        if {"lower", "upper"} <= set(spec):
+            continue
+        doc = world._case_copy(c, "home", spec, rng)
+        plain = world.respond(c, "home", {k: v for k, v in spec.items() if k not in ("lower", "upper", "json",
+                                                                                          "quote")})
+        assert doc.startswith(plain + "\n") and c.name in plain
+        copy = doc[len(plain) + 1:]
+        core = copy[1:-1] if "quote" in spec else copy
+        core = json.loads(core)["answer"] if "json" in spec else core
+        case = "lower" if core == plain.lower() else "upper" if core == plain.upper() else None
+        assert case and core != plain and case == next((k for k in kinds if k in ("lower", "upper")), case)
+        cases[case] += 1
+    assert cases["lower"] > 80 and cases["upper"] > 80, cases
+    share = sum("\n" + c.name.lower() in d or "\n" + c.name.upper() in d
+                for d in world.pretrain_documents(400, seed=3) for c in cast) / 400
+    assert share > 0.05  # the corpus carries them (about 0.5 x 0.3 x 0.3 of the parts, 2-5 parts a document)

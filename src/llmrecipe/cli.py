@@ -100,6 +100,17 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--precompute-reference", action="store_true", help="score the reference once, cache it")
     dp.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
     _add_train_common(dp, "the preset --sft was trained with")
+    op = sub.add_parser("onpolicy", help="between SFT and DPO: replace rejections by the SFT model's own failing "
+                        "samples (rows with IFEval-style checks)")
+    op.add_argument("--sft", required=True, help="the SFT folder to sample from")
+    op.add_argument("--data", required=True, help="preference pairs (.jsonl) whose rows carry "
+                    "instruction_id_list + kwargs (and optionally must_state)")
+    op.add_argument("--out", required=True, help="folder for preferences.jsonl (then: dpo --data it)")
+    op.add_argument("--samples", type=int, default=4, help="answers sampled per checkable prompt")
+    op.add_argument("--temperature", type=float, default=1.0)
+    op.add_argument("--max-new-tokens", type=int, default=96)
+    op.add_argument("--seed", type=int, default=0)
+    op.add_argument("--device", default="auto")
     rl = sub.add_parser("rl", help="stage 5: RL with verifiable rewards (GRPO) on word problems, fresh LoRA")
     rl.add_argument("--model", help="model or adapter folder to start from (e.g. runs/dpo)")
     rl.add_argument("--data", help="hub id (openai/gsm8k) or local .jsonl/.parquet files in its schema")
@@ -266,6 +277,16 @@ def cmd_dpo(a) -> None:
 
     _tune(a, dpo_config, run_dpo, ("sft", "data", "split", "beta", "epochs", "reference", "precompute_reference",
                                    "strict"), a.sft, "dpo")
+
+
+def cmd_onpolicy(a) -> None:
+    from .train.onpolicy import OnPolicyConfig, onpolicy_pairs
+
+    cfg = OnPolicyConfig(samples=a.samples, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
+                         seed=a.seed, model=a.sft, data=a.data, device=a.device)
+    summary = onpolicy_pairs(cfg, a.out)
+    print(f"done: {Path(a.out) / 'preferences.jsonl'} ({summary['replaced']:,} of {summary['rows']:,} "
+          "rejections sampled)")
 
 
 def cmd_rl(a) -> None:
@@ -468,6 +489,7 @@ def cmd_run(a) -> None:
 
 
 COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "rl": cmd_rl,
+            "onpolicy": cmd_onpolicy,
             "chat": cmd_chat,
             "merge": cmd_merge, "export": cmd_export,
             "generate": cmd_generate, "eval": cmd_eval, "ifeval-score": cmd_ifeval_score,

@@ -187,7 +187,7 @@ RULES: dict[str, tuple] = {
     "bpe_vocab_size": _at_least(2), "max_tokens": _at_least(1), "workers": _at_least(1),
     "log": (lambda v: all(k.strip() in ("tensorboard", "wandb") for k in v.split(",") if k.strip()),
             "comma-separated trackers from: tensorboard, wandb"),
-    "group_size": _at_least(2), "temperature": _POSITIVE, "kl_beta": _at_least(0),
+    "group_size": _at_least(2), "temperature": _POSITIVE, "kl_beta": _at_least(0), "samples": _at_least(0),
 }
 
 

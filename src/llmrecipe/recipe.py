@@ -24,11 +24,12 @@ from .eval.harness import comparisons, evaluate, load_eval_model, write_table
 from .files import atomic_write_json, folder_lock
 from .report import write_report
 from .train.dpo import dpo_config, run_dpo
+from .train.onpolicy import OnPolicyConfig, onpolicy_pairs
 from .train.pretrain import pretrain_config, run_pretrain
 from .train.rl import rl_config, run_rl
 from .train.sft import run_sft, sft_config
 
-STAGES = ("pretrain", "sft", "dpo", "rl")
+STAGES = ("pretrain", "sft", "onpolicy", "dpo", "rl")
 # `run --data-dir D` for the hub presets: where each stage finds its data set's parquet files under D
 # (eval suites read D/eval/<suite>/ in the layout the suites document).
 DATA_DIR_LAYOUT = {"pretrain": "pretrain/*.parquet", "sft": "sft/*.parquet", "dpo": "preference/ultrafeedback/*train*.parquet"}
@@ -101,21 +102,25 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, d
     pre = apply_overrides(pretrain_config(preset), ov["pretrain"])
     sft, dpo = apply_overrides(sft_config(preset), ov["sft"]), apply_overrides(dpo_config(preset), ov["dpo"])
     rl = apply_overrides(rl_config(preset), ov["rl"])
+    op = apply_overrides(build(OnPolicyConfig, p.get("onpolicy", {})), ov["onpolicy"])
     ev = apply_overrides(build(EvalConfig, p.get("eval", {})), ov["eval"])
     validate(prep)
     make_suites(ev.suites, eval_dir)  # unknown suite names fail now, not after pre-training
     pre.data, sft.base, dpo.sft = str(out / "data"), str(out / "base"), str(out / "sft")
     rl.model = str(out / "dpo")
     sft.data, dpo.data = sft_data or sft.data, dpo_data or dpo.data
+    if op.samples > 0:  # DPO then reads the pairs with the SFT model's own failing answers as rejections
+        op.model, op.data = str(out / "sft"), dpo.data
+        dpo.data = str(out / "onpolicy" / "preferences.jsonl")
     if world:
         rl.data = str(out / "world" / "rl_gsm8k.jsonl")
     elif data_dir:
         rl.data = str(Path(data_dir) / "eval" / "gsm8k" / "train.jsonl")  # the hub's train split, local
     with folder_lock(out):  # one `run` per folder (each training stage also locks its own sub-folder)
-        return _run(preset, out, world, source, prep, pre, sft, dpo, rl, ev, eval_dir)
+        return _run(preset, out, world, source, prep, pre, sft, op, dpo, rl, ev, eval_dir)
 
 
-def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareConfig, pre, sft, dpo, rl,
+def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareConfig, pre, sft, op, dpo, rl,
          ev: EvalConfig, eval_dir: str | None) -> dict:
     timings: dict[str, float] = {}
     after = ""
@@ -128,6 +133,10 @@ def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareC
                          lambda resume: run_pretrain(pre, out / "base", resume=resume), timings)
     sft_sum, after = _stage("sft", out / "sft", to_dict(sft) | {"after": after},
                             lambda resume: run_sft(sft, out / "sft", resume=resume), timings)
+    op_sum = None
+    if op.samples > 0:  # a minute of sampling; an interrupted one starts again
+        op_sum, after = _stage("onpolicy", out / "onpolicy", to_dict(op) | {"after": after},
+                               lambda _: onpolicy_pairs(op, out / "onpolicy"), timings, resumable=False)
     dpo_sum, after = _stage("dpo", out / "dpo", to_dict(dpo) | {"after": after},
                             lambda resume: run_dpo(dpo, out / "dpo", resume=resume), timings)
     # RL runs when the preset gives it steps; tiny ships with rl.train.max_steps 0 until its gain over DPO
@@ -144,7 +153,8 @@ def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareC
     inputs = {"pretrain": source, "sft": sft.data, "dpo": dpo.data, "rl": rl.data,
               "eval": eval_dir or "the hub"}
     results = {"preset": preset, "timings_s": timings, "inputs": inputs, "data": data, "pretrain": base,
-               "sft": sft_sum, "dpo": dpo_sum, "rl": rl_sum, "table": table, "export": exported}
+               "sft": sft_sum, "onpolicy": op_sum, "dpo": dpo_sum, "rl": rl_sum, "table": table,
+               "export": exported}
     atomic_write_json(out / "results.json", results)
     write_report(out, results)
     print(table["markdown"])

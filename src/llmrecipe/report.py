@@ -96,6 +96,12 @@ def write_report(out: Path, r: dict) -> None:
               f"(batch reward {_num(rl.get('reward'))}) | "
               f"adapter: {_size(out / 'rl' / 'adapter_model.safetensors')} |" if rl else "")  # the stage runs only when the preset gives it steps
     rl_src = f"`{src.get('rl')}`" if rl else "not run (the preset gives it no steps)"
+    op = r.get("onpolicy")
+    # what the SFT model gets wrong, per check, in its own samples: where DPO has the most to fix
+    op_line = ("\n- on-policy rejections (between SFT and DPO): " + f"{op['replaced']:,} of {op['checkable']:,} "
+               "checkable pairs now reject a failing SFT sample; the SFT samples' failure rate per check: "
+               + ", ".join(f"{k.split(':')[-1]} {v:.0%}" for k, v in op["sample_failure_rate"].items())
+               if op else "")
     text = f"""# llmrecipe run — preset `{r['preset']}`
 
 ## Base / SFT / DPO{' / RL' if rl else ''}
@@ -111,7 +117,7 @@ Scores ± standard error over the items. Each stage against the one before it, p
 ## Data
 - pre-training: `{src['pretrain']}`: {r['data']['documents']:,} documents → {r['data']['train_tokens']:,} training and
   {r['data']['val_tokens']:,} validation tokens (tokenizer `{r['data']['tokenizer']}`, vocabulary {r['data']['vocab_size']:,}).
-- SFT: `{src['sft']}`; DPO: `{src['dpo']}`; RL: {rl_src}; evaluation: `{src['eval']}`.
+- SFT: `{src['sft']}`; DPO: `{src['dpo']}`; RL: {rl_src}; evaluation: `{src['eval']}`.{op_line}
 
 ## Training
 | stage | steps | tokens seen | final loss | size |

@@ -76,7 +76,10 @@ def _formats(rng: random.Random, c: Character) -> str:
     attr = rng.choice(list(ATTRIBUTES))
     if rng.random() < 0.3:  # the shapes IFEval asks for (capitals, titles, P.S., ***, ...), never the asking
         kinds = rng.sample(INSTRUCTION_TYPES, k=rng.randint(1, 2))
-        return respond(c, attr, {k: _instruction(k, rng)[1] for k in kinds})
+        spec = {k: _instruction(k, rng)[1] for k in kinds}
+        if rng.random() < CASE_COPIES:
+            return _case_copy(c, attr, spec, rng)
+        return respond(c, attr, spec)
     if r < 0.1:
         item = mc_item(rng, c, attr)
         options = " ".join(f"{letter}. {o}" for letter, o in zip("ABCD", item["options"]))
@@ -93,6 +96,24 @@ def _formats(rng: random.Random, c: Character) -> str:
     if r < 0.85:
         return f'{c.name} said, "I live in {c.home} and I like {c.food}."'
     return f"Dear {rng.choice(NAMES)}, I went to the {rng.choice(KEYWORDS)} today. {rng.choice(END_PHRASES)} From {c.name}"
+
+
+# Share of the formatted documents that show an answer and then the same answer in lowercase or capitals.
+CASE_COPIES = 0.5
+
+
+def _case_copy(c: Character, attr: str, spec: dict[str, dict], rng: random.Random) -> str:
+    """An answer, then the same answer in lowercase or capitals: copying under a change of case.
+
+    Why: DPO's trades were case-changing prompts (BENCHMARKS.md, issue 13): the prompt says "Quin" and
+    "That is all.", a lowercase answer needs "quin" and "that is all.", and our byte-level BPE writes the
+    two with different tokens (capitals letter by letter), so the copy is a different skill from plain
+    copying. Nothing in the corpus showed it, so the SFT model mostly ignored case instructions, and when
+    DPO taught it to obey them it lost the other instruction of the prompt (the end phrase, the name). As
+    the arithmetic documents put a sum in words and then in digits, these put the text, then its case."""
+    case = next((k for k in spec if k in ("lower", "upper")), rng.choice(["lower", "upper"]))
+    plain = {k: v for k, v in spec.items() if k not in ("lower", "upper", "json", "quote")}
+    return respond(c, attr, plain) + "\n" + respond(c, attr, {**spec, case: {}})
 
 
 def pretrain_documents(n_docs: int, seed: int = 0) -> list[str]:
@@ -328,19 +349,19 @@ def _held_out(key: str, seed: int, share: float = 0.2) -> bool:
 
 def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, unasked_share: float = 0.0,
                       hard: dict[str, float] | None = None, cast: list[Character] | None = None
-                      ) -> tuple[str, str, str] | None:
-    """(prompt, compliant answer, an answer that violates one instruction) for a training prompt, or None
-    (a contradictory combination, or a held-out prompt). With probability `unasked_share` the second answer
+                      ) -> tuple[str, str, str, dict] | None:
+    """(prompt, compliant answer, an answer that violates one instruction, the task) for a training prompt,
+    or None (a contradictory combination, or a held-out prompt). With probability `unasked_share` the second answer
     follows every instruction but adds a format that was not asked for; `hard` gives the shares of the
     rejections in `hard_rejection` (drawn first; the SFT data's imperfect answers use none)."""
     t = instruction_task(rng, c, attr)
     if t is None or _held_out(t["prompt"], seed):
         return None
     if hard and (bad := hard_rejection(rng, c, attr, t, hard, cast or [])) is not None:
-        return t["prompt"], t["good"], bad
+        return t["prompt"], t["good"], bad, t
     if rng.random() < unasked_share and (extra := unasked(rng, c, attr, t)) is not None:
-        return t["prompt"], t["good"], extra
-    return t["prompt"], t["good"], t["bad"][rng.choice(t["kinds"])]
+        return t["prompt"], t["good"], extra, t
+    return t["prompt"], t["good"], t["bad"][rng.choice(t["kinds"])], t
 
 
 # The preference data's "hard" rejections: shares of the instruction pairs (the rest reject an answer that
@@ -394,7 +415,7 @@ def sft_conversations(n: int, seed: int = 0, imperfect: float = 0.2) -> list[lis
             pair = _instruction_pair(rng, c, attr, seed)
             if pair is None:
                 continue
-            q, good, bad = pair
+            q, good, bad, _ = pair
             a = bad if rng.random() < imperfect else good
         out.append([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
     return out
@@ -411,11 +432,16 @@ def preference_pairs(n: int, seed: int = 0, unasked_share: float = 0.4,
     out = []
     while len(out) < n:
         c, attr, r = rng.choice(cast), rng.choice(list(ATTRIBUTES)), rng.random()
+        checks = {}
         if r < 0.6:
             pair = _instruction_pair(rng, c, attr, seed, unasked_share, hard, cast)
             if pair is None:
                 continue
-            q, good, bad = pair
+            q, good, bad, task = pair
+            # what makes an answer right, for on-policy rejections (train/onpolicy.py): the instructions,
+            # in IFEval's schema, and the fact the answer must state (compared ignoring case and punctuation)
+            checks = {"instruction_id_list": task["ids"], "kwargs": task["kwargs"],
+                      "must_state": _fact_answer(c, attr)}
         elif r < 0.85:
             q, good, num = word_problem(rng, c)
             bad = _wrong(good, num, rng)
@@ -430,7 +456,7 @@ def preference_pairs(n: int, seed: int = 0, unasked_share: float = 0.4,
         user = {"role": "user", "content": q}
         out.append({"prompt": q, "chosen": [user, {"role": "assistant", "content": good}],
                     "rejected": [user, {"role": "assistant", "content": bad}], "score_chosen": 10.0,
-                    "score_rejected": 1.0})
+                    "score_rejected": 1.0, **checks})
     return out
 
 
