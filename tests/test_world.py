@@ -3,6 +3,8 @@ import json
 import random
 from collections import Counter
 
+import pytest
+
 from llmrecipe.data import world
 from llmrecipe.data.world import (HARD_REJECTIONS, IFEVAL_IDS, INSTRUCTION_TYPES, characters, hard_rejection,
                                   instruction_task, preference_pairs, sft_conversations, write_eval_sets)
@@ -38,6 +40,12 @@ def test_eval_analogs_are_large_stratified_and_held_out(tmp_path):
     trained = {c[0]["content"] for c in sft_conversations(1500, seed=2)}
     trained |= {p["prompt"] for p in preference_pairs(600, seed=2)}
     assert not trained & ({t["prompt"] for t in tasks} | {p["question"] for p in problems})
+
+
+def test_asking_for_more_eval_items_than_the_world_holds_is_a_clear_error(tmp_path):
+    """The world has ~730 distinct held-out word problems: 800 once looped forever; now it says why."""
+    with pytest.raises(ValueError, match=r"world.eval_items = 800: .* distinct held-out word problems"):
+        write_eval_sets(tmp_path, seed=0, n=800)
 
 
 def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):

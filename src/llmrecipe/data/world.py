@@ -489,12 +489,24 @@ def write_eval_sets(folder: str | Path, seed: int = 0, n: int = 300) -> Path:
     _write_jsonl(folder / "mmlu_pro" / "validation.jsonl", mc[:20])
     _write_jsonl(folder / "mmlu_pro" / "test.jsonl", mc[20:])
     problems, tasks, seen = [], [], set()
+    # The world is finite: ~730 distinct held-out word problems (26 names x two kinds of sum, 20% held out).
+    # Asking for more would loop forever, so give up after a generous number of fruitless draws.
+    tries = 0
     while len(problems) < n:
+        tries += 1
+        if tries > 200 * n:
+            raise ValueError(f"world.eval_items = {n}: the world holds only {len(problems)} distinct held-out "
+                             "word problems; ask for fewer")
         q, sol, num = word_problem(rng, rng.choice(cast))
         if _held_out(q, seed) and q not in seen:
             seen.add(q)
             problems.append({"question": q, "answer": sol.rsplit(" The answer is", 1)[0] + f"\n#### {num}"})
+    tries = 0
     while len(tasks) < n:
+        tries += 1
+        if tries > 200 * n:
+            raise ValueError(f"world.eval_items = {n}: the world holds only {len(tasks)} distinct held-out "
+                             "instruction prompts; ask for fewer")
         c, attr = rng.choice(cast), rng.choice(list(ATTRIBUTES))
         t = instruction_task(rng, c, attr, [INSTRUCTION_TYPES[len(tasks) % len(INSTRUCTION_TYPES)]])
         if t is not None and _held_out(t["prompt"], seed) and t["prompt"] not in seen:
