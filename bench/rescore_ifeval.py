@@ -56,13 +56,14 @@ def main() -> None:
         lost = {k: v for k, v in c["per_instruction"].items() if v["delta"] < -v["stderr"] - 1e-12}
         cells += len(lost)
         s = [100 * res[m]["suites"]["ifeval"]["prompt_strict"] for m in ("sft", "dpo")]
+        lost_text = ", ".join(f"{k.split(':')[1]} {100 * v['delta']:+.1f} ± {100 * v['stderr']:.1f}"
+                              for k, v in lost.items()) or "none"
         print(f"| {seed} | {s[0]:.1f} / {s[1]:.1f} | {100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, "
-              f"{100 * d['high']:+.1f}] | " + (", ".join(f"{k.split(':')[1]} {100 * v['delta']:+.1f} ± "
-                                                      f"{100 * v['stderr']:.1f}" for k, v in lost.items()) or "none")
-              + " |", flush=True)
+              f"{100 * d['high']:+.1f}] | {lost_text} |", flush=True)
         _flips(out / "sft.ifeval.jsonl", out / "dpo.ifeval.jsonl", down, up)
-    print(f"\n{cells} type-seed cells lost by > 1 stderr of {len(a.seeds)} seeds x 14 types ({a.items} prompts)")
-    print("\n| instruction | other instruction | SFT right → DPO wrong | DPO right, SFT wrong |\n|---|---|---:|---:|")
+    print(f"\n{cells} type-seed cells lost by > 1 stderr ({len(a.seeds)} seeds x 14 types, {a.items} prompts)")
+    print("\n| instruction | other instruction | SFT right → DPO wrong | DPO right, SFT wrong |")
+    print("|---|---|---:|---:|")
     for key in sorted(set(down) | set(up), key=lambda k: up[k] - down[k])[:12]:
         print(f"| {key[0]} | {key[1]} | {down[key]} | {up[key]} |")
 
