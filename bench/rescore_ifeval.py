@@ -61,7 +61,8 @@ def main() -> None:
         print(f"| {seed} | {s[0]:.1f} / {s[1]:.1f} | {100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, "
               f"{100 * d['high']:+.1f}] | {lost_text} |", flush=True)
         _flips(out / "sft.ifeval.jsonl", out / "dpo.ifeval.jsonl", down, up)
-    print(f"\n{cells} type-seed cells lost by > 1 stderr ({len(a.seeds)} seeds x 14 types, {a.items} prompts)")
+    print(f"\n{cells} type-seed cells lost by > 1 stderr ({len(a.seeds)} seeds x 14 types, "
+          f"{a.items} prompts)")
     print("\n| instruction | other instruction | SFT right → DPO wrong | DPO right, SFT wrong |")
     print("|---|---|---:|---:|")
     for key in sorted(set(down) | set(up), key=lambda k: up[k] - down[k])[:12]:
