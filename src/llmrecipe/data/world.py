@@ -479,6 +479,14 @@ def mc_prompt(item: dict) -> str:
     return (header(item["category"]) + format_question(item, False))[: -len("Answer:")].rstrip()
 
 
+def _draw(tries: int, n: int, have: int, what: str) -> int:
+    """One more draw towards n distinct held-out items, or a clear error once 200 x n draws found too few."""
+    if tries >= 200 * n:
+        raise ValueError(f"world.eval_items = {n}: the world holds only {have} distinct held-out {what}; "
+                         "ask for fewer")
+    return tries + 1
+
+
 def write_eval_sets(folder: str | Path, seed: int = 0, n: int = 300) -> Path:
     """Held-out analogs in the real suites' file layouts: mmlu_pro/, gsm8k/, ifeval/ under `folder`.
     Instruction prompts are stratified: item i's first instruction is type i mod 14 (the second, in the
@@ -493,20 +501,14 @@ def write_eval_sets(folder: str | Path, seed: int = 0, n: int = 300) -> Path:
     # Asking for more would loop forever, so give up after a generous number of fruitless draws.
     tries = 0
     while len(problems) < n:
-        tries += 1
-        if tries > 200 * n:
-            raise ValueError(f"world.eval_items = {n}: the world holds only {len(problems)} distinct held-out "
-                             "word problems; ask for fewer")
+        tries = _draw(tries, n, len(problems), "word problems")
         q, sol, num = word_problem(rng, rng.choice(cast))
         if _held_out(q, seed) and q not in seen:
             seen.add(q)
             problems.append({"question": q, "answer": sol.rsplit(" The answer is", 1)[0] + f"\n#### {num}"})
     tries = 0
     while len(tasks) < n:
-        tries += 1
-        if tries > 200 * n:
-            raise ValueError(f"world.eval_items = {n}: the world holds only {len(tasks)} distinct held-out "
-                             "instruction prompts; ask for fewer")
+        tries = _draw(tries, n, len(tasks), "instruction prompts")
         c, attr = rng.choice(cast), rng.choice(list(ATTRIBUTES))
         t = instruction_task(rng, c, attr, [INSTRUCTION_TYPES[len(tasks) % len(INSTRUCTION_TYPES)]])
         if t is not None and _held_out(t["prompt"], seed) and t["prompt"] not in seen:
