@@ -7,8 +7,9 @@ Why: the preset scores 300 instruction prompts, ~30 per type, so a type's DPO �
 held-out prompts per analog (`world.eval_items` beyond that is an error), so a fresh draw of 600 halves the
 variance without training anything again: the models are read from `<sweep>/seed<S>/<variant>/{sft,dpo}`.
 Prints per seed the paired DPO − SFT difference and the types lost by more than their stderr, then, pooled
-over the seeds, the (instruction, other instruction of the prompt) pairs DPO lost most often: a trade shows
-as a pair with many SFT-right → DPO-wrong flips and few the other way.
+over the seeds, each type's DPO − SFT (`trades_over_runs`: lost by the recipe, or by one seed's noise?) and
+the (instruction, other instruction of the prompt) pairs DPO lost most often: a trade shows as a pair with
+many SFT-right → DPO-wrong flips and few the other way.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from llmrecipe.data.world import write_eval_sets
 from llmrecipe.eval import make_suites
-from llmrecipe.eval.harness import comparisons, evaluate, load_eval_model
+from llmrecipe.eval.harness import comparisons, evaluate, load_eval_model, trades_over_runs
+from llmrecipe.files import read_jsonl
 
 
 def _flips(sft: Path, dpo: Path, down: Counter, up: Counter) -> None:
@@ -41,7 +43,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=600)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    down, up, cells = Counter(), Counter(), 0
+    down, up, cells, runs = Counter(), Counter(), 0, []
     print("| seed | IFEval SFT / DPO | DPO − SFT [95% CI] | types lost by > 1 stderr |\n|---:|---|---|---|")
     for seed in a.seeds:
         run, out = Path(a.sweep) / f"seed{seed}" / a.variant, Path(a.out) / f"seed{seed}"
@@ -61,8 +63,10 @@ def main() -> None:
         print(f"| {seed} | {s[0]:.1f} / {s[1]:.1f} | {100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, "
               f"{100 * d['high']:+.1f}] | {lost_text} |", flush=True)
         _flips(out / "sft.ifeval.jsonl", out / "dpo.ifeval.jsonl", down, up)
+        runs.append(tuple(read_jsonl(out / f"{m}.ifeval.jsonl") for m in ("sft", "dpo")))
     print(f"\n{cells} type-seed cells lost by > 1 stderr ({len(a.seeds)} seeds x 14 types, "
-          f"{a.items} prompts)")
+          f"{a.items} prompts)\n")
+    print(trades_over_runs(runs)[0])
     print("\n| instruction | other instruction | SFT right → DPO wrong | DPO right, SFT wrong |")
     print("|---|---|---:|---:|")
     for key in sorted(set(down) | set(up), key=lambda k: up[k] - down[k])[:12]:

@@ -6,12 +6,13 @@
 
 Each seed's world, pre-training and SFT run once (runs/sweep/seed<S>/preset); a variant copies those stage
 folders and reruns only DPO, RL and the evaluation (`run` skips stages whose settings are unchanged); a
-variant of rl.* keys only also reuses DPO. `pairs.*` keys (wrong_content, truncated, unasked_share, n) rewrite
-the variant's world/preferences.jsonl with `world.preference_pairs` (the preference data feeds DPO alone, so
-pre-training and SFT stay the same). Prints one Markdown row per (variant, seed): the three analogs'
+variant of rl.* keys only also reuses DPO. `pairs.*` keys (wrong_content, truncated, miscount, unasked_share,
+n) rewrite the variant's world/preferences.jsonl with `world.preference_pairs` (the preference data feeds DPO
+alone, so pre-training and SFT stay the same). Prints one Markdown row per (variant, seed): the three analogs'
 SFT and DPO scores ± stderr, the paired DPO − SFT difference on the instruction analog with its bootstrap
 95% interval, the instruction type that lost most (its paired difference ± stderr), and RL's GSM8K analog
-score with the paired RL − DPO difference. Then the spread over seeds.
+score with the paired RL − DPO difference. Then the spread over seeds, and per variant the instruction
+types' DPO − SFT pooled over the seeds (`trades_over_runs`: lost by the recipe, or by one seed's noise?).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 from llmrecipe.data.world import HARD_REJECTIONS, _write_jsonl, preference_pairs
+from llmrecipe.eval.harness import trades_over_runs
+from llmrecipe.files import read_jsonl
 from llmrecipe.recipe import run
 
 HEAD = {"mmlu_pro_category": "accuracy", "gsm8k": "strict", "ifeval": "prompt_strict"}
@@ -60,10 +63,10 @@ def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
 
 def _pairs(seed: int, keys: dict[str, float], common: dict[str, str]) -> list[dict]:
     """The world's preference pairs with other rejection shares (`pairs.*` variant keys)."""
-    unknown = set(keys) - {"wrong_content", "truncated", "unasked_share", "n"}
+    unknown = set(keys) - {"wrong_content", "truncated", "miscount", "unasked_share", "n"}
     if unknown:
         raise SystemExit(f"error: unknown variant key(s) pairs.{', pairs.'.join(sorted(unknown))}")
-    hard = {k: keys.get(k, v) for k, v in HARD_REJECTIONS.items()}
+    hard = {**HARD_REJECTIONS, **{k: v for k, v in keys.items() if k not in ("unasked_share", "n")}}
     n = int(keys.get("n", common.get("world.preference_pairs", 1600)))
     return preference_pairs(n, seed, keys.get("unasked_share", 0.4), hard)
 
@@ -84,6 +87,7 @@ def main() -> None:
           "elsewhere | RL GSM8K analog, RL − DPO [95% CI] | s |\n"
           "|---|---:|---|---|---|---|---|---:|---|---|---|---:|")
     summary: dict[str, list[dict]] = {}
+    runs: dict[str, list[tuple[list[dict], list[dict]]]] = {}  # per variant: each seed's SFT and DPO records
     for name, overrides in variants:
         for seed in a.seeds:
             root = Path(a.out) / f"seed{seed}"
@@ -103,6 +107,8 @@ def main() -> None:
             line, stats = _row(name, seed, r, time.time() - t0)
             summary.setdefault(name, []).append(stats)
             print(line, flush=True)
+            runs.setdefault(name, []).append(tuple(read_jsonl(folder / "eval" / f"{m}.ifeval.jsonl")
+                                                   for m in ("sft", "dpo")))
     print("\n| variant | seeds | IFEval DPO − SFT mean (min .. max) | lowest CI end | seeds passing all | "
           "GSM8K RL − DPO mean (min .. max) | lowest CI end | RL seeds: gain, no loss |"
           "\n|---|---:|---|---:|---:|---|---:|---:|")
@@ -114,6 +120,8 @@ def main() -> None:
         print(f"| {name} | {len(rows)} | {statistics.mean(ds):+.1f} ({min(ds):+.1f} .. {max(ds):+.1f}) | "
               f"{100 * min(r['low'] for r in rows):+.1f} | {sum(r['ok'] for r in rows)}/{len(rows)} | {rl} | "
               f"{sum(r['rl_ok'] for r in rows if r['rl'])}/{len(rls)} |")
+    for name, pairs in runs.items():  # does DPO trade a type away, asked of all seeds at once?
+        print(f"\n**{name}**: " + trades_over_runs(pairs)[0])
 
 
 if __name__ == "__main__":

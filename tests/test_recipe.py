@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from llmrecipe.checkpoint import latest_checkpoint
+from llmrecipe.eval.harness import trades_over_runs
+from llmrecipe.files import read_jsonl
 from llmrecipe.recipe import run
 
 # A reduced `tiny` (≈2.5 minutes on 2 AMD EPYC cores): a smaller world, half the pre-training; the eval analogs
@@ -69,16 +71,19 @@ def test_tiny_recipe_improves_stage_by_stage(tiny_runs, seed):
     assert r["table"]["scores"]["dpo"]["mt_bench"]["display"] == "n/a (no judge)"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13 open: DPO still loses one of 14 instruction types by "
-                   "more than one stderr on some world seeds (full preset: 0, 0, 1, 1, 0 on seeds 0-4 with "
-                   "300 prompts, 2, 2, 1, 1, 2 with 600; mostly prompts asking for capitals; BENCHMARKS.md)")
-@pytest.mark.parametrize("seed", SEEDS)
-def test_tiny_dpo_trades_no_instruction_type(tiny_runs, seed):
-    """No instruction type drops from SFT to DPO by more than its (paired) standard error."""
-    _, r = tiny_runs(seed)
-    per = r["table"]["comparisons"]["sft→dpo"]["per_instruction"]
-    traded = {k: v for k, v in per.items() if v["delta"] < -v["stderr"] - 1e-12}
-    assert not traded, f"seed {seed}: instruction types DPO traded away: {traded}"
+@pytest.mark.xfail(strict=False, reason="issue 13: on this reduced preset (half the pre-training) DPO loses "
+                   "number_placeholders on world seed 0 (-27 ± 8 points: 'Write to [address].' where two "
+                   "were asked), -12 ± 7 pooled with seed 1; the full preset loses no type pooled over "
+                   "seeds 0-4 on 300 or 600 prompts (BENCHMARKS.md)")
+def test_tiny_dpo_trades_no_instruction_type(tiny_runs):
+    """No instruction type drops from SFT to DPO by more than its standard error, pooled over the world
+    seeds (a recipe's trade, not one seed's noise: on ~30 prompts per type, a type with no true change
+    drops by more than one stderr on ~16% of seeds; `trades_over_runs`)."""
+    runs = [tuple(read_jsonl(tiny_runs(seed)[0] / "eval" / f"{m}.ifeval.jsonl") for m in ("sft", "dpo"))
+            for seed in SEEDS]
+    md, r = trades_over_runs(runs)
+    print("\n" + md)
+    assert not r["types_lost"], f"instruction types DPO traded away over seeds {SEEDS}: {r['types_lost']}"
 
 
 def test_tiny_recipe_report_artifacts(tiny_run):

@@ -1,6 +1,7 @@
 """The tiny preset's generated world: the instruction-following analog and the held-out eval sets."""
 import json
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -84,6 +85,35 @@ def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):
     share, low, high = len(used) / len(drawn), HARD_REJECTIONS["wrong_content"], sum(HARD_REJECTIONS.values())
     sigma = (high * (1 - high) / len(drawn)) ** 0.5  # binomial: the bounds are 4 standard errors wide
     assert low - 4 * sigma < share < high + 4 * sigma, (share, len(drawn))
+
+
+def test_miscounted_rejection_is_off_by_one_in_one_counted_instruction_only():
+    """A count one short ("at least 2" placeholders or highlights) or one off ("exactly N" bullets), every
+    other instruction still followed by the real IFEval rules; None where nothing can be miscounted."""
+    rng, cast = random.Random(11), characters(11)
+    made = Counter()
+    for _ in range(600):
+        c = rng.choice(cast)
+        t = instruction_task(rng, c, "colour")
+        if t is None:
+            continue
+        out = world.miscounted(rng, c, "colour", t)
+        spec = dict(zip(t["kinds"], t["kwargs"]))
+        countable = ("bullets" in spec or spec.get("placeholder", {}).get("num_placeholders", 0) > 1
+                     or spec.get("highlight", {}).get("num_highlights", 0) > 1)
+        if out is None:
+            assert not countable or len(t["kinds"]) == 2, t["prompt"]  # rarely, a second rule breaks too
+            continue
+        assert countable
+        ok = [check(i, kw, out) for i, kw in zip(t["ids"], t["kwargs"])]
+        assert ok.count(False) == 1, (t["prompt"], out)
+        kind = t["kinds"][ok.index(False)]
+        made[kind] += 1
+        pattern = {"placeholder": r"\[[a-zA-Z]+\]", "bullets": r"^\* ", "highlight": r"\*[^*\n]+\*"}[kind]
+        n = len(re.findall(pattern, out, re.M))
+        asked = spec[kind][world.COUNTED[kind]]
+        assert abs(n - asked) == 1 and (kind == "bullets" or n == asked - 1), (t["prompt"], out)
+    assert min(made[k] for k in world.COUNTED) >= 10, made
 
 
 def test_case_copies_show_an_answer_then_the_same_answer_in_another_case():

@@ -374,7 +374,8 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shar
     """A rejected answer that keeps the requested format but fails as an answer, or None (not drawn):
     - wrong_content: every instruction followed, about another character (another name, other facts);
     - truncated: the compliant answer cut after its first sentence (a JSON object, quotation marks or a
-      highlight left open, the bullets or paragraphs asked for missing).
+      highlight left open, the bullets or paragraphs asked for missing);
+    - miscount: a counted instruction off by one, the rest followed (see `miscounted`).
 
     Why: these are the tiny model's own failures after DPO, read in the per-item records (AMD EPYC, world
     seeds 0-4). DPO answers to case-changing prompts named another character ("the favourite food of kai"
@@ -390,7 +391,35 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shar
     if u < shares.get("wrong_content", 0.0) + shares.get("truncated", 0.0):
         end = re.search(r"\.[ \n]", task["good"])  # the first sentence's full stop
         return task["good"][: end.start() + 1] if end else None
+    if u < shares.get("wrong_content", 0.0) + shares.get("truncated", 0.0) + shares.get("miscount", 0.0):
+        return miscounted(rng, c, attr, task)
     return None
+
+
+COUNTED = {"placeholder": "num_placeholders", "highlight": "num_highlights", "bullets": "num_bullets"}
+
+
+def miscounted(rng: random.Random, c: Character, attr: str, task: dict) -> str | None:
+    """The compliant answer with one counted thing off by one (one placeholder or highlight short of "at
+    least 2", one bullet too many or too few for "exactly N"), every other instruction still followed; None
+    when the task counts nothing that can be one short (at least 1 short by one is the plain violation).
+
+    Why: rescoring five seeds' DPO models on 600 prompts (bench/rescore_ifeval.py, issue 13), the most
+    frequent SFT-right → DPO-wrong flips were counts: a third bullet for "exactly 2", one highlight of two,
+    "Write to [address]." for two placeholders. The ordinary rejection drops the counted thing entirely, so
+    no pair says that the count itself matters."""
+    from ..eval.ifeval.rules import check
+
+    spec = dict(zip(task["kinds"], task["kwargs"]))
+    options = [(k, spec[k][COUNTED[k]] + d) for k in task["kinds"] if k in COUNTED
+               for d in ((-1, 1) if k == "bullets" else (-1,)) if spec[k][COUNTED[k]] + d >= 1]
+    if not options:
+        return None
+    kind, n = rng.choice(options)
+    out = respond(c, attr, {**spec, kind: {**spec[kind], COUNTED[kind]: n}})
+    ok = [check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"])]
+    # it must fail the counted instruction and that one only
+    return out if ok.count(False) == 1 and not ok[task["kinds"].index(kind)] else None
 
 
 def sft_conversations(n: int, seed: int = 0, imperfect: float = 0.2) -> list[list[dict]]:

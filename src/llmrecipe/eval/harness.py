@@ -21,7 +21,8 @@ from ..engine import Engine
 from ..files import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from ..runtime import Runtime, setup
 from ..tokenizer import Tokenizer
-from .stats import item_value, mean_stderr, paired, per_instruction
+from .stats import (expected_chance_flags, item_value, mean_stderr, paired, per_instruction,
+                    per_instruction_over_runs)
 
 
 @dataclass
@@ -219,6 +220,38 @@ def comparisons_markdown(comp: dict) -> str:
                              f"{100 * r['delta']:+.1f} ± {100 * r['stderr']:.1f}{flag} |")
             parts.append("")
     return "\n".join(parts)
+
+
+def trades_over_runs(runs: list[tuple[list[dict], list[dict]]], pair: str = "sft→dpo") -> tuple[str, dict]:
+    """Did the second model trade an instruction type away, asked of several runs (world seeds) at once?
+
+    Returns markdown and numbers: per type, the difference pooled over the runs with both standard errors
+    (`per_instruction_over_runs`) and a ⚠ where it drops by more than either; then the count of (run, type)
+    cells that drop by more than their own stderr next to the count sampling noise alone would give if each
+    type's true difference were its pooled one (`expected_chance_flags`). A count near that yardstick is
+    noise; a count well above it means some runs trade a type that others gain."""
+    pooled = per_instruction_over_runs(runs)
+    per_run = [per_instruction(a, b) for a, b in runs]
+    lost = sum(v["delta"] < -v["stderr"] - 1e-12 for p in per_run for v in p.values())
+    chance = expected_chance_flags([(pooled[k]["delta"], v["stderr"]) for p in per_run for k, v in p.items()])
+    a, b = pair.split("→")
+    lines = [f"IFEval per instruction type, {pair}, pooled over {len(runs)} runs (strict, each run's own "
+             f"prompts):\n\n| instruction | n | {a} | {b} | difference ± stderr (prompts) "
+             "| ± stderr (seeds) |\n|---|---:|---:|---:|---:|---:|"]
+    flagged = []
+    for iid, r in pooled.items():
+        # the stricter of the two errors: a drop beyond either one counts as lost
+        se = min(r["stderr"], r["seed_stderr"] if r["seed_stderr"] is not None else r["stderr"])
+        if r["delta"] < -se - 1e-12:
+            flagged.append(iid)
+        seed_se = f"{100 * r['seed_stderr']:.1f}" if r["seed_stderr"] is not None else "—"
+        lines.append(f"| {iid} | {r['n']} | {r['a']:.1%} | {r['b']:.1%} | {100 * r['delta']:+.1f} ± "
+                     f"{100 * r['stderr']:.1f}{' ⚠' if iid in flagged else ''} | {seed_se} |")
+    lines.append(f"\nTypes lost pooled (by more than a stderr): {len(flagged)}. Cells (run, type) lost by "
+                 f"more than their own stderr: {lost} of {sum(len(p) for p in per_run)}; sampling noise "
+                 f"alone would give {chance:.1f}.")
+    return "\n".join(lines), {"pooled": pooled, "types_lost": flagged, "cells_lost": lost,
+                              "cells_by_chance": chance}
 
 
 def write_table(results: dict[str, dict], suites: list[str], out: str | Path) -> str:
