@@ -71,18 +71,35 @@ def test_tiny_recipe_improves_stage_by_stage(tiny_runs, seed):
     assert r["table"]["scores"]["dpo"]["mt_bench"]["display"] == "n/a (no judge)"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13: on this reduced preset (half the pre-training) DPO loses "
-                   "number_placeholders on world seed 0 (-27 ± 8 points: 'Write to [address].' where two "
-                   "were asked), -12 ± 7 pooled with seed 1; the full preset loses no type pooled over "
-                   "seeds 0-4 on 300 or 600 prompts (BENCHMARKS.md)")
-def test_tiny_dpo_trades_no_instruction_type(tiny_runs):
-    """No instruction type drops from SFT to DPO by more than its standard error, pooled over the world
-    seeds (a recipe's trade, not one seed's noise: on ~30 prompts per type, a type with no true change
-    drops by more than one stderr on ~16% of seeds; `trades_over_runs`)."""
+def _trades(tiny_runs) -> tuple[str, dict]:
     runs = [tuple(read_jsonl(tiny_runs(seed)[0] / "eval" / f"{m}.ifeval.jsonl") for m in ("sft", "dpo"))
             for seed in SEEDS]
     md, r = trades_over_runs(runs)
     print("\n" + md)
+    return md, r
+
+
+def test_tiny_dpo_collapses_no_instruction_type(tiny_runs):
+    """The failure that opened issue 13 -- DPO took "end with this phrase" from 12/13 to 1/13 -- never comes
+    back: pooled over the world seeds, no instruction type drops by more than 3 standard errors. Why 3: a
+    type with no true change crosses -3 stderr with probability 0.13%, under 2% for all 14 types at once, so
+    this gate holds on any CPU's rounding, while a collapse like that one (-85 points, ~-10 stderr) fails
+    it. The 1-stderr bar of the issue is the test below and the five-seed sweep."""
+    _, r = _trades(tiny_runs)
+    worst = {k: round(v["delta"] / v["stderr"], 1) for k, v in r["pooled"].items()
+             if v["stderr"] and v["delta"] < -3 * v["stderr"]}
+    assert not worst, f"instruction types DPO collapsed over seeds {SEEDS} (difference / stderr): {worst}"
+
+
+@pytest.mark.xfail(strict=False, reason="issue 13: holds on Intel Xeon model 207 (2026-11-29; worst type "
+                   "placeholders -4.5 ± 5.5 pooled over seeds 0-1, 0.8 stderr from failing), a margin too "
+                   "thin to gate CI on any CPU; before the miscount rejections it failed (-12.1 ± 6.7). The "
+                   "full preset loses no type pooled over seeds 0-4 on 300 or 600 prompts (BENCHMARKS.md)")
+def test_tiny_dpo_trades_no_instruction_type(tiny_runs):
+    """No instruction type drops from SFT to DPO by more than its standard error, pooled over the world
+    seeds (a recipe's trade, not one seed's noise: on ~30 prompts per type, a type with no true change
+    drops by more than one stderr on ~16% of seeds; `trades_over_runs`)."""
+    _, r = _trades(tiny_runs)
     assert not r["types_lost"], f"instruction types DPO traded away over seeds {SEEDS}: {r['types_lost']}"
 
 

@@ -365,8 +365,11 @@ def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, un
 
 
 # The preference data's "hard" rejections: shares of the instruction pairs (the rest reject an answer that
-# misses one instruction, or adds an unasked one). Chosen by a five-seed sweep (BENCHMARKS.md, issue 13).
-HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0}
+# misses one instruction, or adds an unasked one). Chosen by five-seed sweeps (BENCHMARKS.md, issue 13):
+# wrong_content 0.2 with truncated 0 (session 8); miscount 0.8 -- i.e. every pair whose prompt counts
+# something and was not drawn for wrong_content -- lifted placeholders (+1 → +16 points over five seeds) and
+# highlights (+3 → +8) and lost no type pooled over the seeds, on 300 and on 600 prompts (session 10).
+HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0, "miscount": 0.8}
 
 
 def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shares: dict[str, float],
@@ -401,18 +404,21 @@ COUNTED = {"placeholder": "num_placeholders", "highlight": "num_highlights", "bu
 
 def miscounted(rng: random.Random, c: Character, attr: str, task: dict) -> str | None:
     """The compliant answer with one counted thing off by one (one placeholder or highlight short of "at
-    least 2", one bullet too many or too few for "exactly N"), every other instruction still followed; None
-    when the task counts nothing that can be one short (at least 1 short by one is the plain violation).
+    least 2", one bullet too many for "exactly N"), every other instruction still followed; None when the
+    task counts nothing that can be miscounted so (one short of "at least 1" is the plain violation).
 
     Why: rescoring five seeds' DPO models on 600 prompts (bench/rescore_ifeval.py, issue 13), the most
     frequent SFT-right → DPO-wrong flips were counts: a third bullet for "exactly 2", one highlight of two,
     "Write to [address]." for two placeholders. The ordinary rejection drops the counted thing entirely, so
-    no pair says that the count itself matters."""
+    no pair says that the count itself matters. Each direction is the failure seen: rejecting one bullet too
+    few as well (a variant) left bullets at -3.5 ± 2.6 points pooled over five seeds on 600 prompts, the
+    only type any variant lost pooled; one too many only, -0.3 ± 2.9 (BENCHMARKS.md)."""
     from ..eval.ifeval.rules import check
 
     spec = dict(zip(task["kinds"], task["kwargs"]))
-    options = [(k, spec[k][COUNTED[k]] + d) for k in task["kinds"] if k in COUNTED
-               for d in ((-1, 1) if k == "bullets" else (-1,)) if spec[k][COUNTED[k]] + d >= 1]
+    # a bullet too many; a placeholder or highlight too few, never none (that is the plain violation)
+    options = [(k, spec[k][COUNTED[k]] + (1 if k == "bullets" else -1)) for k in task["kinds"] if k in COUNTED]
+    options = [(k, n) for k, n in options if n >= 1]
     if not options:
         return None
     kind, n = rng.choice(options)
