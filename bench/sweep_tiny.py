@@ -51,9 +51,10 @@ def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
         rl_cell = (f"{100 * s['rl']['gsm8k']['strict']:.1f} {100 * g['delta']:+.1f} [{100 * g['low']:+.1f}, "
                    f"{100 * g['high']:+.1f}]; IFEval {100 * i['delta']:+.1f} [{100 * i['low']:+.1f}, "
                    f"{100 * i['high']:+.1f}]")
-    line = (f"| {name} | {seed} | " + " | ".join(cells) + f" | {100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, "
-            f"{100 * d['high']:+.1f}] | {worst_id.split(':')[1]} {100 * worst['delta']:+.1f}±"
-            f"{100 * worst['stderr']:.1f} | {traded} | {'yes' if base_lt_sft else 'NO'} | "
+    line = (f"| {name} | {seed} | " + " | ".join(cells) + f" | {100 * d['delta']:+.1f} "
+            f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | {worst_id.split(':')[1]} "
+            f"{100 * worst['delta']:+.1f}±{100 * worst['stderr']:.1f} | {traded} | "
+            f"{'yes' if base_lt_sft else 'NO'} | "
             f"{'yes' if others else 'NO'} | {rl_cell} | {seconds:.0f} |")
     rl_ok = rl is None or (rl["gsm8k"]["low"] > 0 and all(rl[x]["high"] >= 0 for x in ("mmlu_pro_category",
                                                                                       "ifeval")))
@@ -82,9 +83,9 @@ def main() -> None:
     a = ap.parse_args()
     common = dict(kv.split("=", 1) for kv in a.set)
     variants = [("preset", {})] + [(v[0], dict(kv.split("=", 1) for kv in v[1:])) for v in a.variant]
-    print("| variant | seed | MMLU-Pro analog base / sft / dpo | GSM8K analog | IFEval analog | IFEval DPO − SFT "
-          "[95% CI] | worst type (DPO − SFT) | types lost > stderr | base < SFT everywhere | DPO not worse "
-          "elsewhere | RL GSM8K analog, RL − DPO [95% CI] | s |\n"
+    print("| variant | seed | MMLU-Pro analog base / sft / dpo | GSM8K analog | IFEval analog "
+          "| IFEval DPO − SFT [95% CI] | worst type (DPO − SFT) | types lost > stderr "
+          "| base < SFT everywhere | DPO not worse elsewhere | RL GSM8K analog, RL − DPO [95% CI] | s |\n"
           "|---|---:|---|---|---|---|---|---:|---|---|---|---:|")
     summary: dict[str, list[dict]] = {}
     runs: dict[str, list[tuple[list[dict], list[dict]]]] = {}  # per variant: each seed's SFT and DPO records

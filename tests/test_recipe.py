@@ -91,10 +91,10 @@ def test_tiny_dpo_collapses_no_instruction_type(tiny_runs):
     assert not worst, f"instruction types DPO collapsed over seeds {SEEDS} (difference / stderr): {worst}"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13: holds on Intel Xeon model 207 (2026-11-29; worst type "
-                   "placeholders -4.5 ± 5.5 pooled over seeds 0-1, 0.8 stderr from failing), a margin too "
-                   "thin to gate CI on any CPU; before the miscount rejections it failed (-12.1 ± 6.7). The "
-                   "full preset loses no type pooled over seeds 0-4 on 300 or 600 prompts (BENCHMARKS.md)")
+@pytest.mark.xfail(strict=False, reason="issue 13: on this reduced preset DPO loses placeholders pooled over "
+                   "seeds 0-1 (-12.1 ± 6.7 points; seed 0 writes 'Write to [address].' where two were asked). "
+                   "With miscount rejections (a session-10 variant) it passed, -4.5 ± 5.5, but they are off: "
+                   "over ten full-preset seeds they lost bullets pooled once (BENCHMARKS.md)")
 def test_tiny_dpo_trades_no_instruction_type(tiny_runs):
     """No instruction type drops from SFT to DPO by more than its standard error, pooled over the world
     seeds (a recipe's trade, not one seed's noise: on ~30 prompts per type, a type with no true change

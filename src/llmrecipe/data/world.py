@@ -366,10 +366,10 @@ def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, un
 
 # The preference data's "hard" rejections: shares of the instruction pairs (the rest reject an answer that
 # misses one instruction, or adds an unasked one). Chosen by five-seed sweeps (BENCHMARKS.md, issue 13):
-# wrong_content 0.2 with truncated 0 (session 8); miscount 0.8 -- i.e. every pair whose prompt counts
-# something and was not drawn for wrong_content -- lifted placeholders (+1 → +16 points over five seeds) and
-# highlights (+3 → +8) and lost no type pooled over the seeds, on 300 and on 600 prompts (session 10).
-HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0, "miscount": 0.8}
+# wrong_content 0.2 with truncated 0 (session 8). miscount (session 10) lifts placeholders by ~12 points, but
+# over ten world seeds it did not keep every type above its stderr where the preset does: off, an option
+# (`bench/sweep_tiny.py --variant NAME pairs.miscount=0.8`).
+HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0, "miscount": 0.0}
 
 
 def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shares: dict[str, float],
@@ -378,7 +378,7 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shar
     - wrong_content: every instruction followed, about another character (another name, other facts);
     - truncated: the compliant answer cut after its first sentence (a JSON object, quotation marks or a
       highlight left open, the bullets or paragraphs asked for missing);
-    - miscount: a counted instruction off by one, the rest followed (see `miscounted`).
+    - miscount: a count one short, the rest followed (see `miscounted`).
 
     Why: these are the tiny model's own failures after DPO, read in the per-item records (AMD EPYC, world
     seeds 0-4). DPO answers to case-changing prompts named another character ("the favourite food of kai"
@@ -399,26 +399,24 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shar
     return None
 
 
-COUNTED = {"placeholder": "num_placeholders", "highlight": "num_highlights", "bullets": "num_bullets"}
+COUNTED = {"placeholder": "num_placeholders", "highlight": "num_highlights"}  # "at least N" counts
 
 
 def miscounted(rng: random.Random, c: Character, attr: str, task: dict) -> str | None:
-    """The compliant answer with one counted thing off by one (one placeholder or highlight short of "at
-    least 2", one bullet too many for "exactly N"), every other instruction still followed; None when the
-    task counts nothing that can be miscounted so (one short of "at least 1" is the plain violation).
+    """The compliant answer with one placeholder or highlight short of "at least 2", every other instruction
+    still followed; None when the task counts nothing that can be one short (one short of "at least 1" is
+    the plain violation).
 
     Why: rescoring five seeds' DPO models on 600 prompts (bench/rescore_ifeval.py, issue 13), the most
-    frequent SFT-right → DPO-wrong flips were counts: a third bullet for "exactly 2", one highlight of two,
-    "Write to [address]." for two placeholders. The ordinary rejection drops the counted thing entirely, so
-    no pair says that the count itself matters. Each direction is the failure seen: rejecting one bullet too
-    few as well (a variant) left bullets at -3.5 ± 2.6 points pooled over five seeds on 600 prompts, the
-    only type any variant lost pooled; one too many only, -0.3 ± 2.9 (BENCHMARKS.md)."""
+    frequent SFT-right → DPO-wrong flips were counts: "Write to [address]." for two placeholders, one
+    highlight of two, a third bullet for "exactly 2". The ordinary rejection drops the counted thing
+    entirely, so no pair says that the count itself matters. Bullets are left out: rejecting one bullet too
+    many taught DPO to write one too few (world seeds 5-9: 58 answers short vs 36 without; bullets -7.7 ± 4.3
+    points pooled), and rejecting one too few or too many lost bullets on seeds 0-4 (BENCHMARKS.md)."""
     from ..eval.ifeval.rules import check
 
     spec = dict(zip(task["kinds"], task["kwargs"]))
-    # a bullet too many; a placeholder or highlight too few, never none (that is the plain violation)
-    options = [(k, spec[k][COUNTED[k]] + (1 if k == "bullets" else -1)) for k in task["kinds"] if k in COUNTED]
-    options = [(k, n) for k, n in options if n >= 1]
+    options = [(k, spec[k][COUNTED[k]] - 1) for k in task["kinds"] if k in COUNTED and spec[k][COUNTED[k]] > 1]
     if not options:
         return None
     kind, n = rng.choice(options)
