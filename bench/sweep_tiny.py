@@ -6,11 +6,11 @@
 
 Each seed's world, pre-training and SFT run once (runs/sweep/seed<S>/preset); a variant copies those stage
 folders and reruns only DPO, RL and the evaluation (`run` skips stages whose settings are unchanged); a
-variant of rl.* keys only also reuses DPO. `pairs.*` keys (wrong_content, truncated, miscount, unasked_share,
-n) rewrite the variant's world/preferences.jsonl with `world.preference_pairs` (the preference data feeds DPO
-alone, so pre-training and SFT stay the same). Prints one Markdown row per (variant, seed): the three analogs'
-SFT and DPO scores ± stderr, the paired DPO − SFT difference on the instruction analog with its bootstrap
-95% interval, the instruction type that lost most (its paired difference ± stderr), and RL's GSM8K analog
+variant of rl.* keys only also reuses DPO. `pairs.*` keys (wrong_content, truncated, miscount, unclosed,
+unasked_share, n) rewrite the variant's world/preferences.jsonl with `world.preference_pairs` (the preference
+data feeds DPO alone, so pre-training and SFT stay the same). Prints one Markdown row per (variant, seed):
+the three analogs' SFT and DPO scores ± stderr, the paired DPO − SFT difference on the instruction analog
+with its bootstrap 95% interval, the instruction type that lost most (its paired difference ± stderr), and RL's GSM8K analog
 score with the paired RL − DPO difference. Then the spread over seeds, and per variant the instruction
 types' DPO − SFT pooled over the seeds (`trades_over_runs`: lost by the recipe, or by one seed's noise?).
 """
@@ -64,7 +64,7 @@ def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
 
 def _pairs(seed: int, keys: dict[str, float], common: dict[str, str]) -> list[dict]:
     """The world's preference pairs with other rejection shares (`pairs.*` variant keys)."""
-    unknown = set(keys) - {"wrong_content", "truncated", "miscount", "unasked_share", "n"}
+    unknown = set(keys) - {"wrong_content", "truncated", "miscount", "unclosed", "unasked_share", "n"}
     if unknown:
         raise SystemExit(f"error: unknown variant key(s) pairs.{', pairs.'.join(sorted(unknown))}")
     hard = {**HARD_REJECTIONS, **{k: v for k, v in keys.items() if k not in ("unasked_share", "n")}}

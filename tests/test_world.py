@@ -114,6 +114,30 @@ def test_miscounted_rejection_is_off_by_one_in_one_counted_instruction_only():
     assert min(made[k] for k in world.COUNTED) >= 10, made
 
 
+def test_unclosed_rejection_leaves_only_the_wrapper_open():
+    """The compliant answer minus its closing quotation mark or `"}`: the wrapper's IFEval rule fails, every
+    other rule still passes; None where no wrapper was asked for."""
+    rng, cast = random.Random(5), characters(5)
+    made = Counter()
+    for _ in range(600):
+        c = rng.choice(cast)
+        t = instruction_task(rng, c, "home")
+        if t is None:
+            continue
+        out = world.unclosed(t)
+        wrapper = next((k for k in ("json", "quote") if k in t["kinds"]), None)
+        if wrapper is None:
+            assert out is None
+            continue
+        if out is None:  # rarely, cutting the close breaks a second rule too
+            continue
+        assert t["good"].startswith(out) and t["good"][len(out):] == ('"}' if wrapper == "json" else '"')
+        ok = [check(i, kw, out) for i, kw in zip(t["ids"], t["kwargs"])]
+        assert ok.count(False) == 1 and not ok[t["kinds"].index(wrapper)], (t["prompt"], out)
+        made[wrapper] += 1
+    assert made["json"] >= 10 and made["quote"] >= 10, made
+
+
 def test_case_copies_show_an_answer_then_the_same_answer_in_another_case():
     """The pre-training documents that teach copying under a change of case: the answer as the formats
     write it, then the same text in lowercase or capitals (inside any JSON or quotation marks asked for)."""

@@ -366,10 +366,10 @@ def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, un
 
 # The preference data's "hard" rejections: shares of the instruction pairs (the rest reject an answer that
 # misses one instruction, or adds an unasked one). Chosen by five-seed sweeps (BENCHMARKS.md, issue 13):
-# wrong_content 0.2 with truncated 0 (session 8). miscount (session 10) lifts placeholders by ~12 points, but
-# over ten world seeds it did not keep every type above its stderr where the preset does: off, an option
-# (`bench/sweep_tiny.py --variant NAME pairs.miscount=0.8`).
-HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0, "miscount": 0.0}
+# wrong_content 0.2 with truncated 0 (session 8). miscount and unclosed (session 10) each lift the types
+# they target, but over ten world seeds neither kept every type above its stderr where the preset does: off,
+# options (`bench/sweep_tiny.py --variant NAME pairs.miscount=0.8`).
+HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0, "miscount": 0.0, "unclosed": 0.0}
 
 
 def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shares: dict[str, float],
@@ -378,7 +378,8 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shar
     - wrong_content: every instruction followed, about another character (another name, other facts);
     - truncated: the compliant answer cut after its first sentence (a JSON object, quotation marks or a
       highlight left open, the bullets or paragraphs asked for missing);
-    - miscount: a count one short, the rest followed (see `miscounted`).
+    - miscount: a count one short, the rest followed (see `miscounted`);
+    - unclosed: the quotation marks or JSON left open at the end (see `unclosed`).
 
     Why: these are the tiny model's own failures after DPO, read in the per-item records (AMD EPYC, world
     seeds 0-4). DPO answers to case-changing prompts named another character ("the favourite food of kai"
@@ -396,7 +397,27 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shar
         return task["good"][: end.start() + 1] if end else None
     if u < shares.get("wrong_content", 0.0) + shares.get("truncated", 0.0) + shares.get("miscount", 0.0):
         return miscounted(rng, c, attr, task)
+    if u < sum(shares.get(k, 0.0) for k in ("wrong_content", "truncated", "miscount", "unclosed")):
+        return unclosed(task)
     return None
+
+
+def unclosed(task: dict) -> str | None:
+    """The compliant answer with its wrapper left open -- the closing quotation mark, or the JSON's `"}` --
+    every other instruction still followed; None when nothing wraps the answer.
+
+    Why: on world seeds 5-9 the preset's DPO added the second highlight asked for and then stopped after
+    the closing `*`, the quotation marks or JSON still open (quotation + highlights: 11 SFT-right → DPO-wrong
+    flips, 3 back; JSON + highlights 8 / 1; BENCHMARKS.md). The ordinary rejection has no wrapper at all,
+    so no pair contrasts closing it with not closing it."""
+    from ..eval.ifeval.rules import check
+
+    kind = next((k for k in ("json", "quote") if k in task["kinds"]), None)
+    if kind is None:
+        return None
+    out = task["good"][: -len('"}') if kind == "json" else -1]
+    ok = [check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"])]
+    return out if ok.count(False) == 1 and not ok[task["kinds"].index(kind)] else None
 
 
 COUNTED = {"placeholder": "num_placeholders", "highlight": "num_highlights"}  # "at least N" counts
