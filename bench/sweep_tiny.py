@@ -10,9 +10,10 @@ variant of rl.* keys only also reuses DPO. `pairs.*` keys (wrong_content, trunca
 unasked_share, n) rewrite the variant's world/preferences.jsonl with `world.preference_pairs` (the preference
 data feeds DPO alone, so pre-training and SFT stay the same). Prints one Markdown row per (variant, seed):
 the three analogs' SFT and DPO scores ± stderr, the paired DPO − SFT difference on the instruction analog
-with its bootstrap 95% interval, the instruction type that lost most (its paired difference ± stderr), and RL's GSM8K analog
-score with the paired RL − DPO difference. Then the spread over seeds, and per variant the instruction
-types' DPO − SFT pooled over the seeds (`trades_over_runs`: lost by the recipe, or by one seed's noise?).
+with its bootstrap 95% interval, the instruction type that lost most (its paired difference ± stderr), and
+RL's GSM8K analog score with the paired RL − DPO difference. Then the spread over seeds, and per variant the
+instruction types' DPO − SFT pooled over the seeds (`trades_over_runs`: lost by the recipe, or by one seed's
+noise?).
 """
 from __future__ import annotations
 
