@@ -16,14 +16,21 @@ def _rows(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+def _tasks(seed: int, attr: str, draws: int):
+    """(rng, cast, character, task) for each of `draws` draws of the world's generator that gave a task; the
+    rng is shared, so a test may draw from it between tasks as the preference data does."""
+    rng, cast = random.Random(seed), characters(seed)
+    for _ in range(draws):
+        c = rng.choice(cast)
+        t = instruction_task(rng, c, attr)
+        if t is not None:
+            yield rng, cast, c, t
+
+
 def test_every_instruction_answer_is_judged_by_the_real_ifeval_rules():
     assert len(INSTRUCTION_TYPES) >= 12 and all(IFEVAL_IDS[k] in RULES for k in INSTRUCTION_TYPES)
-    rng, cast = random.Random(5), characters(5)
     seen = Counter()
-    for _ in range(400):
-        t = instruction_task(rng, rng.choice(cast), "home")
-        if t is None:
-            continue
+    for _, _, _, t in _tasks(5, "home", 400):
         seen[len(t["kinds"])] += 1
         assert all(check(i, kw, t["good"]) for i, kw in zip(t["ids"], t["kwargs"])), t
         for k, i, kw in zip(t["kinds"], t["ids"], t["kwargs"]):  # each bad answer breaks its instruction
@@ -53,13 +60,8 @@ def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):
     """wrong_content follows every instruction (the real IFEval rules) about another character; truncated
     is the compliant answer cut at its first full stop, which breaks a format more often than not; the
     preference data uses them at HARD_REJECTIONS' shares."""
-    rng, cast = random.Random(7), characters(7)
     cuts = Counter()
-    for _ in range(300):
-        c = rng.choice(cast)
-        t = instruction_task(rng, c, "food")
-        if t is None:
-            continue
+    for rng, cast, c, t in _tasks(7, "food", 300):
         wrong = hard_rejection(rng, c, "food", t, {"wrong_content": 1.0}, cast)
         for i, kw in zip(t["ids"], t["kwargs"]):  # IFEval's case rules also run langdetect on the text,
             # which can call another character's facts in capitals "not English": check the case itself there
@@ -90,13 +92,8 @@ def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):
 def test_miscounted_rejection_is_off_by_one_in_one_counted_instruction_only():
     """A count one short ("at least 2" placeholders or highlights), every other instruction still followed
     by the real IFEval rules; None where nothing can be one short."""
-    rng, cast = random.Random(11), characters(11)
     made = Counter()
-    for _ in range(600):
-        c = rng.choice(cast)
-        t = instruction_task(rng, c, "colour")
-        if t is None:
-            continue
+    for rng, _, c, t in _tasks(11, "colour", 600):
         out = world.miscounted(rng, c, "colour", t)
         spec = dict(zip(t["kinds"], t["kwargs"]))
         countable = (spec.get("placeholder", {}).get("num_placeholders", 0) > 1
@@ -117,13 +114,8 @@ def test_miscounted_rejection_is_off_by_one_in_one_counted_instruction_only():
 def test_unclosed_rejection_leaves_only_the_wrapper_open():
     """The compliant answer minus its closing quotation mark or `"}`: the wrapper's IFEval rule fails, every
     other rule still passes; None where no wrapper was asked for."""
-    rng, cast = random.Random(5), characters(5)
     made = Counter()
-    for _ in range(600):
-        c = rng.choice(cast)
-        t = instruction_task(rng, c, "home")
-        if t is None:
-            continue
+    for _, _, _, t in _tasks(5, "home", 600):
         out = world.unclosed(t)
         wrapper = next((k for k in ("json", "quote") if k in t["kinds"]), None)
         if wrapper is None:

@@ -388,18 +388,20 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, shar
     pairs make stopping there the chosen continuation, and nothing said that the wrapper must still close.
     DPO only learns what its pairs contrast: with only one-instruction-missing pairs it pushed each format
     at the cost of the answer, and the instruction types already right under SFT paid for it."""
-    u = rng.random()
-    if u < shares.get("wrong_content", 0.0):
+    u, edge = rng.random(), 0.0
+    for kind in ("wrong_content", "truncated", "miscount", "unclosed"):  # one draw picks at most one kind
+        edge += shares.get(kind, 0.0)
+        if u < edge:
+            break
+    else:
+        return None
+    if kind == "wrong_content":
         others = [x for x in cast if x.name != c.name and getattr(x, attr) != getattr(c, attr)]
         return respond(rng.choice(others), attr, dict(zip(task["kinds"], task["kwargs"])))
-    if u < shares.get("wrong_content", 0.0) + shares.get("truncated", 0.0):
+    if kind == "truncated":
         end = re.search(r"\.[ \n]", task["good"])  # the first sentence's full stop
         return task["good"][: end.start() + 1] if end else None
-    if u < shares.get("wrong_content", 0.0) + shares.get("truncated", 0.0) + shares.get("miscount", 0.0):
-        return miscounted(rng, c, attr, task)
-    if u < sum(shares.get(k, 0.0) for k in ("wrong_content", "truncated", "miscount", "unclosed")):
-        return unclosed(task)
-    return None
+    return miscounted(rng, c, attr, task) if kind == "miscount" else unclosed(task)
 
 
 def unclosed(task: dict) -> str | None:
