@@ -62,31 +62,46 @@ def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):
     preference data uses them at HARD_REJECTIONS' shares."""
     cuts = Counter()
     for rng, cast, c, t in _tasks(7, "food", 300):
-        wrong = hard_rejection(rng, c, "food", t, {"wrong_content": 1.0}, cast)
+        wrong = hard_rejection(rng, c, "food", t, "wrong_content", cast)
         for i, kw in zip(t["ids"], t["kwargs"]):  # IFEval's case rules also run langdetect on the text,
             # which can call another character's facts in capitals "not English": check the case itself there
             ok = {"change_case:english_capital": wrong.isupper(), "change_case:english_lowercase":
                   wrong.islower()}.get(i, None)
             assert (check(i, kw, wrong) if ok is None else ok), (t["prompt"], wrong)
         assert c.name.lower() not in wrong.lower() and wrong != t["good"]
-        cut = hard_rejection(rng, c, "food", t, {"truncated": 1.0}, cast)
+        cut = hard_rejection(rng, c, "food", t, "truncated", cast)
         if cut is not None:  # None: a one-sentence answer has nothing to cut
             assert t["good"].startswith(cut) and cut.endswith(".") and len(cut) < len(t["good"])
             cuts["breaks a format"] += not all(check(i, kw, cut) for i, kw in zip(t["ids"], t["kwargs"]))
             cuts["all"] += 1
-        assert hard_rejection(rng, c, "food", t, {}, cast) is None
     assert cuts["all"] > 200 and cuts["breaks a format"] > cuts["all"] // 2, cuts
-    # wiring: each hard rejection drawn is a pair's rejected answer, at the configured share of the pairs
-    drawn: list[str | None] = []
-    real = world.hard_rejection
-    monkeypatch.setattr(world, "hard_rejection", lambda *a: drawn.append(real(*a)) or drawn[-1])
+    # wiring: each hard rejection made is a pair's rejected answer, at the configured share of the pairs
+    kinds: list[str | None] = []
+    made: list[str | None] = []
+    real_kind, real_rejection = world.hard_kind, world.hard_rejection
+    monkeypatch.setattr(world, "hard_kind", lambda *a: kinds.append(real_kind(*a)) or kinds[-1])
+    monkeypatch.setattr(world, "hard_rejection", lambda *a: made.append(real_rejection(*a)) or made[-1])
     rejected = {p["rejected"][1]["content"] for p in preference_pairs(1600, seed=7)}
-    used = [r for r in drawn if r is not None]
-    assert set(used) <= rejected
-    # wrong_content is always drawn at its share; truncated and miscount only where the answer allows
-    share, low, high = len(used) / len(drawn), HARD_REJECTIONS["wrong_content"], sum(HARD_REJECTIONS.values())
-    sigma = (0.25 / len(drawn)) ** 0.5  # the largest binomial stderr: the bounds are 4 of them wide
-    assert low - 4 * sigma < share < high + 4 * sigma, (share, len(drawn))
+    assert {r for r in made if r is not None} <= rejected and len(made) == sum(k is not None for k in kinds)
+    share = len(made) / len(kinds)
+    sigma = (0.25 / len(kinds)) ** 0.5  # the largest binomial stderr
+    assert abs(share - sum(HARD_REJECTIONS.values())) < 4 * sigma, (share, len(kinds))
+
+
+def test_a_hard_rejection_option_changes_only_its_own_pairs():
+    """Giving a share to truncated, miscount or unclosed replaces exactly the rejections that kind makes;
+    every other pair, and the pairs' order, stay those of the preset (a variant compared against the
+    preset must differ in what its name says and nothing else)."""
+    base = preference_pairs(800, seed=3)
+    for kind in ("truncated", "miscount", "unclosed"):
+        pairs = preference_pairs(800, seed=3, hard={**HARD_REJECTIONS, kind: 0.5})
+        changed = [(a, b) for a, b in zip(base, pairs) if a != b]
+        assert 20 < len(changed) < 200, (kind, len(changed))
+        for a, b in changed:  # the same prompt and chosen answer; only the rejection differs
+            assert a["prompt"] == b["prompt"] and a["chosen"] == b["chosen"]
+            assert a["rejected"] != b["rejected"] and a["instruction_id_list"] == b["instruction_id_list"]
+        with pytest.raises(ValueError, match="hard rejection kind 'typo'"):
+            hard_rejection(random.Random(0), characters(0)[0], "food", {}, "typo", [])
 
 
 def test_miscounted_rejection_is_off_by_one_in_one_counted_instruction_only():
