@@ -6,7 +6,7 @@
 
 Each seed's world, pre-training and SFT run once (runs/sweep/seed<S>/preset); a variant copies those stage
 folders and reruns only DPO, RL and the evaluation (`run` skips stages whose settings are unchanged); a
-variant of rl.* keys only also reuses DPO. `pairs.*` keys (wrong_content, truncated, miscount, unclosed,
+variant of rl.* keys only also reuses DPO. `pairs.*` keys (wrong_content, truncated, miscount, unclosed, unescaped,
 unasked_share, n) rewrite the variant's world/preferences.jsonl with `world.preference_pairs` (the preference
 data feeds DPO alone, so pre-training and SFT stay the same). Prints one Markdown row per (variant, seed):
 the three analogs' SFT and DPO scores ± stderr, the paired DPO − SFT difference on the instruction analog
@@ -23,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-from llmrecipe.data.world import HARD_REJECTIONS, _write_jsonl, preference_pairs
+from llmrecipe.data.world import HARD_REJECTIONS, TARGETED, _write_jsonl, preference_pairs
 from llmrecipe.eval.harness import trades_over_runs
 from llmrecipe.files import read_jsonl
 from llmrecipe.recipe import run
@@ -65,7 +65,7 @@ def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
 
 def _pairs(seed: int, keys: dict[str, float], common: dict[str, str]) -> list[dict]:
     """The world's preference pairs with other rejection shares (`pairs.*` variant keys)."""
-    unknown = set(keys) - {"wrong_content", "truncated", "miscount", "unclosed", "unasked_share", "n"}
+    unknown = set(keys) - {"wrong_content", *TARGETED, "unasked_share", "n"}
     if unknown:
         raise SystemExit(f"error: unknown variant key(s) pairs.{', pairs.'.join(sorted(unknown))}")
     hard = {**HARD_REJECTIONS, **{k: v for k, v in keys.items() if k not in ("unasked_share", "n")}}

@@ -75,33 +75,36 @@ def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):
             cuts["breaks a format"] += not all(check(i, kw, cut) for i, kw in zip(t["ids"], t["kwargs"]))
             cuts["all"] += 1
     assert cuts["all"] > 200 and cuts["breaks a format"] > cuts["all"] // 2, cuts
-    # wiring: each hard rejection made is a pair's rejected answer, at the configured share of the pairs
-    kinds: list[str | None] = []
-    made: list[str | None] = []
-    real_kind, real_rejection = world.hard_kind, world.hard_rejection
-    monkeypatch.setattr(world, "hard_kind", lambda *a: kinds.append(real_kind(*a)) or kinds[-1])
-    monkeypatch.setattr(world, "hard_rejection", lambda *a: made.append(real_rejection(*a)) or made[-1])
-    rejected = {p["rejected"][1]["content"] for p in preference_pairs(1600, seed=7)}
-    assert {r for r in made if r is not None} <= rejected and len(made) == sum(k is not None for k in kinds)
-    share = len(made) / len(kinds)
-    sigma = (0.25 / len(kinds)) ** 0.5  # the largest binomial stderr
-    assert abs(share - sum(HARD_REJECTIONS.values())) < 4 * sigma, (share, len(kinds))
+    # wiring: each hard rejection made is a pair's rejected answer; wrong content at its share of the
+    # instruction pairs, and the targeted kinds (miscount in the preset) only on pairs they apply to
+    calls: list[tuple[str, str | None]] = []
+    real = world.hard_rejection
+    monkeypatch.setattr(world, "hard_rejection", lambda *a: calls.append((a[4], real(*a))) or calls[-1][1])
+    pairs = preference_pairs(1600, seed=7)
+    rejected = {p["rejected"][1]["content"] for p in pairs}
+    assert {r for _, r in calls if r is not None} <= rejected
+    n = sum("instruction_id_list" in p for p in pairs)
+    share = sum(k == "wrong_content" for k, _ in calls) / n
+    assert abs(share - HARD_REJECTIONS["wrong_content"]) < 4 * (0.25 / n) ** 0.5, (share, n)
+    made = Counter(k for k, r in calls if r is not None and k != "wrong_content")
+    assert set(made) == {k for k in world.TARGETED if HARD_REJECTIONS[k] > 0} and min(made.values()) > 30, made
 
 
 def test_a_hard_rejection_option_changes_only_its_own_pairs():
     """Giving a share to truncated, miscount or unclosed replaces exactly the rejections that kind makes;
     every other pair, and the pairs' order, stay those of the preset (a variant compared against the
     preset must differ in what its name says and nothing else)."""
-    base = preference_pairs(800, seed=3)
-    for kind in ("truncated", "miscount", "unclosed"):
-        pairs = preference_pairs(800, seed=3, hard={**HARD_REJECTIONS, kind: 0.5})
+    plain = {**HARD_REJECTIONS, **{k: 0.0 for k in world.TARGETED}}
+    base = preference_pairs(800, seed=3, hard=plain)
+    for kind in world.TARGETED:
+        pairs = preference_pairs(800, seed=3, hard={**plain, kind: 0.5})
         changed = [(a, b) for a, b in zip(base, pairs) if a != b]
-        assert 20 < len(changed) < 200, (kind, len(changed))
+        assert (0 if kind == "unescaped" else 20) < len(changed) < 200, (kind, len(changed))
         for a, b in changed:  # the same prompt and chosen answer; only the rejection differs
             assert a["prompt"] == b["prompt"] and a["chosen"] == b["chosen"]
             assert a["rejected"] != b["rejected"] and a["instruction_id_list"] == b["instruction_id_list"]
-        with pytest.raises(ValueError, match="hard rejection kind 'typo'"):
-            hard_rejection(random.Random(0), characters(0)[0], "food", {}, "typo", [])
+    with pytest.raises(ValueError, match="hard rejection kind 'typo'"):
+        hard_rejection(random.Random(0), characters(0)[0], "food", {}, "typo", [])
 
 
 def test_miscounted_rejection_is_off_by_one_in_one_counted_instruction_only():
@@ -169,3 +172,19 @@ def test_case_copies_show_an_answer_then_the_same_answer_in_another_case():
     share = sum("\n" + c.name.lower() in d or "\n" + c.name.upper() in d
                 for d in world.pretrain_documents(400, seed=3) for c in cast) / 400
     assert share > 0.05  # the corpus carries them (about 0.5 x 0.3 x 0.3 of the parts, 2-5 parts a document)
+
+
+def test_unescaped_rejection_breaks_only_the_json():
+    """A JSON answer whose `\\n` escapes became real line breaks: the JSON rule fails, every other rule (the
+    *** paragraphs, the P.S., the title it wrote) still passes; None where the JSON holds no line break."""
+    made = Counter()
+    for _, _, _, t in _tasks(13, "kind", 3000):
+        out = world.unescaped(t)
+        if "json" not in t["kinds"] or "\\n" not in t["good"]:
+            assert out is None
+            continue
+        assert out == t["good"].replace("\\n", "\n") and "\\n" not in out
+        ok = [check(i, kw, out) for i, kw in zip(t["ids"], t["kwargs"])]
+        assert ok.count(False) == 1 and not ok[t["kinds"].index("json")], (t["prompt"], out)
+        made[next(k for k in t["kinds"] if k != "json")] += 1
+    assert min(made[k] for k in ("paragraphs", "postscript", "title")) >= 5, made

@@ -357,45 +357,37 @@ def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, un
     t = instruction_task(rng, c, attr)
     if t is None or _held_out(t["prompt"], seed):
         return None
-    kind = hard_kind(rng, hard) if hard else None
-    if kind == "wrong_content":
-        return t["prompt"], t["good"], hard_rejection(rng, c, attr, t, kind, cast or []), t
-    # The ordinary rejection is drawn from the main stream whatever `kind` says, and another hard kind then
-    # replaces it using a stream of its own (seeded by the prompt). So a share given to truncated, miscount or
-    # unclosed changes exactly the rejections it makes, and every other pair stays byte-identical to the
-    # preset's. Why: when a hard kind returned early here, it skipped the main stream's draws, and the
-    # variant resampled the whole data set (world seed 5, unclosed 0.8: 1,569 of 1,600 pairs differed where
-    # ~120 were targeted): every variant compared in session 10 changed more than its name said.
+    hard = hard or {}
+    if hard and rng.random() < hard.get("wrong_content", 0.0):
+        return t["prompt"], t["good"], hard_rejection(rng, c, attr, t, "wrong_content", cast or []), t
+    # The ordinary rejection is drawn from the main stream whatever the targeted kinds' shares say, and a
+    # targeted kind then replaces it, decided and made on streams of its own (seeded by the prompt). So a
+    # share given to one changes exactly the rejections it makes, and every other pair stays byte-identical.
+    # Why: when a hard kind returned early here, it skipped the main stream's draws and the variant resampled
+    # the whole data set (world seed 5, unclosed 0.8: 1,569 of 1,600 pairs differed where ~120 were
+    # targeted): every data variant compared in sessions 8-10 changed more than its name said.
     if rng.random() < unasked_share and (extra := unasked(rng, c, attr, t)) is not None:
         bad = extra
     else:
         bad = t["bad"][rng.choice(t["kinds"])]
-    if kind is not None:
-        own = random.Random(f"{seed}:{kind}:{t['prompt']}")
-        bad = hard_rejection(own, c, attr, t, kind, cast or []) or bad
+    for kind in TARGETED:  # the first that is drawn and applies to the task
+        if random.Random(f"{seed}:{kind}:draw:{t['prompt']}").random() < hard.get(kind, 0.0):
+            alt = hard_rejection(random.Random(f"{seed}:{kind}:{t['prompt']}"), c, attr, t, kind, cast or [])
+            if alt is not None:
+                return t["prompt"], t["good"], alt, t
     return t["prompt"], t["good"], bad, t
 
 
-# The preference data's "hard" rejections: shares of the instruction pairs (the rest reject an answer that
-# misses one instruction, or adds an unasked one). Chosen by five-seed sweeps (BENCHMARKS.md, issue 13):
-# wrong_content 0.2 with truncated 0 (session 8). miscount and unclosed (session 10) each lift the types
-# they target, but over ten world seeds neither kept every type above its stderr where the preset does: off,
-# options (`bench/sweep_tiny.py --variant NAME pairs.miscount=0.8`).
-HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0, "miscount": 0.0, "unclosed": 0.0}
-
-
-HARD_KINDS = ("wrong_content", "truncated", "miscount", "unclosed")
-
-
-def hard_kind(rng: random.Random, shares: dict[str, float]) -> str | None:
-    """Which hard rejection a pair gets (None: the ordinary one), by one uniform draw walked through the
-    shares in HARD_KINDS' order: one draw whatever the shares, so changing them moves no other draw."""
-    u, edge = rng.random(), 0.0
-    for kind in HARD_KINDS:
-        edge += shares.get(kind, 0.0)
-        if u < edge:
-            return kind
-    return None
+# The preference data's "hard" rejections. wrong_content: a share of all instruction pairs. The targeted
+# kinds: the share of the other pairs *they apply to* (a task that counts two or more placeholders or
+# highlights, a JSON answer with a line break, ...) that get them. Chosen by sweeps over world seeds
+# (BENCHMARKS.md, issue 13): wrong_content 0.2 (session 8); miscount 1.0 (session 11: ~90 of 1,600 pairs).
+# Against the same pairs without it (ten world seeds, 600 prompts each, paired per prompt) DPO gains
+# placeholders +10.6 ± 1.3 and highlights +5.5 ± 1.0 points and no type loses more than its stderr; on
+# fresh seeds 10-14 the preset without it lost placeholders pooled, with it none. unclosed lifts
+# JSON/quotation but costs bullets (-3.0 ± 1.2): off; truncated: off (session 8).
+HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0, "miscount": 1.0, "unclosed": 0.0, "unescaped": 1.0}
+TARGETED = ("truncated", "miscount", "unclosed", "unescaped")  # tried in this order
 
 
 def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, kind: str,
@@ -406,7 +398,8 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, kind
     - truncated: the compliant answer cut after its first sentence (a JSON object, quotation marks or a
       highlight left open, the bullets or paragraphs asked for missing);
     - miscount: a count one short, the rest followed (see `miscounted`);
-    - unclosed: the quotation marks or JSON left open at the end (see `unclosed`).
+    - unclosed: the quotation marks or JSON left open at the end (see `unclosed`);
+    - unescaped: a JSON answer's line breaks written raw inside the string (see `unescaped`).
 
     Why: these are the tiny model's own failures after DPO, read in the per-item records (AMD EPYC, world
     seeds 0-4). DPO answers to case-changing prompts named another character ("the favourite food of kai"
@@ -425,7 +418,9 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, kind
         return miscounted(rng, c, attr, task)
     if kind == "unclosed":
         return unclosed(task)
-    raise ValueError(f"hard rejection kind {kind!r}: expected one of {', '.join(HARD_KINDS)}")
+    if kind == "unescaped":
+        return unescaped(task)
+    raise ValueError(f"hard rejection kind {kind!r}: expected wrong_content or one of {', '.join(TARGETED)}")
 
 
 def unclosed(task: dict) -> str | None:
@@ -444,6 +439,23 @@ def unclosed(task: dict) -> str | None:
     out = task["good"][: -len('"}') if kind == "json" else -1]
     ok = [check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"])]
     return out if ok.count(False) == 1 and not ok[task["kinds"].index(kind)] else None
+
+
+def unescaped(task: dict) -> str | None:
+    """The compliant JSON answer with its escaped line breaks (`\\n`) written as real ones, which makes the
+    JSON invalid, every other instruction still followed; None when the answer has no JSON or no line break.
+
+    Why: over fifteen world seeds (600 prompts each), 33 JSON answers SFT got right and DPO got wrong held a
+    raw line break -- DPO learned to add the *** divider, the P.S. or the title that the other instruction
+    asked for, but wrote the new line as a new line, not as JSON's `\\n` (3 the other way). The ordinary
+    rejection leaves the second instruction out, so no pair contrasts the two ways of writing it."""
+    from ..eval.ifeval.rules import check
+
+    if "json" not in task["kinds"] or "\\n" not in task["good"]:
+        return None
+    out = task["good"].replace("\\n", "\n")
+    ok = [check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"])]
+    return out if ok.count(False) == 1 and not ok[task["kinds"].index("json")] else None
 
 
 COUNTED = {"placeholder": "num_placeholders", "highlight": "num_highlights"}  # "at least N" counts
