@@ -380,12 +380,12 @@ def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, un
 
 # The preference data's "hard" rejections. wrong_content: a share of all instruction pairs. The targeted
 # kinds: the share of the other pairs *they apply to* (a task that counts two or more placeholders or
-# highlights, a JSON answer with a line break, ...) that get them. Chosen by sweeps over world seeds
-# (BENCHMARKS.md, issue 13): wrong_content 0.2 (session 8); miscount 1.0 (session 11: ~90 of 1,600 pairs).
-# Against the same pairs without it (ten world seeds, 600 prompts each, paired per prompt) DPO gains
-# placeholders +10.6 ± 1.3 and highlights +5.5 ± 1.0 points and no type loses more than its stderr; on
-# fresh seeds 10-14 the preset without it lost placeholders pooled, with it none. unclosed lifts
-# JSON/quotation but costs bullets (-3.0 ± 1.2): off; truncated: off (session 8).
+# highlights; a JSON answer with a line break) that get them. Chosen by sweeps over world seeds
+# (BENCHMARKS.md, issue 13): wrong_content 0.2 (session 8); miscount 1.0 and unescaped 1.0 (session 11: ~90
+# and ~15 of 1,600 pairs). Paired per prompt against the same pairs without them (fifteen world seeds, 600
+# prompts each), DPO gains placeholders +9.8 ± 1.0 and highlights +6.4 ± 0.9 points, JSON +1.6 ± 0.6, and
+# 1.5 ± 0.2 prompts in a hundred; the largest loss is quotation's -1.2 ± 0.6. unclosed lifts JSON and
+# quotation but costs bullets (-3.0 ± 1.2): off; truncated: off (session 8).
 HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0, "miscount": 1.0, "unclosed": 0.0, "unescaped": 1.0}
 TARGETED = ("truncated", "miscount", "unclosed", "unescaped")  # tried in this order
 
