@@ -358,7 +358,7 @@ def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, un
     if t is None or _held_out(t["prompt"], seed):
         return None
     hard = hard or {}
-    if hard and rng.random() < hard.get("wrong_content", 0.0):
+    if hard and rng.random() < hard.get("wrong_content", 0.0):  # (the SFT data passes none and draws nothing)
         return t["prompt"], t["good"], hard_rejection(rng, c, attr, t, "wrong_content", cast or []), t
     # The ordinary rejection is drawn from the main stream whatever the targeted kinds' shares say, and a
     # targeted kind then replaces it, decided and made on streams of its own (seeded by the prompt). So a
@@ -423,6 +423,15 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, kind
     raise ValueError(f"hard rejection kind {kind!r}: expected wrong_content or one of {', '.join(TARGETED)}")
 
 
+def _breaks_only(task: dict, out: str, kind: str) -> str | None:
+    """`out` if the real IFEval rules find it breaking the instruction of `kind` and no other, else None: a
+    targeted rejection must contrast with the chosen answer in that one instruction only."""
+    from ..eval.ifeval.rules import check
+
+    ok = [check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"])]
+    return out if ok.count(False) == 1 and not ok[task["kinds"].index(kind)] else None
+
+
 def unclosed(task: dict) -> str | None:
     """The compliant answer with its wrapper left open -- the closing quotation mark, or the JSON's `"}` --
     every other instruction still followed; None when nothing wraps the answer.
@@ -431,14 +440,10 @@ def unclosed(task: dict) -> str | None:
     the closing `*`, the quotation marks or JSON still open (quotation + highlights: 11 SFT-right → DPO-wrong
     flips, 3 back; JSON + highlights 8 / 1; BENCHMARKS.md). The ordinary rejection has no wrapper at all,
     so no pair contrasts closing it with not closing it."""
-    from ..eval.ifeval.rules import check
-
     kind = next((k for k in ("json", "quote") if k in task["kinds"]), None)
     if kind is None:
         return None
-    out = task["good"][: -len('"}') if kind == "json" else -1]
-    ok = [check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"])]
-    return out if ok.count(False) == 1 and not ok[task["kinds"].index(kind)] else None
+    return _breaks_only(task, task["good"][: -len('"}') if kind == "json" else -1], kind)
 
 
 def unescaped(task: dict) -> str | None:
@@ -449,13 +454,9 @@ def unescaped(task: dict) -> str | None:
     raw line break -- DPO learned to add the *** divider, the P.S. or the title that the other instruction
     asked for, but wrote the new line as a new line, not as JSON's `\\n` (3 the other way). The ordinary
     rejection leaves the second instruction out, so no pair contrasts the two ways of writing it."""
-    from ..eval.ifeval.rules import check
-
     if "json" not in task["kinds"] or "\\n" not in task["good"]:
         return None
-    out = task["good"].replace("\\n", "\n")
-    ok = [check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"])]
-    return out if ok.count(False) == 1 and not ok[task["kinds"].index("json")] else None
+    return _breaks_only(task, task["good"].replace("\\n", "\n"), "json")
 
 
 COUNTED = {"placeholder": "num_placeholders", "highlight": "num_highlights"}  # "at least N" counts
@@ -472,17 +473,12 @@ def miscounted(rng: random.Random, c: Character, attr: str, task: dict) -> str |
     entirely, so no pair says that the count itself matters. Bullets are left out: rejecting one bullet too
     many taught DPO to write one too few (world seeds 5-9: 58 answers short vs 36 without; bullets -7.7 ± 4.3
     points pooled), and rejecting one too few or too many lost bullets on seeds 0-4 (BENCHMARKS.md)."""
-    from ..eval.ifeval.rules import check
-
     spec = dict(zip(task["kinds"], task["kwargs"]))
     options = [(k, spec[k][COUNTED[k]] - 1) for k in task["kinds"] if k in COUNTED and spec[k][COUNTED[k]] > 1]
     if not options:
         return None
     kind, n = rng.choice(options)
-    out = respond(c, attr, {**spec, kind: {**spec[kind], COUNTED[kind]: n}})
-    ok = [check(i, kw, out) for i, kw in zip(task["ids"], task["kwargs"])]
-    # it must fail the counted instruction and that one only
-    return out if ok.count(False) == 1 and not ok[task["kinds"].index(kind)] else None
+    return _breaks_only(task, respond(c, attr, {**spec, kind: {**spec[kind], COUNTED[kind]: n}}), kind)
 
 
 def sft_conversations(n: int, seed: int = 0, imperfect: float = 0.2) -> list[list[dict]]:
