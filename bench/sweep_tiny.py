@@ -7,9 +7,10 @@
 Each seed's world, pre-training and SFT run once (runs/sweep/seed<S>/preset); a variant copies those stage
 folders and reruns only DPO, RL and the evaluation (`run` skips stages whose settings are unchanged); a
 variant of rl.* keys only also reuses DPO. `pairs.*` keys (wrong_content, truncated, miscount, unclosed,
-unescaped, unasked_share, n) rewrite the variant's world/preferences.jsonl with `world.preference_pairs` (the
-preference data feeds DPO alone, so pre-training and SFT stay the same; a targeted kind's share is of the pairs
-it applies to, and changes only those). Prints one Markdown row per (variant, seed):
+unescaped, unasked_share, n; unescaped_extra: a share of n appended) rewrite the variant's
+world/preferences.jsonl with `world.preference_pairs` (the preference data feeds DPO alone, so pre-training
+and SFT stay the same; a targeted kind's share is of the pairs it applies to, and changes only those).
+Prints one Markdown row per (variant, seed):
 the three analogs' SFT and DPO scores ± stderr, the paired DPO − SFT difference on the instruction analog
 with its bootstrap 95% interval, the instruction type that lost most (its paired difference ± stderr), and
 RL's GSM8K analog score with the paired RL − DPO difference. Then the spread over seeds, and per variant the
@@ -24,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from llmrecipe.data.world import HARD_REJECTIONS, TARGETED, _write_jsonl, preference_pairs
+from llmrecipe.data.world import EXTRA_PAIRS, HARD_REJECTIONS, TARGETED, _write_jsonl, preference_pairs
 from llmrecipe.eval.harness import trades_over_runs
 from llmrecipe.files import read_jsonl
 from llmrecipe.recipe import run
@@ -66,12 +67,14 @@ def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
 
 def _pairs(seed: int, keys: dict[str, float], common: dict[str, str]) -> list[dict]:
     """The world's preference pairs with other rejection shares (`pairs.*` variant keys)."""
-    unknown = set(keys) - {"wrong_content", *TARGETED, "unasked_share", "n"}
+    extras = {f"{k}_extra": k for k in EXTRA_PAIRS}  # pairs.unescaped_extra=0.05: 5% of n more pairs
+    unknown = set(keys) - {"wrong_content", *TARGETED, "unasked_share", "n", *extras}
     if unknown:
         raise SystemExit(f"error: unknown variant key(s) pairs.{', pairs.'.join(sorted(unknown))}")
-    hard = {**HARD_REJECTIONS, **{k: v for k, v in keys.items() if k not in ("unasked_share", "n")}}
+    hard = {**HARD_REJECTIONS, **{k: v for k, v in keys.items() if k in ("wrong_content", *TARGETED)}}
+    extra = {**EXTRA_PAIRS, **{extras[k]: v for k, v in keys.items() if k in extras}}
     n = int(keys.get("n", common.get("world.preference_pairs", 1600)))
-    return preference_pairs(n, seed, keys.get("unasked_share", 0.4), hard)
+    return preference_pairs(n, seed, keys.get("unasked_share", 0.4), hard, extra)
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):
     pairs = preference_pairs(1600, seed=7)
     rejected = {p["rejected"][1]["content"] for p in pairs}
     assert {r for _, r in calls if r is not None} <= rejected
-    n = sum("instruction_id_list" in p for p in pairs)
+    n = sum("instruction_id_list" in p for p in pairs[:1600])  # the drawn pairs (EXTRA_PAIRS follow)
     share = sum(k == "wrong_content" for k, _ in calls) / n
     assert abs(share - HARD_REJECTIONS["wrong_content"]) < 4 * (0.25 / n) ** 0.5, (share, n)
     made = Counter(k for k, r in calls if r is not None and k != "wrong_content")
@@ -189,3 +189,29 @@ def test_unescaped_rejection_breaks_only_the_json():
         assert ok.count(False) == 1 and not ok[t["kinds"].index("json")], (t["prompt"], out)
         made[next(k for k in t["kinds"] if k != "json")] += 1
     assert min(made[k] for k in ("paragraphs", "postscript", "title")) >= 5, made
+
+
+@pytest.mark.parametrize("kind, rule, made_from", [
+    ("unescaped", "json_format", lambda good: good.replace("\\n", "\n")),  # the preset's: raw line breaks
+    ("unclosed", "quotation", lambda good: good[:-1]),  # off in the preset: the closing quotation mark dropped
+])
+def test_extra_pairs_are_appended_and_break_only_their_instruction(kind, rule, made_from):
+    """`extra` appends pairs of a targeted kind after the n drawn ones, which stay byte-identical; every
+    appended pair is a training prompt (not held out) whose chosen answer passes all its rules and whose
+    rejection fails the kind's rule only, with its partner instructions varied."""
+    base = preference_pairs(400, seed=12, extra={"unescaped": 0.0, "unclosed": 0.0})
+    pairs = preference_pairs(400, seed=12, extra={"unescaped": 0.0, "unclosed": 0.0, kind: 0.1})
+    assert len(pairs) == 440 and pairs[:400] == base
+    partners = Counter()
+    for p in pairs[400:]:
+        ids, kwargs = p["instruction_id_list"], p["kwargs"]
+        chosen, rejected = p["chosen"][1]["content"], p["rejected"][1]["content"]
+        assert not world._held_out(p["prompt"], 12) and p["chosen"][0]["content"] == p["prompt"]
+        assert all(check(i, kw, chosen) for i, kw in zip(ids, kwargs)), p["prompt"]
+        assert [check(i, kw, rejected) for i, kw in zip(ids, kwargs)] == [not i.endswith(rule) for i in ids]
+        assert rejected == made_from(chosen) != chosen
+        partners[next(i for i in ids if not i.endswith(rule))] += 1
+    # unescaped: the divider (number_paragraphs), the P.S. and the title, the only ones that break a line
+    assert len(partners) == 3 if kind == "unescaped" else len(partners) >= 8, partners
+    with pytest.raises(ValueError, match="extra pairs of kind 'miscount'"):
+        preference_pairs(10, seed=0, extra={"miscount": 0.5})
