@@ -564,13 +564,14 @@ def _checks(task: dict, c: Character, attr: str) -> dict:
 # count / batch size more DPO steps). unescaped 0.0375 (60 pairs at the preset's 1,600; session 12): paired
 # per prompt against none (fifteen world seeds, 600 prompts each), DPO gains JSON +4.8 ± 1.1 points, no
 # type loses significantly (worst: postscript -1.4 ± 0.9), prompt level +0.1 ± 0.2; 150 pairs gained JSON
-# +6.9 ± 1.2 but cost lowercase -3.3 ± 0.9 (BENCHMARKS.md).
+# +6.9 ± 1.2 but cost lowercase -3.3 ± 0.9 (BENCHMARKS.md). unclosed (quotation marks left open) 0: 60
+# pairs lift quotation +5.4 ± 0.8 but cost bullets and postscripts, 30 half that for the same trade.
 EXTRA_PAIRS = {"unescaped": 0.0375, "unclosed": 0.0}
 # The instructions that put a line break into a compliant JSON answer (the divider ***, P.S., <<title>>).
 LINE_BREAKING = ("postscript", "title", "paragraphs")
 # Per extra kind: the instruction every task has, the ones it is paired with, and the rejection made of it.
-EXTRA_TASKS = {"unescaped": ("json", LINE_BREAKING, lambda t: unescaped(t)),
-               "unclosed": ("quote", tuple(k for k in INSTRUCTION_TYPES if k != "quote"), lambda t: unclosed(t))}
+EXTRA_TASKS = {"unescaped": ("json", LINE_BREAKING, unescaped),
+               "unclosed": ("quote", tuple(k for k in INSTRUCTION_TYPES if k != "quote"), unclosed)}
 
 
 def extra_pairs(kind: str, count: int, seed: int, cast: list[Character]) -> list[dict]:
