@@ -510,7 +510,8 @@ def sft_conversations(n: int, seed: int = 0, imperfect: float = 0.2) -> list[lis
 
 
 def preference_pairs(n: int, seed: int = 0, unasked_share: float = 0.4,
-                     hard: dict[str, float] | None = None, extra: dict[str, float] | None = None) -> list[dict]:
+                     hard: dict[str, float] | None = None, extra: dict[str, float] | None = None
+                     ) -> list[dict]:
     """Pairs in ultrafeedback_binarized's schema: the compliant/correct answer chosen over the other.
     Of the instruction pairs, `hard` (default HARD_REJECTIONS) reject a compliant-looking answer that
     fails as an answer (see `hard_rejection`), then `unasked_share` of the rest an unrequested format
