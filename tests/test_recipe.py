@@ -163,6 +163,27 @@ def _kill_inside(cmd: list[str], stage_dir: Path, rng: random.Random) -> None:
     assert not (stage_dir / "done.json").exists(), f"the kill landed after {stage_dir.name} finished"
 
 
+WEIGHTS = ("base/model.safetensors", "sft/adapter_model.safetensors", "dpo/adapter_model.safetensors",
+           "rl/adapter_model.safetensors")
+
+
+def _weight_diffs(a: Path, b: Path) -> dict[str, tuple[str, float]]:
+    """{file: (its tensor that differs most, max |Δ|)} for each stage's weights not bit-identical."""
+    out = {}
+    for f in WEIGHTS:
+        x, y = load_file(a / f), load_file(b / f)
+        assert x.keys() == y.keys(), f
+        if not all(torch.equal(x[n], y[n]) for n in x):
+            out[f] = max(((n, float((x[n] - y[n]).abs().max())) for n in x), key=lambda t: t[1])
+    return out
+
+
+def _summaries(out: Path) -> tuple[dict, dict]:
+    r = json.loads((out / "results.json").read_text())
+    return (_without_seconds(r["table"]["scores"]),
+            {k: (r[k]["step"], r[k]["loss"]) for k in ("pretrain", "sft", "dpo", "rl")})
+
+
 def test_killed_run_resumes_to_the_same_results(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     subprocess.run(_cli(ref, SMALL), check=True, capture_output=True)
@@ -170,14 +191,25 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
     for stage in ("base", "sft", "dpo", "rl"):
         _kill_inside(_cli(killed, SMALL), killed / stage, rng)
     subprocess.run(_cli(killed, SMALL), check=True, capture_output=True)
-    a, b = (json.loads((d / "results.json").read_text()) for d in (ref, killed))
-    assert _without_seconds(a["table"]["scores"]) == _without_seconds(b["table"]["scores"])
-    for k in ("pretrain", "sft", "dpo", "rl"):
-        assert a[k]["loss"] == b[k]["loss"] and a[k]["step"] == b[k]["step"]
-    for f in ("base/model.safetensors", "sft/adapter_model.safetensors", "dpo/adapter_model.safetensors",
-              "rl/adapter_model.safetensors"):
-        x, y = load_file(ref / f), load_file(killed / f)
-        assert all(torch.equal(x[n], y[n]) for n in x), f
+    (scores_a, steps_a), (scores_b, steps_b) = _summaries(ref), _summaries(killed)
+    assert {k: s for k, (s, _) in steps_a.items()} == {k: s for k, (s, _) in steps_b.items()}
+    resumed = _weight_diffs(ref, killed)
+    if not resumed:  # bit for bit: the same weights give the same losses and the same table
+        assert steps_a == steps_b and scores_a == scores_b
+    else:
+        # Was it the resume, or this CPU? Run the uninterrupted reference again. Where two identical
+        # processes agree bit for bit (every CPU measured so far), any difference is the resume's fault.
+        ref2 = tmp_path / "ref2"
+        subprocess.run(_cli(ref2, SMALL), check=True, capture_output=True)
+        noise = _weight_diffs(ref, ref2)
+        assert noise, f"the resumed run's weights differ from the uninterrupted run's (which reproduces " \
+                      f"bit for bit in a second process): {resumed}"
+        # This CPU's float kernels differ between two identical processes, so no resume can be bit-exact.
+        # A genuine resume error (a step skipped or repeated, the optimizer's moments lost, another batch)
+        # moves weights on the learning rate's scale (>= 3e-5 a step here), far above run-to-run noise.
+        bound = 100 * max(d for _, d in noise.values())
+        assert all(d <= bound for _, d in resumed.values()), f"resume {resumed} vs run-to-run {noise}"
+        assert all(abs(steps_a[k][1] - steps_b[k][1]) <= 1e-3 * abs(steps_a[k][1]) + 1e-6 for k in steps_a)
 
     # a changed DPO setting reruns DPO and evaluation only
     changed = subprocess.run(_cli(killed, {**SMALL, "dpo.beta": "0.3"}), check=True, capture_output=True, text=True)
