@@ -215,3 +215,21 @@ def test_extra_pairs_are_appended_and_break_only_their_instruction(kind, rule, m
     assert len(partners) == 3 if kind == "unescaped" else len(partners) >= 8, partners
     with pytest.raises(ValueError, match="extra pairs of kind 'miscount'"):
         preference_pairs(10, seed=0, extra={"miscount": 0.5})
+
+
+def test_stray_pairs_are_the_unclosed_pairs_twins():
+    """stray: two instructions neither of which wraps the answer; the chosen answer passes both and the
+    rejection is it with a closing quotation mark that nothing opened (the position `unclosed` contrasts,
+    with the opposite preference)."""
+    off = {"unescaped": 0.0, "unclosed": 0.0, "stray": 0.0}
+    pairs = preference_pairs(400, seed=3, extra={**off, "stray": 0.1})
+    assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=3, extra=off)
+    seen = Counter()
+    for p in pairs[400:]:
+        ids, kwargs = p["instruction_id_list"], p["kwargs"]
+        chosen, rejected = p["chosen"][1]["content"], p["rejected"][1]["content"]
+        assert len(set(ids)) == 2 and not any(i.endswith(("quotation", "json_format")) for i in ids), ids
+        assert all(check(i, kw, chosen) for i, kw in zip(ids, kwargs)), p["prompt"]
+        assert rejected == chosen + '"' and not world._held_out(p["prompt"], 3)
+        seen.update(ids)
+    assert len(seen) >= 10, seen

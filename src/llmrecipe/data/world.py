@@ -459,6 +459,19 @@ def unescaped(task: dict) -> str | None:
     return _breaks_only(task, task["good"].replace("\\n", "\n"), "json")
 
 
+def stray(task: dict) -> str | None:
+    """The compliant answer with a closing quotation mark after it that nothing opened; None when the task
+    wraps its answer (quotation marks, JSON).
+
+    Why: `unclosed` pairs contrast a closing `"` with stopping after a quoted answer's last sentence, and
+    DPO learned "don't stop there" everywhere (fifteen world seeds: bullets -1.9 ± 1.1, postscripts -1.6 ±
+    0.8). These are their twins: the same position, the opposite preference, where no quotation mark was
+    opened, so what the two kinds share is the condition (was a quotation opened?), not the stop."""
+    if "quote" in task["kinds"] or "json" in task["kinds"]:
+        return None
+    return task["good"] + '"'
+
+
 COUNTED = {"placeholder": "num_placeholders", "highlight": "num_highlights"}  # "at least N" counts
 
 
@@ -567,12 +580,14 @@ def _checks(task: dict, c: Character, attr: str) -> dict:
 # type loses significantly (worst: postscript -1.4 ± 0.9), prompt level +0.1 ± 0.2; 150 pairs gained JSON
 # +6.9 ± 1.2 but cost lowercase -3.3 ± 0.9 (BENCHMARKS.md). unclosed (quotation marks left open) 0: 60
 # pairs lift quotation +5.4 ± 0.8 but cost bullets and postscripts, 30 half that for the same trade.
-EXTRA_PAIRS = {"unescaped": 0.0375, "unclosed": 0.0}
+EXTRA_PAIRS = {"unescaped": 0.0375, "unclosed": 0.0, "stray": 0.0}
 # The instructions that put a line break into a compliant JSON answer (the divider ***, P.S., <<title>>).
 LINE_BREAKING = ("postscript", "title", "paragraphs")
-# Per extra kind: the instruction every task has, the ones it is paired with, and the rejection made of it.
+# Per extra kind: the instruction every task has (None: two drawn from the partners), the ones it is paired
+# with, and the rejection made of it.
 EXTRA_TASKS = {"unescaped": ("json", LINE_BREAKING, unescaped),
-               "unclosed": ("quote", tuple(k for k in INSTRUCTION_TYPES if k != "quote"), unclosed)}
+               "unclosed": ("quote", tuple(k for k in INSTRUCTION_TYPES if k != "quote"), unclosed),
+               "stray": (None, tuple(k for k in INSTRUCTION_TYPES if k not in ("quote", "json")), stray)}
 
 
 def extra_pairs(kind: str, count: int, seed: int, cast: list[Character]) -> list[dict]:
@@ -592,7 +607,7 @@ def extra_pairs(kind: str, count: int, seed: int, cast: list[Character]) -> list
         if tries > 200 * count:  # a guard, not expected: most of the tasks drawn apply
             raise ValueError(f"extra pairs: found only {len(out)} of {count} {kind} pairs")
         c, attr = rng.choice(cast), rng.choice(list(ATTRIBUTES))
-        kinds = [first, rng.choice(partners)]
+        kinds = [first, rng.choice(partners)] if first else rng.sample(partners, 2)
         rng.shuffle(kinds)  # either instruction first, as the evaluation's stratified prompts have them
         task = instruction_task(rng, c, attr, kinds)
         if task is None or _held_out(task["prompt"], seed) or (bad := reject(task)) is None:
