@@ -233,3 +233,21 @@ def test_stray_pairs_are_the_unclosed_pairs_twins():
         assert rejected == chosen + '"' and not world._held_out(p["prompt"], 3)
         seen.update(ids)
     assert len(seen) >= 10, seen
+
+
+def test_quoted_partner_pairs_close_the_quotation_in_both_answers():
+    """quoted_partner: quotation + one other instruction; both answers are wrapped and closed, the rejection
+    breaks the other instruction alone (the contrast is the partner; the close is common to both)."""
+    off = {"unescaped": 0.0, "unclosed": 0.0, "stray": 0.0, "quoted_partner": 0.0}
+    pairs = preference_pairs(400, seed=5, extra={**off, "quoted_partner": 0.1})
+    assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=5, extra=off)
+    partners = Counter()
+    for p in pairs[400:]:
+        ids, kwargs = p["instruction_id_list"], p["kwargs"]
+        chosen, rejected = p["chosen"][1]["content"], p["rejected"][1]["content"]
+        assert len(ids) == 2 and "startend:quotation" in ids
+        verdicts = [check(i, kw, rejected) for i, kw in zip(ids, kwargs)]
+        assert all(check(i, kw, chosen) for i, kw in zip(ids, kwargs)), p["prompt"]
+        assert verdicts == [i == "startend:quotation" for i in ids], (p["prompt"], rejected)
+        partners[next(i for i in ids if i != "startend:quotation")] += 1
+    assert len(partners) >= 8, partners

@@ -472,6 +472,19 @@ def stray(task: dict) -> str | None:
     return task["good"] + '"'
 
 
+def quoted_partner(task: dict) -> str | None:
+    """A quotation-wrapped answer with its other instruction broken and the quotation still closed; None
+    without quotation marks or a second instruction.
+
+    Why: DPO's quotation losses are answers that fix the second instruction (cut to the word limit, add the
+    highlights) and then stop before the closing `"` (fifteen world seeds: 76 of 80 flips). These pairs
+    show fixing the partner *and* closing: the contrast is the partner, the close is in both answers."""
+    if "quote" not in task["kinds"] or len(task["kinds"]) < 2:
+        return None
+    partner = next(k for k in task["kinds"] if k != "quote")
+    return _breaks_only(task, task["bad"][partner], partner)
+
+
 COUNTED = {"placeholder": "num_placeholders", "highlight": "num_highlights"}  # "at least N" counts
 
 
@@ -582,14 +595,15 @@ def _checks(task: dict, c: Character, attr: str) -> dict:
 # pairs lift quotation +5.4 ± 0.8 but cost bullets and postscripts, 30 half that for the same trade.
 # stray (their twins) 0: beside 60 unclosed, 60 or 120 stray pairs remove that cost but halve the quotation
 # gain (+2.4, +2.0 ± 0.7), and lose a type pooled in more seed slices than the preset (session 13).
-EXTRA_PAIRS = {"unescaped": 0.0375, "unclosed": 0.0, "stray": 0.0}
+EXTRA_PAIRS = {"unescaped": 0.0375, "unclosed": 0.0, "stray": 0.0, "quoted_partner": 0.0}
 # The instructions that put a line break into a compliant JSON answer (the divider ***, P.S., <<title>>).
 LINE_BREAKING = ("postscript", "title", "paragraphs")
 # Per extra kind: the instruction every task has (None: two drawn from the partners), the ones it is paired
 # with, and the rejection made of it.
 EXTRA_TASKS = {"unescaped": ("json", LINE_BREAKING, unescaped),
                "unclosed": ("quote", tuple(k for k in INSTRUCTION_TYPES if k != "quote"), unclosed),
-               "stray": (None, tuple(k for k in INSTRUCTION_TYPES if k not in ("quote", "json")), stray)}
+               "stray": (None, tuple(k for k in INSTRUCTION_TYPES if k not in ("quote", "json")), stray),
+               "quoted_partner": ("quote", tuple(k for k in INSTRUCTION_TYPES if k != "quote"), quoted_partner)}
 
 
 def extra_pairs(kind: str, count: int, seed: int, cast: list[Character]) -> list[dict]:
