@@ -217,17 +217,22 @@ def test_extra_pairs_are_appended_and_break_only_their_instruction(kind, rule, m
         preference_pairs(10, seed=0, extra={"miscount": 0.5})
 
 
+def _appended(kind: str, seed: int) -> list[tuple]:
+    """The 40 pairs of `kind` appended to 400 drawn ones (which stay byte-identical), each as (pair, ids,
+    kwargs, chosen answer, rejected answer)."""
+    off = {k: 0.0 for k in world.EXTRA_PAIRS}
+    pairs = preference_pairs(400, seed=seed, extra={**off, kind: 0.1})
+    assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=seed, extra=off)
+    return [(p, p["instruction_id_list"], p["kwargs"], p["chosen"][1]["content"], p["rejected"][1]["content"])
+            for p in pairs[400:]]
+
+
 def test_stray_pairs_are_the_unclosed_pairs_twins():
     """stray: two instructions neither of which wraps the answer; the chosen answer passes both and the
     rejection is it with a closing quotation mark that nothing opened (the position `unclosed` contrasts,
     with the opposite preference)."""
-    off = {"unescaped": 0.0, "unclosed": 0.0, "stray": 0.0}
-    pairs = preference_pairs(400, seed=3, extra={**off, "stray": 0.1})
-    assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=3, extra=off)
     seen = Counter()
-    for p in pairs[400:]:
-        ids, kwargs = p["instruction_id_list"], p["kwargs"]
-        chosen, rejected = p["chosen"][1]["content"], p["rejected"][1]["content"]
+    for p, ids, kwargs, chosen, rejected in _appended("stray", seed=3):
         assert len(set(ids)) == 2 and not any(i.endswith(("quotation", "json_format")) for i in ids), ids
         assert all(check(i, kw, chosen) for i, kw in zip(ids, kwargs)), p["prompt"]
         assert rejected == chosen + '"' and not world._held_out(p["prompt"], 3)
@@ -238,13 +243,8 @@ def test_stray_pairs_are_the_unclosed_pairs_twins():
 def test_quoted_partner_pairs_close_the_quotation_in_both_answers():
     """quoted_partner: quotation + one other instruction; both answers are wrapped and closed, the rejection
     breaks the other instruction alone (the contrast is the partner; the close is common to both)."""
-    off = {"unescaped": 0.0, "unclosed": 0.0, "stray": 0.0, "quoted_partner": 0.0}
-    pairs = preference_pairs(400, seed=5, extra={**off, "quoted_partner": 0.1})
-    assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=5, extra=off)
     partners = Counter()
-    for p in pairs[400:]:
-        ids, kwargs = p["instruction_id_list"], p["kwargs"]
-        chosen, rejected = p["chosen"][1]["content"], p["rejected"][1]["content"]
+    for p, ids, kwargs, chosen, rejected in _appended("quoted_partner", seed=5):
         assert len(ids) == 2 and "startend:quotation" in ids
         verdicts = [check(i, kw, rejected) for i, kw in zip(ids, kwargs)]
         assert all(check(i, kw, chosen) for i, kw in zip(ids, kwargs)), p["prompt"]
