@@ -7,11 +7,10 @@
 Each seed's world, pre-training and SFT run once (runs/sweep/seed<S>/preset); a variant copies those stage
 folders and reruns only DPO, RL and the evaluation (`run` skips stages whose settings are unchanged); a
 variant of rl.* keys only also reuses DPO. `pairs.*` keys (wrong_content, truncated, miscount, unclosed,
-unescaped, unasked_share, n; unescaped_extra, unclosed_extra, stray_extra: a share of n appended) rewrite the
-variant's world/preferences.jsonl with `world.preference_pairs` (the preference data feeds DPO alone, so
-pre-training and SFT stay the same; a targeted kind's share is of the pairs it applies to, and changes only
-those).
-Prints one Markdown row per (variant, seed):
+unescaped, unasked_share, n; <kind>_extra for each kind of `world.EXTRA_PAIRS`: a share of n appended)
+rewrite the variant's world/preferences.jsonl with `world.preference_pairs` (the preference data feeds DPO
+alone, so pre-training and SFT stay the same; a targeted kind's share is of the pairs it applies to, and
+changes only those). Prints one Markdown row per (variant, seed):
 the three analogs' SFT and DPO scores ± stderr, the paired DPO − SFT difference on the instruction analog
 with its bootstrap 95% interval, the instruction type that lost most (its paired difference ± stderr), and
 RL's GSM8K analog score with the paired RL − DPO difference. Then the spread over seeds, and per variant the

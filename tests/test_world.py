@@ -191,6 +191,16 @@ def test_unescaped_rejection_breaks_only_the_json():
     assert min(made[k] for k in ("paragraphs", "postscript", "title")) >= 5, made
 
 
+def _appended(kind: str, seed: int) -> list[tuple]:
+    """The 40 pairs of `kind` appended to 400 drawn ones (which stay byte-identical), each as (pair, ids,
+    kwargs, chosen answer, rejected answer)."""
+    off = {k: 0.0 for k in world.EXTRA_PAIRS}
+    pairs = preference_pairs(400, seed=seed, extra={**off, kind: 0.1})
+    assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=seed, extra=off)
+    return [(p, p["instruction_id_list"], p["kwargs"], p["chosen"][1]["content"], p["rejected"][1]["content"])
+            for p in pairs[400:]]
+
+
 @pytest.mark.parametrize("kind, rule, made_from", [
     ("unescaped", "json_format", lambda good: good.replace("\\n", "\n")),  # the preset's: raw line breaks
     ("unclosed", "quotation", lambda good: good[:-1]),  # off in the preset: the closing quote mark dropped
@@ -199,13 +209,8 @@ def test_extra_pairs_are_appended_and_break_only_their_instruction(kind, rule, m
     """`extra` appends pairs of a targeted kind after the n drawn ones, which stay byte-identical; every
     appended pair is a training prompt (not held out) whose chosen answer passes all its rules and whose
     rejection fails the kind's rule only, with its partner instructions varied."""
-    base = preference_pairs(400, seed=12, extra={"unescaped": 0.0, "unclosed": 0.0})
-    pairs = preference_pairs(400, seed=12, extra={"unescaped": 0.0, "unclosed": 0.0, kind: 0.1})
-    assert len(pairs) == 440 and pairs[:400] == base
     partners = Counter()
-    for p in pairs[400:]:
-        ids, kwargs = p["instruction_id_list"], p["kwargs"]
-        chosen, rejected = p["chosen"][1]["content"], p["rejected"][1]["content"]
+    for p, ids, kwargs, chosen, rejected in _appended(kind, seed=12):
         assert not world._held_out(p["prompt"], 12) and p["chosen"][0]["content"] == p["prompt"]
         assert all(check(i, kw, chosen) for i, kw in zip(ids, kwargs)), p["prompt"]
         assert [check(i, kw, rejected) for i, kw in zip(ids, kwargs)] == [not i.endswith(rule) for i in ids]
@@ -215,16 +220,6 @@ def test_extra_pairs_are_appended_and_break_only_their_instruction(kind, rule, m
     assert len(partners) == 3 if kind == "unescaped" else len(partners) >= 8, partners
     with pytest.raises(ValueError, match="extra pairs of kind 'miscount'"):
         preference_pairs(10, seed=0, extra={"miscount": 0.5})
-
-
-def _appended(kind: str, seed: int) -> list[tuple]:
-    """The 40 pairs of `kind` appended to 400 drawn ones (which stay byte-identical), each as (pair, ids,
-    kwargs, chosen answer, rejected answer)."""
-    off = {k: 0.0 for k in world.EXTRA_PAIRS}
-    pairs = preference_pairs(400, seed=seed, extra={**off, kind: 0.1})
-    assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=seed, extra=off)
-    return [(p, p["instruction_id_list"], p["kwargs"], p["chosen"][1]["content"], p["rejected"][1]["content"])
-            for p in pairs[400:]]
 
 
 def test_stray_pairs_are_the_unclosed_pairs_twins():

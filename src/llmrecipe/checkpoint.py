@@ -301,7 +301,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     opt_state: dict[str, dict] = {}
     for key, v in load_tensors(path / "optimizer.safetensors").items():
         name, k = key.split("::", 1)
-        # safetensors hands back buffers at whatever address Python's allocator gave (measured: 16, 20, 24
+        # safetensors hands back buffers at whatever address Python's allocator gave (measured: 4 to 60
         # bytes past a 64-byte boundary); an uninterrupted run's moments sit in torch's 64-byte aligned
         # storage. The optimizer keeps these tensors and updates them in place for the rest of the run, so
         # a kernel that takes another path for unaligned data would make a resumed run differ from the

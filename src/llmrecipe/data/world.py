@@ -597,17 +597,18 @@ def _checks(task: dict, c: Character, attr: str) -> dict:
 # gain (+2.4, +2.0 ± 0.7), and lose a type pooled in more seed slices than the preset (session 13).
 # quoted_partner 0 for now (session 13): 60 pairs, paired against this preset over fifteen seeds, gain the
 # prompt level +1.0 ± 0.2 with no type lower than -0.8 ± 1.0 and no type lost pooled in any of the six seed
-# slices, but on the CI's reduced preset (tests/test_recipe.py) seed 0's DPO fell below SFT on the GSM8K
-# analog (-5.0 [-9.0, -1.0]): to be measured there over seeds before it is adopted (BENCHMARKS.md).
+# slices, but on the CI's reduced preset (tests/test_recipe.py) they cost the GSM8K analog -0.8 points over
+# five seeds, and seed 0's DPO fell below SFT there (-5.0 [-9.0, -1.0]; BENCHMARKS.md).
 EXTRA_PAIRS = {"unescaped": 0.0375, "unclosed": 0.0, "stray": 0.0, "quoted_partner": 0.0}
 # The instructions that put a line break into a compliant JSON answer (the divider ***, P.S., <<title>>).
 LINE_BREAKING = ("postscript", "title", "paragraphs")
 # Per extra kind: the instruction every task has (None: two drawn from the partners), the ones it is paired
 # with, and the rejection made of it.
+_BESIDE_QUOTE = tuple(k for k in INSTRUCTION_TYPES if k != "quote")
 EXTRA_TASKS = {"unescaped": ("json", LINE_BREAKING, unescaped),
-               "unclosed": ("quote", tuple(k for k in INSTRUCTION_TYPES if k != "quote"), unclosed),
-               "stray": (None, tuple(k for k in INSTRUCTION_TYPES if k not in ("quote", "json")), stray),
-               "quoted_partner": ("quote", tuple(k for k in INSTRUCTION_TYPES if k != "quote"), quoted_partner)}
+               "unclosed": ("quote", _BESIDE_QUOTE, unclosed),
+               "stray": (None, tuple(k for k in _BESIDE_QUOTE if k != "json"), stray),
+               "quoted_partner": ("quote", _BESIDE_QUOTE, quoted_partner)}
 
 
 def extra_pairs(kind: str, count: int, seed: int, cast: list[Character]) -> list[dict]:
