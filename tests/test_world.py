@@ -246,3 +246,21 @@ def test_quoted_partner_pairs_close_the_quotation_in_both_answers():
         assert verdicts == [i == "startend:quotation" for i in ids], (p["prompt"], rejected)
         partners[next(i for i in ids if i != "startend:quotation")] += 1
     assert len(partners) >= 8, partners
+
+
+def test_word_problem_pairs_reject_a_wrong_sum_on_training_questions():
+    """word_problem: appended pairs that keep the drawn mix's share of sums when instruction pairs are
+    appended; each is a training question (its bare form not held out, as the GSM8K analog's split is by
+    the bare question), in either user-turn shape, the rejection the same solution with a wrong result."""
+    off = {k: 0.0 for k in world.EXTRA_PAIRS}
+    pairs = preference_pairs(400, seed=5, extra={**off, "word_problem": 0.1})
+    assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=5, extra=off)
+    shapes = Counter()
+    for p in pairs[400:]:
+        q, chosen, rejected = p["prompt"], p["chosen"][1]["content"], p["rejected"][1]["content"]
+        bare = q[3:-3] if q.startswith("Q: ") else q
+        shapes[bare != q] += 1
+        assert not world._held_out(bare, 5) and "instruction_id_list" not in p
+        right, wrong = (int(a.rsplit("The answer is ", 1)[1].rstrip(".")) for a in (chosen, rejected))
+        assert 1 <= abs(right - wrong) <= 2 and chosen.rsplit("=", 1)[0] == rejected.rsplit("=", 1)[0]
+    assert min(shapes.values()) >= 10, shapes
