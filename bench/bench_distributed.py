@@ -27,17 +27,21 @@ def main() -> None:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     corpus = write_pretrain_corpus(tmp / "world.jsonl", 3000)
-    prepare(PrepareConfig(source=str(corpus), out=str(tmp / "data"), tokenizer="bpe", bpe_vocab_size=2048, workers=1))
-    print("| processes | threads each | global batch (seqs x T) | tokens/s | vs 1 process |\n|---:|---:|---:|---:|---:|")
+    prepare(PrepareConfig(source=str(corpus), out=str(tmp / "data"), tokenizer="bpe", bpe_vocab_size=2048,
+                          workers=1))
+    print("| processes | threads each | global batch (seqs x T) | tokens/s | vs 1 process |\n"
+          "|---:|---:|---:|---:|---:|")
     base = None
     for n in map(int, a.nprocs.split(",")):
         threads = max(1, (os.cpu_count() or 2) // n)
         out = tmp / f"run{n}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), "-m",
-               "llmrecipe", "pretrain", "--preset", "tiny", "--data", str(tmp / "data"), "--out", str(out), "--set",
-               f"max_steps={a.steps}", "grad_accum=2", "batch_size=8", "log_interval=5", "eval_interval=0",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+               "-m", "llmrecipe", "pretrain", "--preset", "tiny", "--data", str(tmp / "data"),
+               "--out", str(out), "--set", f"max_steps={a.steps}", "grad_accum=2", "batch_size=8",
+               "log_interval=5", "eval_interval=0",
                f"save_interval={a.steps * 10}", f"parallel={a.parallel}"]
-        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        subprocess.run(cmd, check=True, capture_output=True,
+                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][1:]
         tps = sum(r["tokens_per_sec"] for r in recs) / len(recs)
         base = base or tps

@@ -64,9 +64,11 @@ def main() -> None:
     t_ours = timed(lambda: engine.next_token_logprobs(prompts, letters))
     t_hf = timed(hf_scores)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"device {dev}; preset {a.preset}; mean MMLU-Pro prompt {sum(map(len, prompts)) / len(prompts):.0f} tokens")
+    mean_prompt = sum(map(len, prompts)) / len(prompts)
+    print(f"device {dev}; preset {a.preset}; mean MMLU-Pro prompt {mean_prompt:.0f} tokens")
     print("| what | ours | HF | ours/HF |\n|---|---:|---:|---:|")
-    print(f"| MMLU-Pro scoring, questions/s | {len(items) / t_ours:.2f} | {len(items) / t_hf:.2f} | {t_hf / t_ours:.2f}x |")
+    print(f"| MMLU-Pro scoring, questions/s | {len(items) / t_ours:.2f} | {len(items) / t_hf:.2f} | "
+          f"{t_hf / t_ours:.2f}x |")
     base = [tok.encode("The following are multiple choice questions about history and the")]
     for B in (1, 32):
         batch = [base[0][: 8 + (i % 5)] for i in range(B)] if B > 1 else base
@@ -83,7 +85,8 @@ def main() -> None:
         eng = Engine(ours, tok, rt, batch_size=B)
         eng.tok = _NoStop(tok)  # count full-length outputs: never stop at EOT
         t_ours, t_hf = timed(lambda: eng.generate(batch, n)), timed(hf_gen)
-        print(f"| generation B={B}, new tokens/s | {B * n / t_ours:,.0f} | {B * n / t_hf:,.0f} | {t_hf / t_ours:.2f}x |")
+        print(f"| generation B={B}, new tokens/s | {B * n / t_ours:,.0f} | {B * n / t_hf:,.0f} | "
+              f"{t_hf / t_ours:.2f}x |")
 
 
 class _NoStop:

@@ -90,8 +90,9 @@ def main() -> None:
         return
     res = {}
     for mode in MODES:
-        out = subprocess.run([sys.executable, __file__, "--one", mode, "--preset", a.preset, "--batch", str(a.batch),
-                              "--seq", str(a.seq), "--steps", str(a.steps)], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--one", mode, "--preset", a.preset,
+                              "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps)],
+                             capture_output=True, text=True, check=True)
         res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     base = res.pop("model-only")["peak_mb"]
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 def call(url: str, max_tokens: int, i: int) -> tuple[float, int]:
-    body = json.dumps({"model": "base", "messages": [{"role": "user", "content": f"Tell me a story number {i}."}],
+    messages = [{"role": "user", "content": f"Tell me a story number {i}."}]
+    body = json.dumps({"model": "base", "messages": messages,
                        "max_tokens": max_tokens, "temperature": 1.0, "seed": i}).encode()
     t0 = time.perf_counter()
     req = urllib.request.Request(f"{url}/chat/completions", body, {"Content-Type": "application/json"})

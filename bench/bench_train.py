@@ -72,7 +72,8 @@ def main() -> None:
             m.train()
             fwd = torch.compile(m) if a.compile else m
             tps[name] = B * T / step_time(fwd, fn, x, x, rt, a.steps, a.warmup)
-        row = f"| {preset} | {B} | {T} | {tps['ours']:,.0f} | {tps['hf']:,.0f} | {tps['ours'] / tps['hf']:.2f}x |"
+        row = (f"| {preset} | {B} | {T} | {tps['ours']:,.0f} | {tps['hf']:,.0f} | "
+               f"{tps['ours'] / tps['hf']:.2f}x |")
         if not cpu and rt.peak_flops:
             n = ours.num_params()
             mfu = tps["ours"] * (6 * n + 12 * cfg.n_layer * cfg.n_embd * T) / rt.peak_flops

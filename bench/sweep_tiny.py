@@ -27,6 +27,7 @@ from pathlib import Path
 
 from llmrecipe.data.world import EXTRA_PAIRS, HARD_REJECTIONS, TARGETED, _write_jsonl, preference_pairs
 from llmrecipe.eval.harness import trades_over_runs
+from llmrecipe.config import load_preset
 from llmrecipe.files import read_jsonl
 from llmrecipe.recipe import run
 
@@ -73,7 +74,8 @@ def _pairs(seed: int, keys: dict[str, float], common: dict[str, str]) -> list[di
         raise SystemExit(f"error: unknown variant key(s) pairs.{', pairs.'.join(sorted(unknown))}")
     hard = {**HARD_REJECTIONS, **{k: v for k, v in keys.items() if k in ("wrong_content", *TARGETED)}}
     extra = {**EXTRA_PAIRS, **{extras[k]: v for k, v in keys.items() if k in extras}}
-    n = int(keys.get("n", common.get("world.preference_pairs", 1600)))
+    preset_n = load_preset("tiny")["world"]["preference_pairs"]
+    n = int(keys.get("n", common.get("world.preference_pairs", preset_n)))
     return preference_pairs(n, seed, keys.get("unasked_share", 0.4), hard, extra)
 
 

@@ -43,7 +43,8 @@ def tiny_base(small_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_base")
     cfg = PretrainConfig(model=GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=256),
                          train=TrainConfig(batch_size=8, grad_accum=1, max_steps=200, lr=1e-2, min_lr=1e-3,
-                                           warmup_steps=10, log_interval=50, eval_interval=0, save_interval=1000),
+                                           warmup_steps=10, log_interval=50, eval_interval=0,
+                                           save_interval=1000),
                          data=str(small_corpus))
     run_pretrain(cfg, out)
     return out

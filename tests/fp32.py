@@ -40,7 +40,8 @@ def assert_adam_weights_close(a: dict, b: dict, lr: float, steps: int, reduction
     for k in a:
         d = (a[k] - b[k]).abs()
         bound = 2 * lr * steps
-        assert float(d.max()) <= bound, f"{k}: max |difference| {float(d.max()):.3g} exceeds Adam's {bound:.3g}"
+        assert float(d.max()) <= bound, (f"{k}: max |difference| {float(d.max()):.3g} exceeds Adam's "
+                                         f"{bound:.3g}")
         beyond += int((d > fp32_atol(a[k], reduction)).sum())
         total += d.numel()
     assert beyond <= max(1, total // 1000), f"{beyond} of {total} weights differ beyond fp32 rounding"

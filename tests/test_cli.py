@@ -20,8 +20,9 @@ def test_stage_commands_chain(data_dir, tmp_path, capsys):
           "--tokenizer", "bpe", "--vocab-size", "400", "--workers", "1"])
     main(["pretrain", "--preset", "tiny", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "base"),
           "--set", "max_steps=10", "vocab_size=400", *SMALL])
-    main(["sft", "--base", str(tmp_path / "base"), "--data", str(data_dir / "sft" / "ultrachat_200k_sample20.parquet"),
-          "--out", str(tmp_path / "sft"), "--set", "max_steps=4", "batch_size=2", "log_interval=2"])
+    main(["sft", "--base", str(tmp_path / "base"),
+          "--data", str(data_dir / "sft" / "ultrachat_200k_sample20.parquet"), "--out", str(tmp_path / "sft"),
+          "--set", "max_steps=4", "batch_size=2", "log_interval=2"])
     main(["dpo", "--sft", str(tmp_path / "sft"), "--out", str(tmp_path / "dpo"), "--data",
           str(data_dir / "preference" / "ultrafeedback" / "train_clean.jsonl"), "--beta", "0.2",
           "--set", "max_steps=3", "batch_size=2", "max_examples=20", "log_interval=1"])
@@ -59,7 +60,8 @@ def test_stage_commands_chain(data_dir, tmp_path, capsys):
     c = merged.config
     assert_fp32_close(merged(idx)[0], chained(idx)[0], c.n_layer * (5 * c.n_embd + c.block_size), "merged")
     capsys.readouterr()
-    main(["generate", "--model", str(tmp_path / "merged"), "--prompt", "The", "--max-new-tokens", "5", "--seed", "1"])
+    main(["generate", "--model", str(tmp_path / "merged"), "--prompt", "The", "--max-new-tokens", "5",
+          "--seed", "1"])
     assert capsys.readouterr().out.startswith("The")
 
 
@@ -101,7 +103,8 @@ def test_user_errors_exit_with_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("key, value, rule", [
-    ("grad_accum", "0", "≥ 1"), ("lr", "-1e-3", "> 0"), ("min_lr", "-1", "≥ 0"), ("warmup_steps", "-5", "≥ 0"),
+    ("grad_accum", "0", "≥ 1"), ("lr", "-1e-3", "> 0"), ("min_lr", "-1", "≥ 0"),
+    ("warmup_steps", "-5", "≥ 0"),
     ("schedule", "linear", "one of cosine, constant"), ("n_layer", "0", "≥ 1"), ("dropout", "1.5", "[0, 1)"),
     ("save_interval", "0", "≥ 1"), ("log_interval", "0", "≥ 1"), ("compile", "maybe", "one of auto"),
     ("n_embd", "102", "divisible by n_head"),
@@ -126,9 +129,9 @@ def test_stage_and_run_settings_are_validated_before_anything_runs(tmp_path):
                              (sft_config, "epochs", "0")):
         with pytest.raises(ValueError, match=f"config key '(lora.)?{key}'"):
             apply_overrides(make("tiny"), {key: value})
-    for overrides, match in (({"eval.suites": "gsm8kk"}, "unknown suite"), ({"eval.max_new_tokens": "0"},
-                             "max_new_tokens"), ({"dpo.beta": "-0.1"}, "beta"), ({"sft.train.grad_accum": "0"},
-                             "grad_accum")):
+    for overrides, match in (({"eval.suites": "gsm8kk"}, "unknown suite"),
+                             ({"eval.max_new_tokens": "0"}, "max_new_tokens"), ({"dpo.beta": "-0.1"}, "beta"),
+                             ({"sft.train.grad_accum": "0"}, "grad_accum")):
         with pytest.raises(ValueError, match=match):
             run("tiny", tmp_path / "r", overrides)
         assert not (tmp_path / "r").exists()

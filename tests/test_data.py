@@ -91,7 +91,8 @@ def test_corrupt_shard_header_and_out_of_vocab_ids(tmp_path):
     with pytest.raises(DataError, match=r"train_000000.bin: corrupt shard header \(bad magic"):
         TokenWindows(tmp_path, "train", 8)
     write_shard(tmp_path / "train_000000.bin", np.arange(100) % 50, vocab_size=50)
-    (tmp_path / "train_000000.bin").write_bytes((tmp_path / "train_000000.bin").read_bytes()[:HEADER_BYTES + 20])
+    shard = tmp_path / "train_000000.bin"
+    shard.write_bytes(shard.read_bytes()[:HEADER_BYTES + 20])
     with pytest.raises(DataError, match="corrupt shard"):
         TokenWindows(tmp_path, "train", 8)
     write_shard(tmp_path / "train_000000.bin", np.arange(100) % 50, vocab_size=50)
@@ -104,7 +105,8 @@ def test_corrupt_shard_header_and_out_of_vocab_ids(tmp_path):
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     f = _write_jsonl(tmp_path / "bad.jsonl", [{"body": "x"}])
     r = subprocess.run([sys.executable, "-m", "llmrecipe", "prepare", "text", "--input", str(f), "--out",
-                        str(tmp_path / "o"), "--tokenizer", "gpt2", "--workers", "1"], capture_output=True, text=True)
+                        str(tmp_path / "o"), "--tokenizer", "gpt2", "--workers", "1"],
+                       capture_output=True, text=True)
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "bad.jsonl, row 1: no 'text' column" in last

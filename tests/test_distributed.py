@@ -16,9 +16,11 @@ from safetensors.torch import load_file
 from fp32 import assert_adam_weights_close, fp32_atol
 from llmrecipe.cli import main
 
-SMALL = ["n_layer=2", "n_head=2", "n_embd=64", "vocab_size=512", "block_size=64", "batch_size=4", "grad_accum=2",
-         "lr=3e-3", "warmup_steps=2", "log_interval=1", "eval_interval=0", "save_interval=3", "keep_checkpoints=5"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmrecipe"]
+SMALL = ["n_layer=2", "n_head=2", "n_embd=64", "vocab_size=512", "block_size=64", "batch_size=4",
+         "grad_accum=2", "lr=3e-3", "warmup_steps=2", "log_interval=1", "eval_interval=0", "save_interval=3",
+         "keep_checkpoints=5"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "llmrecipe"]
 
 
 def _has(module: str) -> bool:
@@ -41,7 +43,8 @@ def losses(d: Path) -> list[float]:
 REDUCTION = 2 * 4 * 64
 
 
-def weights_close(a: Path, b: Path, name: str = "model.safetensors", lr: float = 3e-3, steps: int = 6) -> None:
+def weights_close(a: Path, b: Path, name: str = "model.safetensors", lr: float = 3e-3,
+                  steps: int = 6) -> None:
     """Equal up to fp32 rounding (in another summation order), as amplified by Adam (see fp32.py)."""
     assert_adam_weights_close(load_file(a / name), load_file(b / name), lr, steps, REDUCTION)
 
@@ -60,10 +63,11 @@ def one_proc(small_corpus, tmp_path_factory):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_ranks_match_one_process_and_resume_in_one(one_proc, small_corpus, tmp_path, parallel):
     two = tmp_path / "two"
-    # torchrun's parser stops at "--log" (ambiguous with its --log-dir): --report-to is the spelling it lets by
+    # torchrun's parser stops at "--log" (ambiguous with its --log-dir): --report-to is the spelling it lets
+    # by
     track = ["--report-to", "tensorboard"] if parallel == "ddp" and _has("tensorboard") else []
-    torchrun("pretrain", "--data", str(small_corpus), "--out", str(two), "--set", "max_steps=6", f"parallel={parallel}",
-             *SMALL, *track)
+    torchrun("pretrain", "--data", str(small_corpus), "--out", str(two), "--set", "max_steps=6",
+             f"parallel={parallel}", *SMALL, *track)
     losses_close(losses(two), losses(one_proc))
     assert len(losses(two)) == 6
     if track:  # only rank 0 logs: one event file, each step once
@@ -77,7 +81,8 @@ def test_two_ranks_match_one_process_and_resume_in_one(one_proc, small_corpus, t
     shutil.rmtree(resumed / "checkpoints" / "step_0000006")
     (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
     (resumed / "model.safetensors").unlink()
-    main(["pretrain", "--data", str(small_corpus), "--out", str(resumed), "--resume", "--set", "max_steps=6", *SMALL])
+    main(["pretrain", "--data", str(small_corpus), "--out", str(resumed), "--resume", "--set", "max_steps=6",
+          *SMALL])
     losses_close(losses(resumed), losses(two))
     weights_close(two, resumed)
 
@@ -110,12 +115,13 @@ def test_killing_one_rank_ends_the_other_with_a_clear_message(small_corpus, tmp_
         port = s.getsockname()[1]
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "LLMRECIPE_DIST_TIMEOUT": "30"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "llmrecipe", "pretrain", "--data", str(small_corpus),
-                                       "--out", str(tmp_path / "run"), "--set", "max_steps=100000",
-                                       "save_interval=100000", *SMALL[:-2]],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+               "LLMRECIPE_DIST_TIMEOUT": "30"}
+        cmd = [sys.executable, "-m", "llmrecipe", "pretrain", "--data", str(small_corpus), "--out",
+               str(tmp_path / "run"), "--set", "max_steps=100000", "save_interval=100000", *SMALL[:-2]]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
@@ -140,8 +146,10 @@ def test_eval_shards_items_over_ranks_with_the_same_records(tiny_base, data_dir,
 
     def records(d):
         recs = [json.loads(x) for x in (tmp_path / d / "eval.mmlu_pro.jsonl").read_text().splitlines()]
-        return sorted(({k: v for k, v in r.items() if k != "scores"} for r in recs), key=lambda r: str(r["id"]))
+        return sorted(({k: v for k, v in r.items() if k != "scores"} for r in recs),
+                      key=lambda r: str(r["id"]))
 
     assert records("one") == records("two") and len(records("two")) == 9
-    one, two = (json.loads((tmp_path / d / "eval.json").read_text())["suites"]["mmlu_pro"] for d in ("one", "two"))
+    one, two = (json.loads((tmp_path / d / "eval.json").read_text())["suites"]["mmlu_pro"]
+                for d in ("one", "two"))
     assert one["accuracy"] == two["accuracy"] and one["per_category"] == two["per_category"]

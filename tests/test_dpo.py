@@ -82,7 +82,8 @@ def test_identical_and_overlong_pairs_are_dropped_and_counted(tiny_base, tmp_pat
     u = {"role": "user", "content": "Say something."}
     rows = [{"prompt": "p", "chosen": [u, {"role": "assistant", "content": "Yes."}],
              "rejected": [u, {"role": "assistant", "content": "Yes."}]},
-            {"prompt": "p", "chosen": [{"role": "user", "content": "long " * 300}, {"role": "assistant", "content": "a"}],
+            {"prompt": "p",
+             "chosen": [{"role": "user", "content": "long " * 300}, {"role": "assistant", "content": "a"}],
              "rejected": [{"role": "user", "content": "long " * 300}, {"role": "assistant", "content": "b"}]},
             {"prompt": "p", "chosen": [u, {"role": "assistant", "content": "Good."}],
              "rejected": [u, {"role": "assistant", "content": "Bad."}]},
@@ -98,7 +99,8 @@ def test_identical_and_overlong_pairs_are_dropped_and_counted(tiny_base, tmp_pat
 
 
 @pytest.mark.parametrize("reference", ["adapter", "copy"])
-def test_at_init_loss_is_log2_and_rewards_zero_then_a_step_raises_the_margin(tiny_base, ufb, tmp_path, reference):
+def test_at_init_loss_is_log2_and_rewards_zero_then_a_step_raises_the_margin(tiny_base, ufb, tmp_path,
+                                                                               reference):
     cfg = dpo_cfg(tiny_base, ufb, max_steps=1)
     cfg.reference = reference
     rt = setup("cpu")

@@ -32,7 +32,8 @@ def test_stop_strings_cut_the_output(tiny_base):
 
 def test_scores_match_a_full_forward_and_truncate_from_the_left(tiny_base):
     e = engine(tiny_base, batch_size=3)
-    reqs = [(e.tok.encode("The cat sat on"), e.tok.encode(" the mat")), (e.tok.encode("Hello"), e.tok.encode(" world")),
+    reqs = [(e.tok.encode("The cat sat on"), e.tok.encode(" the mat")),
+            (e.tok.encode("Hello"), e.tok.encode(" world")),
             (e.tok.encode("x " * 400), e.tok.encode(" end"))]  # longer than the 256 context
     got = e.score(reqs)
     for (ctx, cont), s in zip(reqs, got):

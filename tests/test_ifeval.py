@@ -17,8 +17,8 @@ def ifeval_dir(data_dir):
 @pytest.mark.parametrize("mode", ["strict", "loose"])
 def test_verdicts_agree_with_the_reference_checker_on_every_instruction(ifeval_dir, mode):
     items = [json.loads(x) for x in (ifeval_dir / "input_data.jsonl").read_text().splitlines()]
-    ref = [json.loads(x) for x in
-           (ifeval_dir / "reference_eval_results_benchweaver" / f"eval_results_{mode}.jsonl").read_text().splitlines()]
+    reference = ifeval_dir / "reference_eval_results_benchweaver" / f"eval_results_{mode}.jsonl"
+    ref = [json.loads(x) for x in reference.read_text().splitlines()]
     assert len(items) == len(ref) == 541
     disagreements = []
     for item, r in zip(items, ref):
@@ -42,9 +42,11 @@ def test_the_four_numbers_on_the_official_gpt4_responses(ifeval_dir, data_dir):
 
 CASES = {  # instruction: (kwargs, a passing response, a failing response)
     "keywords:existence": ({"keywords": ["apple", "sky"]}, "An Apple under the SKY.", "An apple only."),
-    "keywords:frequency": ({"keyword": "cat", "frequency": 2, "relation": "at least"}, "cat and cat", "one cat"),
+    "keywords:frequency": ({"keyword": "cat", "frequency": 2, "relation": "at least"},
+                           "cat and cat", "one cat"),
     "keywords:forbidden_words": ({"forbidden_words": ["war"]}, "A warning is fine.", "No WAR here."),
-    "keywords:letter_frequency": ({"letter": "z", "let_frequency": 2, "let_relation": "less than"}, "zoo", "zz top"),
+    "keywords:letter_frequency": ({"letter": "z", "let_frequency": 2, "let_relation": "less than"},
+                                  "zoo", "zz top"),
     "language:response_language": ({"language": "de"},
                                    "Das ist ein kurzer deutscher Satz über das Wetter in Berlin heute.",
                                    "This is a short English sentence about the weather in London today."),
@@ -54,13 +56,16 @@ CASES = {  # instruction: (kwargs, a passing response, a failing response)
                                              "First.\n***\n\n***\nThird."),
     "length_constraints:number_words": ({"num_words": 5, "relation": "at least"},
                                         "one two three four five", "one two three four"),
-    "length_constraints:nth_paragraph_first_word": ({"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"},
-                                                    "First.\n\n\"Then, second.", "First.\n\nNow second."),
-    "detectable_content:number_placeholders": ({"num_placeholders": 2}, "Dear [name] at [address]", "Dear [name]"),
+    "length_constraints:nth_paragraph_first_word": (
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"},
+        "First.\n\n\"Then, second.", "First.\n\nNow second."),
+    "detectable_content:number_placeholders": ({"num_placeholders": 2}, "Dear [name] at [address]",
+                                               "Dear [name]"),
     "detectable_content:postscript": ({"postscript_marker": "P.S."}, "Hi.\np.s. see you", "Hi. PS see you"),
     "detectable_format:number_bullet_lists": ({"num_bullets": 2}, "* one\n- two", "* one\n* two\n* three"),
     "detectable_format:constrained_response": ({}, "My answer is maybe.", "Maybe."),
-    "detectable_format:number_highlighted_sections": ({"num_highlights": 2}, "*one* and **two**", "*one* and ** **"),
+    "detectable_format:number_highlighted_sections": ({"num_highlights": 2}, "*one* and **two**",
+                                                      "*one* and ** **"),
     "detectable_format:multiple_sections": ({"section_spliter": "SECTION", "num_sections": 2},
                                             "SECTION 1\na\nSECTION 2\nb", "SECTION 1\nonly one"),
     "detectable_format:json_format": ({}, '```json\n{"a": 1}\n```', "{'a': 1}"),
@@ -91,10 +96,12 @@ def test_edge_cases_at_the_limits():
     words = " ".join(["w"] * 10)
     assert check("length_constraints:number_words", {"num_words": 10, "relation": "at least"}, words)
     assert not check("length_constraints:number_words", {"num_words": 10, "relation": "less than"}, words)
-    assert check("length_constraints:number_sentences", {"num_sentences": 2, "relation": "at least"}, "Dr. Who came. He left.")
+    assert check("length_constraints:number_sentences", {"num_sentences": 2, "relation": "at least"},
+                 "Dr. Who came. He left.")
     assert check("detectable_format:json_format", {}, '```\n[1, 2]\n```')
     assert not check("detectable_format:number_bullet_lists", {"num_bullets": 1}, "**bold** line")
-    assert check("punctuation:no_comma", {}, "x") and not check("punctuation:no_comma", {}, "   ")  # empty never follows
+    # an empty answer never follows
+    assert check("punctuation:no_comma", {}, "x") and not check("punctuation:no_comma", {}, "   ")
     # loose scoring: a chatty first line or markdown stars are forgiven
     ids, kw = ["startend:quotation"], [{}]
     resp = 'Sure, here it is:\n"quoted answer"'
@@ -110,7 +117,8 @@ def test_language_detection_is_deterministic():
 def test_malformed_responses_file_names_the_line(data_dir, tmp_path):
     prompt = load_items(str(data_dir / "eval"))[0]["prompt"]
     cases = {"bad JSON": ('{"prompt": 1\n', "line 1: not valid JSON"),
-             "missing field": (json.dumps({"prompt": prompt}) + "\n", "line 1: missing or non-string field 'response'"),
+             "missing field": (json.dumps({"prompt": prompt}) + "\n",
+                               "line 1: missing or non-string field 'response'"),
              "unknown prompt": (json.dumps({"prompt": "no such prompt", "response": "x"}) + "\n",
                                 "line 1: prompt is not in the IFEval benchmark")}
     for name, (content, message) in cases.items():
@@ -124,7 +132,8 @@ def test_suite_runs_on_a_tiny_model(tiny_base, data_dir, tmp_path):
     from llmrecipe.eval.harness import evaluate, load_eval_model
     suite = IFEval(data_dir=str(data_dir / "eval"), max_new_tokens=12)
     for chat in (False, True):
-        res = evaluate(load_eval_model(str(tiny_base), chat=chat), [suite], tmp_path / f"{chat}.json", limit=4)
+        res = evaluate(load_eval_model(str(tiny_base), chat=chat), [suite], tmp_path / f"{chat}.json",
+                       limit=4)
         s = res["suites"]["ifeval"]
         assert s["items"] == 4 and 0 <= s["prompt_strict"] <= s["prompt_loose"] <= 1
         assert 0 <= s["instruction_strict"] <= s["instruction_loose"] <= 1

@@ -42,7 +42,9 @@ def test_init_scales_residual_projections():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=8, n_head=4, n_embd=256, vocab_size=1000, block_size=32))
     assert model.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert model.transformer.h[0].mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    # the residual projections scaled by 1/sqrt(2 x n_layer), as GPT-2 does
+    assert model.transformer.h[0].mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16),
+                                                                                 rel=0.05)
     assert model.transformer.h[0].attn.c_attn.bias.abs().max().item() == 0.0
 
 

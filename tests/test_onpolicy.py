@@ -70,8 +70,8 @@ def test_stage_replaces_rejections_with_failing_samples_only(tiny_base, tmp_path
     assert out[0]["chosen"] == rows[0]["chosen"] and out[0]["rejected"][0] == rows[0]["rejected"][0]
     assert out[1] == rows[1] and out[2] == rows[2]
     # the same through the CLI: same settings, same seed, same file
-    main(["onpolicy", "--sft", str(tiny_base), "--data", cfg.data, "--out", str(tmp_path / "b"), "--samples", "3",
-          "--max-new-tokens", "24"])
+    main(["onpolicy", "--sft", str(tiny_base), "--data", cfg.data, "--out", str(tmp_path / "b"),
+          "--samples", "3", "--max-new-tokens", "24"])
     a, b = (tmp_path / d / "preferences.jsonl" for d in "ab")
     assert a.read_bytes() == b.read_bytes()
 

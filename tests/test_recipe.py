@@ -20,9 +20,11 @@ from llmrecipe.eval.harness import trades_over_runs
 from llmrecipe.files import read_jsonl
 from llmrecipe.recipe import run
 
-# A reduced `tiny` (≈2.5 minutes on 2 AMD EPYC cores): a smaller world, half the pre-training; the eval analogs
-# keep their 300 items each, so the differences asserted below are resolved (±3 points), not noise.
-REDUCED = {"world.pretrain_docs": "10000", "world.sft_conversations": "2000", "world.preference_pairs": "1600",
+# A reduced `tiny` (≈2.5 minutes on 2 AMD EPYC cores): a smaller world, half the pre-training, the preset's
+# preference pairs; the eval analogs keep their 300 items each, so the differences asserted below are
+# resolved (±3 points), not noise.
+REDUCED = {"world.pretrain_docs": "10000", "world.sft_conversations": "2000",
+           "world.preference_pairs": "2400",
            "max_steps": "500", "eval_interval": "0", "rl.train.max_steps": "60"}
 # RL runs 60 of the preset's 450 steps here (its artifacts and mechanics); its gain is measured on the full
 # preset over five seeds by bench/sweep_tiny.py (BENCHMARKS.md), not asserted on these weaker models.
@@ -91,10 +93,14 @@ def test_tiny_dpo_collapses_no_instruction_type(tiny_runs):
     assert not worst, f"instruction types DPO collapsed over seeds {SEEDS} (difference / stderr): {worst}"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13: on this reduced preset DPO loses placeholders pooled over "
-                   "seeds 0-1 (-12.1 ± 6.7 points; seed 0 writes 'Write to [address].' where two were asked). "
-                   "With miscount rejections (a session-10 variant) it passed, -4.5 ± 5.5, but they are off: "
-                   "over ten full-preset seeds they lost bullets pooled once (BENCHMARKS.md)")
+# Not a gate: on these weaker models a type is lost pooled over 7 of the 10 pairs of world seeds 0-4, with the
+# session-13 pairs and with the preset's (BENCHMARKS.md, session 14). Seeds 0-1 pass with the preset's 2,400
+# pairs (worst: placeholders -1.5 ± 5.9) and failed with 1,600 (placeholders -9.1 ± 5.6, postscript
+# -9.7 ± 6.4): a pass two seeds may or may not give, so it reports (xpass/xfail) and the five-seed sweep
+# of the full preset decides.
+@pytest.mark.xfail(strict=False, reason="issue 13: on the reduced preset a type is lost pooled over most "
+                   "pairs of world seeds (7 of 10 of seeds 0-4); the full preset's sweep is the measure "
+                   "(BENCHMARKS.md)")
 def test_tiny_dpo_trades_no_instruction_type(tiny_runs):
     """No instruction type drops from SFT to DPO by more than its standard error, pooled over the world
     seeds (a recipe's trade, not one seed's noise: on ~30 prompts per type, a type with no true change
@@ -126,8 +132,10 @@ def test_tiny_recipe_report_artifacts(tiny_run):
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
     # each eval analog is in its real suite's file layout and schema
     world = out / "world" / "eval"
-    assert json.loads((world / "ifeval" / "input_data.jsonl").read_text().splitlines()[0])["instruction_id_list"]
-    assert json.loads((world / "gsm8k" / "test.jsonl").read_text().splitlines()[0])["answer"].split("#### ")[1].isdigit()
+    first = {name: json.loads((world / name).read_text().splitlines()[0])
+             for name in ("ifeval/input_data.jsonl", "gsm8k/test.jsonl")}
+    assert first["ifeval/input_data.jsonl"]["instruction_id_list"]
+    assert first["gsm8k/test.jsonl"]["answer"].split("#### ")[1].isdigit()
 
 
 def test_tiny_recipe_rerun_skips_everything(tiny_run, capsys):
@@ -150,11 +158,13 @@ def _cli(out: Path, overrides: dict) -> list[str]:
 
 
 def _kill_inside(cmd: list[str], stage_dir: Path, rng: random.Random) -> None:
-    """Start `run`, wait until `stage_dir` holds a checkpoint, wait a random moment, SIGKILL the whole group."""
+    """Start `run`, wait until `stage_dir` holds a checkpoint, wait a random moment, SIGKILL the whole
+    group."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 300
     while latest_checkpoint(stage_dir) is None:
-        assert proc.poll() is None, f"run ended before {stage_dir.name} checkpointed: {proc.stderr.read()[-2000:]}"
+        assert proc.poll() is None, (f"run ended before {stage_dir.name} checkpointed: "
+                                     f"{proc.stderr.read()[-2000:]}")
         assert time.time() < deadline
         time.sleep(0.05)
     time.sleep(rng.uniform(0, 0.5))
@@ -212,7 +222,8 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
         assert all(abs(steps_a[k][1] - steps_b[k][1]) <= 1e-3 * abs(steps_a[k][1]) + 1e-6 for k in steps_a)
 
     # a changed DPO setting reruns DPO and evaluation only
-    changed = subprocess.run(_cli(killed, {**SMALL, "dpo.beta": "0.3"}), check=True, capture_output=True, text=True)
+    changed = subprocess.run(_cli(killed, {**SMALL, "dpo.beta": "0.3"}), check=True, capture_output=True,
+                             text=True)
     for stage in ("world", "data", "pretrain", "sft"):
         assert f"[{stage}] up to date, skipped" in changed.stdout
     assert "[dpo] config changed: rerunning" in changed.stdout and "[eval] config changed" in changed.stdout
@@ -222,8 +233,9 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
 def test_real_preset_chain_on_the_hub_files(data_dir, tmp_path):
     """gpt2-124m's loaders and suites end to end on the shared hub files, shrunk to a few steps."""
     shrink = {"model.n_layer": "1", "model.n_head": "2", "model.n_embd": "32", "model.block_size": "512",
-              "batch_size": "2", "grad_accum": "1", "max_steps": "3", "warmup_steps": "1", "eval_interval": "0",
-              "eval_batches": "1", "sft.train.max_steps": "2", "sft.train.batch_size": "2", "sft.train.grad_accum": "1",
+              "batch_size": "2", "grad_accum": "1", "max_steps": "3", "warmup_steps": "1",
+              "eval_interval": "0", "eval_batches": "1", "sft.train.max_steps": "2",
+              "sft.train.batch_size": "2", "sft.train.grad_accum": "1",
               "dpo.train.max_steps": "2", "dpo.train.batch_size": "2", "dpo.train.grad_accum": "1",
               "dpo.max_examples": "16", "eval.limit": "2", "eval.max_new_tokens": "8",
               "rl.train.max_steps": "1", "rl.train.batch_size": "1", "rl.train.grad_accum": "1",
@@ -235,7 +247,7 @@ def test_real_preset_chain_on_the_hub_files(data_dir, tmp_path):
     assert r["table"]["suites"] == ["mmlu_pro", "gsm8k", "ifeval", "mt_bench"]
     for model in ("base", "sft", "dpo", "rl"):
         scores = r["table"]["scores"][model]
-        assert scores["mmlu_pro"]["items"] == 2 and scores["gsm8k"]["items"] == 2 and scores["ifeval"]["items"] == 2
+        assert [scores[s]["items"] for s in ("mmlu_pro", "gsm8k", "ifeval")] == [2, 2, 2]
     assert (tmp_path / "report.md").is_file() and (tmp_path / "eval.png").is_file()
 
 

@@ -1,4 +1,5 @@
-"""The server as users meet it: a real process on 127.0.0.1, the real `openai` client, MT-Bench judged by it."""
+"""The server as users meet it: a real process on 127.0.0.1, the real `openai` client, MT-Bench judged by
+it."""
 import json
 import re
 import subprocess
@@ -30,15 +31,17 @@ def adapters(tiny_base, data_dir, tmp_path_factory):
         d = tmp_path_factory.mktemp(name)
         run_sft(SFTConfig(lora=LoRAConfig(r=4, alpha=8, dropout=0.0),
                           train=TrainConfig(batch_size=2, grad_accum=1, max_steps=3, lr=lr, warmup_steps=0,
-                                            schedule="constant", log_interval=1, eval_interval=0, save_interval=100),
-                          base=str(tiny_base), data=str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl")), d)
+                                            schedule="constant", log_interval=1, eval_interval=0,
+                                            save_interval=100),
+                          base=str(tiny_base), data=str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl")),
+                d)
         out[name] = d
     return out
 
 
 def start_server(tiny_base, adapters, *extra):
-    args = [sys.executable, "-m", "llmrecipe", "serve", "--model", str(tiny_base), "--port", "0", "--device", "cpu",
-            *[f"--adapter={n}={p}" for n, p in adapters.items()], *extra]
+    args = [sys.executable, "-m", "llmrecipe", "serve", "--model", str(tiny_base), "--port", "0",
+            "--device", "cpu", *[f"--adapter={n}={p}" for n, p in adapters.items()], *extra]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"http://127.0.0.1:(\d+)/v1", line)
@@ -71,7 +74,8 @@ def test_openai_client_list_chat_completion_stream_and_adapters(server, tiny_bas
     for name in ("base", "sft_a", "sft_b", "base"):
         r = client.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0)
         assert r.choices[0].message.role == "assistant" and r.usage.completion_tokens <= 12
-        assert r.usage.prompt_tokens > 5 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+        u = r.usage
+        assert u.prompt_tokens > 5 and u.total_tokens == u.prompt_tokens + u.completion_tokens
         outs.setdefault(name, r.choices[0].message.content)
         assert outs[name] == r.choices[0].message.content  # switching back and forth changes nothing
     # each adapter answers exactly as the same adapter loaded locally
@@ -98,11 +102,14 @@ def test_bad_requests_get_4xx_in_openai_shape_and_the_server_survives(server):
              (json.dumps({"model": "base", "messages": msgs, "max_tokens": 10 ** 9}).encode(), 400),
              (json.dumps({"model": "base", "messages": "hi"}).encode(), 400),
              (json.dumps({"model": "base", "messages": msgs, "temperature": "hot"}).encode(), 400),
-             (json.dumps({"model": "base", "messages": [{"role": "user", "content": "word " * 400}]}).encode(), 400)]
+             (json.dumps({"model": "base", "messages": [{"role": "user", "content": "word " * 400}]})
+              .encode(), 400)]
     for body, status in cases:
         code, resp = raw(server, "/chat/completions", body)
-        assert code == status and set(resp["error"]) >= {"message", "type", "param", "code"}, (body[:40], resp)
-    code, resp = raw(server, "/chat/completions", json.dumps({"model": "base", "messages": msgs, "max_tokens": 2}).encode())
+        assert code == status, (body[:40], resp)
+        assert set(resp["error"]) >= {"message", "type", "param", "code"}, (body[:40], resp)
+    ok = json.dumps({"model": "base", "messages": msgs, "max_tokens": 2}).encode()
+    code, resp = raw(server, "/chat/completions", ok)
     assert code == 200
     client = openai.OpenAI(base_url=server, api_key="x")
     with pytest.raises(openai.NotFoundError):
@@ -118,8 +125,8 @@ def test_concurrent_requests_do_not_corrupt_each_other(server):
 
     def hit(name):
         try:
-            got.append((name, client.chat.completions.create(model=name, messages=msgs, max_tokens=10, temperature=0)
-                        .choices[0].message.content))
+            r = client.chat.completions.create(model=name, messages=msgs, max_tokens=10, temperature=0)
+            got.append((name, r.choices[0].message.content))
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -174,7 +181,8 @@ def test_mt_bench_end_to_end_with_our_server_as_judge(judge_server, tiny_base, a
     before = requests_seen(server)
     res = evaluate(model, [suite], tmp_path / "eval.json", limit=3)["suites"]["mt_bench"]
     assert requests_seen(server) - before == 6 == judge.calls  # 3 questions x 2 turns
-    assert res["items"] == 3 and res["unparseable"] == 6 and res["judge"] == "base"  # a random judge: no [[N]]
+    # a random judge: no [[N]]
+    assert res["items"] == 3 and res["unparseable"] == 6 and res["judge"] == "base"
     assert res["display"] == "n/a (6 unparseable)"
     recs = [json.loads(x) for x in (tmp_path / "eval.mt_bench.jsonl").read_text().splitlines()]
     assert all(len(r["answers"]) == 2 and len(r["judgments"]) == 2 for r in recs)
@@ -186,8 +194,8 @@ def test_mt_bench_end_to_end_with_our_server_as_judge(judge_server, tiny_base, a
     assert judge2.calls == 0 and requests_seen(server) - before == 6
     # pairwise: every (question, turn) judged in both orders
     b = load_eval_model(str(tiny_base), adapters["sft_b"], name="sft_b")
-    pw = pairwise(model, b, Judge("base", server, cache_path=tmp_path / "pw.jsonl", max_tokens=12), str(data_dir / "eval"),
-                  limit=2, max_new_tokens=8)
+    judge3 = Judge("base", server, cache_path=tmp_path / "pw.jsonl", max_tokens=12)
+    pw = pairwise(model, b, judge3, str(data_dir / "eval"), limit=2, max_new_tokens=8)
     assert pw["comparisons"] == 4 and pw["win"] + pw["tie"] + pw["loss"] == 4
     assert requests_seen(server) - before == 6 + 8
 
@@ -213,7 +221,8 @@ class _Flaky(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Rating: [[6]]"}}]}).encode()
+        reply = {"role": "assistant", "content": "Rating: [[6]]"}
+        body = json.dumps({"choices": [{"message": reply}]}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -233,7 +242,8 @@ def test_judge_retries_5xx_and_times_out_clearly(tmp_path):
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-        judge = Judge("m", url, cache_path=tmp_path / f"{handler.__name__}.jsonl", timeout=0.5, retries=2, backoff=0.05)
+        judge = Judge("m", url, cache_path=tmp_path / f"{handler.__name__}.jsonl", timeout=0.5, retries=2,
+                      backoff=0.05)
         try:
             if handler is _Flaky:
                 assert judge.ask("t", "", "q") == "Rating: [[6]]" and _Flaky.hits == 2

@@ -42,12 +42,14 @@ def test_masked_positions_get_zero_gradient(base_dir):
     x, y = collate([encode_chat(CONV, tok), encode_chat(CONV[1:3], tok)], tok.eot_id)
     logits, _ = model(x)
     logits.retain_grad()
-    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE)
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1),
+                                             ignore_index=IGNORE)
     loss.backward()
     g = logits.grad.abs().sum(-1)
     assert (g[y == IGNORE] == 0).all()
     assert (g[y != IGNORE] > 0).all()
-    assert model(x, y)[1].item() == pytest.approx(loss.item(), abs=1e-6)  # the model's loss is this masked mean
+    # the model's loss is this masked mean
+    assert model(x, y)[1].item() == pytest.approx(loss.item(), abs=1e-6)
 
 
 def test_merge_and_disable(base_dir):
@@ -108,7 +110,8 @@ def test_sft_loss_falls_on_real_chat_sample(base_dir, data_dir, tmp_path):
     before, after = mean_chat_loss(base_dir, data), mean_chat_loss(tmp_path, data)
     assert after < before - 0.1, (before, after)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(files) and "model.safetensors" not in files
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(files)
+    assert "model.safetensors" not in files
 
 
 def test_only_lora_parameters_change(base_dir, data_dir, tmp_path):
@@ -144,7 +147,8 @@ def test_bad_rows_are_skipped_and_named_or_rejected_when_strict(base_dir, tmp_pa
     with pytest.raises(DataError, match="chat.jsonl, row 2: no 'messages' field"):
         load_chat(str(f), tok, 128, strict=True)
     lengths = sorted(len(encode_chat(m, tok).ids) for m in (CONV, CONV[1:3]))
-    examples, rep = load_chat(str(f), tok, lengths[1] - 3)  # the long conversation loses 2 tokens, the short fits
+    # the long conversation loses 2 tokens, the short one fits
+    examples, rep = load_chat(str(f), tok, lengths[1] - 3)
     assert (rep.truncated, rep.kept, len(examples[0].ids)) == (1, 2, lengths[1] - 2)
 
 
@@ -162,9 +166,9 @@ def test_packing_keeps_every_token_and_label(base_dir):
 def test_chat_command_answers_through_the_template(base_dir):
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "llmrecipe", "chat", "--model", str(base_dir), "--max-new-tokens", "8",
-                        "--system", "Be brief."], input="Hello\n/reset\nAgain\n\n", capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-m", "llmrecipe", "chat", "--model", str(base_dir),
+                        "--max-new-tokens", "8", "--system", "Be brief."],
+                       input="Hello\n/reset\nAgain\n\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("assistant> ") == 2
 

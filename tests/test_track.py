@@ -208,5 +208,6 @@ def test_a_missing_tracker_package_is_named_in_one_line(kind, module, small_corp
     monkeypatch.setitem(__import__("sys").modules, module, None)  # `import` of it now fails, as uninstalled
     with pytest.raises(SystemExit) as e:
         main(["pretrain", "--data", str(small_corpus), "--out", str(tmp_path / "o"), "--log", kind,
-              "--set", "max_steps=1", "n_layer=1", "n_embd=16", "n_head=1", "vocab_size=512", "block_size=16"])
+              "--set", "max_steps=1", "n_layer=1", "n_embd=16", "n_head=1", "vocab_size=512",
+              "block_size=16"])
     assert str(e.value) == (f"error: --log {kind} needs the {kind} package: pip install 'llmrecipe[track]'")

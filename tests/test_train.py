@@ -14,8 +14,8 @@ from llmrecipe.train.pretrain import PretrainConfig, pretrain_config, run_pretra
 
 
 def small_cfg(corpus, **train) -> PretrainConfig:
-    base = dict(batch_size=8, grad_accum=1, max_steps=10, lr=3e-3, min_lr=3e-4, warmup_steps=5, log_interval=1,
-                eval_interval=0, save_interval=1000, seed=0)
+    base = dict(batch_size=8, grad_accum=1, max_steps=10, lr=3e-3, min_lr=3e-4, warmup_steps=5,
+                log_interval=1, eval_interval=0, save_interval=1000, seed=0)
     return PretrainConfig(model=GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=512, block_size=64),
                           train=TrainConfig(**{**base, **train}), data=str(corpus))
 
@@ -82,8 +82,9 @@ def test_gradient_accumulation_matches_one_big_batch(small_corpus, tmp_path):
     for k in ga:
         assert_fp32_close(gb[k], ga[k], n, k)
     # and the real loop end to end: the same losses, the same weights up to Adam's amplification of rounding
-    run_pretrain(small_cfg(small_corpus, batch_size=8, grad_accum=1, max_steps=3, warmup_steps=0), tmp_path / "a")
-    run_pretrain(small_cfg(small_corpus, batch_size=2, grad_accum=4, max_steps=3, warmup_steps=0), tmp_path / "b")
+    for name, batch, accum in (("a", 8, 1), ("b", 2, 4)):
+        run_pretrain(small_cfg(small_corpus, batch_size=batch, grad_accum=accum, max_steps=3, warmup_steps=0),
+                     tmp_path / name)
     la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert la == pytest.approx(lb, abs=fp32_atol(max(la), n))
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
@@ -113,10 +114,12 @@ def test_schedule_warmup_then_cosine_to_min_lr():
 
 def test_presets_resolve():
     big = pretrain_config("gpt2-124m")
-    assert (big.model.n_layer, big.model.n_embd, big.train.batch_size, big.train.grad_accum) == (12, 768, 16, 32)
-    assert (big.train.lr, big.train.min_lr, big.train.warmup_steps, big.train.max_steps) == (6e-4, 6e-5, 2000, 100000)
+    m, t = big.model, big.train
+    assert (m.n_layer, m.n_embd, t.batch_size, t.grad_accum) == (12, 768, 16, 32)
+    assert (t.lr, t.min_lr, t.warmup_steps, t.max_steps) == (6e-4, 6e-5, 2000, 100000)
     from llmrecipe.config import apply_overrides
-    tiny = apply_overrides(pretrain_config("tiny"), {"max_steps": "300", "n_layer": "2", "model.dropout": "0.1"})
+    tiny = apply_overrides(pretrain_config("tiny"),
+                           {"max_steps": "300", "n_layer": "2", "model.dropout": "0.1"})
     assert (tiny.train.max_steps, tiny.model.n_layer, tiny.model.dropout) == (300, 2, 0.1)
     with pytest.raises(ValueError, match="unknown config key 'n_layers'"):
         apply_overrides(tiny, {"n_layers": "2"})
