@@ -51,7 +51,8 @@ class Encoded:
 
 
 def encode_chat(messages: list[dict], tok: Tokenizer, add_generation_prompt: bool = False) -> Encoded:
-    """Token ids and labels for a conversation; with `add_generation_prompt`, ends with the assistant marker."""
+    """Token ids and labels for a conversation; with `add_generation_prompt`, ends with the assistant
+    marker."""
     ids: list[int] = []
     labels: list[int] = []
     for m in messages:

@@ -94,8 +94,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", adapte
     else:
         meta_path, weights = directory / "model.json", directory / "model.safetensors"
         if not meta_path.is_file() or not weights.is_file():
-            raise FileNotFoundError(f"{directory}: not a model folder (needs model.json and model.safetensors) "
-                                    "nor an adapter folder (adapter_config.json)")
+            raise FileNotFoundError(f"{directory}: not a model folder (needs model.json and "
+                                    "model.safetensors) nor an adapter folder (adapter_config.json)")
         model = GPT(GPTConfig(**json.loads(meta_path.read_text())["config"]))
         load_into(model, load_tensors(weights), str(weights), strict=True)
         tok = load_from_dir(directory)
@@ -145,7 +145,8 @@ def check_tensors(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], sou
         if k not in own:
             raise ValueError(f"{source}: unexpected tensor {k!r}")
         if v.shape != own[k].shape:
-            raise ValueError(f"{source}: {k!r} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+            raise ValueError(f"{source}: {k!r} has shape {tuple(v.shape)}, model expects "
+                             f"{tuple(own[k].shape)}")
 
 
 def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, strict: bool) -> None:
@@ -168,8 +169,10 @@ _FULL = dict(full_state_dict=True, cpu_offload=True)
 
 
 def _gather(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Trainable weights and optimizer state, gathered in full (a collective under FSDP: call on every rank)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    """Trainable weights and optimizer state, gathered in full (a collective under FSDP: call on every
+    rank)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
 
     inner = getattr(model, "module", model)
     trainable = {n for n, p in inner.named_parameters() if p.requires_grad}
@@ -292,7 +295,8 @@ def latest_checkpoint(run_dir: str | Path, quiet: bool = False) -> Path | None:
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
     """Restore trainable weights, optimizer and RNG from `path` (on every rank); returns its state.json."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
 
     state = json.loads((path / "state.json").read_text())
     weights = load_tensors(path / "trainable.safetensors")

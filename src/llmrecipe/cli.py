@@ -38,7 +38,8 @@ def _add_prepare(sub) -> None:
     fw = kinds.add_parser("fineweb", help="stream HuggingFaceFW/fineweb-edu (sample-10BT) from the hub")
     fw.add_argument("--name", default="sample-10BT", help="fineweb-edu config (default sample-10BT)")
     tx = kinds.add_parser("text", help="local parquet/jsonl/json/txt files with a `text` column, or a hub id")
-    tx.add_argument("--input", nargs="+", required=True, help="files, folders or globs (or one hub data set id)")
+    tx.add_argument("--input", nargs="+", required=True,
+                    help="files, folders or globs (or one hub data set id)")
     tx.add_argument("--text-field", default="text")
     tx.add_argument("--split", default="train", help="hub split (hub ids only)")
     for k in (fw, tx):
@@ -59,8 +60,9 @@ def _add_train_common(p, default_help: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     # --report-to (TRL's name) is the spelling torchrun lets through: its own parser takes `--log` for an
     # abbreviation of its --log-dir/--logs-specs and stops with "ambiguous option"
-    p.add_argument("--log", "--report-to", dest="log", help="live trackers besides metrics.jsonl: tensorboard, "
-                   "wandb, or both (comma-separated); under torchrun write --report-to")
+    p.add_argument("--log", "--report-to", dest="log",
+                   help="live trackers besides metrics.jsonl: tensorboard, wandb, or both (comma-separated); "
+                   "under torchrun write --report-to")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_train_common(sf, "the preset --base was trained with")
     dp = sub.add_parser("dpo", help="stage 3: DPO with a fresh LoRA on the SFT model")
     dp.add_argument("--sft", help="adapter folder from `llmrecipe sft` (or any model folder)")
-    dp.add_argument("--data", help="hub id (HuggingFaceH4/ultrafeedback_binarized) or local files (UFB or HH format)")
+    dp.add_argument("--data",
+                    help="hub id (HuggingFaceH4/ultrafeedback_binarized) or local files (UFB or HH format)")
     dp.add_argument("--split", help="hub split (default train_prefs)")
     dp.add_argument("--beta", type=float)
     dp.add_argument("--epochs", type=float)
@@ -100,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--precompute-reference", action="store_true", help="score the reference once, cache it")
     dp.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
     _add_train_common(dp, "the preset --sft was trained with")
-    op = sub.add_parser("onpolicy", help="between SFT and DPO: replace rejections by the SFT model's own failing "
-                        "samples (rows with IFEval-style checks)")
+    op = sub.add_parser("onpolicy", help="between SFT and DPO: replace rejections by the SFT model's own "
+                        "failing samples (rows with IFEval-style checks)")
     op.add_argument("--sft", required=True, help="the SFT folder to sample from")
     op.add_argument("--data", required=True, help="preference pairs (.jsonl) whose rows carry "
                     "instruction_id_list + kwargs (and optionally must_state)")
@@ -121,8 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     rl.add_argument("--lr", type=float)
     _add_train_common(rl, "the preset --model was trained with")
     c = sub.add_parser("chat", help="interactive chat in the terminal")
-    c.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is loaded); "
-                   "with --url, the served model's name")
+    c.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is "
+                   "loaded); with --url, the served model's name")
     c.add_argument("--url", help="chat with a served model instead (e.g. http://127.0.0.1:8000/v1)")
     c.add_argument("--api-key", help="Bearer key for --url (default: $LLMRECIPE_API_KEY)")
     c.add_argument("--adapter", help="an adapter folder to apply on top of --model")
@@ -136,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--model", required=True)
     m.add_argument("--adapter", help="adapter folder (omit when --model is itself an adapter folder)")
     m.add_argument("--out", required=True)
-    m.add_argument("--hf", action="store_true", help="also write a Hugging Face GPT2LMHeadModel folder in OUT/hf")
+    m.add_argument("--hf", action="store_true",
+                   help="also write a Hugging Face GPT2LMHeadModel folder in OUT/hf")
     ex = sub.add_parser("export", help="a complete Hugging Face folder: weights, config, tokenizer, "
                         "chat template")
     ex.add_argument("--model", required=True,
@@ -146,16 +150,20 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="stage 4: evaluate one model, or compare several in a table")
     ev.add_argument("--model", help="model or adapter folder")
     ev.add_argument("--adapter", help="adapter folder applied on top of --model")
-    ev.add_argument("--compare", nargs="+", metavar="NAME=PATH", help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
+    ev.add_argument("--compare", nargs="+", metavar="NAME=PATH",
+                    help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
     ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench,"
                     "mmlu_pro_category (all: the first four)")
     ev.add_argument("--limit", type=POSITIVE,
                     help="first N items per suite (stratified by category where there is one)")
-    ev.add_argument("--data-dir", help="local copies in the hub's schema (e.g. ../shared/data/eval); default: the hub")
-    ev.add_argument("--out", help="summary JSON (single model; default MODEL/eval.json) or table path (--compare)")
+    ev.add_argument("--data-dir",
+                    help="local copies in the hub's schema (e.g. ../shared/data/eval); default: the hub")
+    ev.add_argument("--out",
+                    help="summary JSON (single model; default MODEL/eval.json) or table path (--compare)")
     ev.add_argument("--prompting", choices=["auto", "chat", "plain"], default="auto",
                     help="force the chat template or plain few-shot text (default: chat for SFT/DPO models)")
-    ev.add_argument("--mmlu-scoring", choices=["letter", "text"], help="rank option letters (default) or texts")
+    ev.add_argument("--mmlu-scoring", choices=["letter", "text"],
+                    help="rank option letters (default) or texts")
     ev.add_argument("--max-new-tokens", type=POSITIVE,
                     help="generation budget for gsm8k / ifeval (ifeval default 1280)")
     ev.add_argument("--batch-size", type=POSITIVE, default=16)
@@ -175,7 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     mt.add_argument("mode", choices=["pairwise"])
     mt.add_argument("--a", required=True, metavar="NAME=PATH")
     mt.add_argument("--b", required=True, metavar="NAME=PATH")
-    mt.add_argument("--data-dir", required=True, help="folder holding mt_bench/ (question.jsonl, judge_prompts.jsonl)")
+    mt.add_argument("--data-dir", required=True,
+                    help="folder holding mt_bench/ (question.jsonl, judge_prompts.jsonl)")
     mt.add_argument("--limit", type=POSITIVE)
     mt.add_argument("--max-new-tokens", type=POSITIVE, default=1024)
     mt.add_argument("--out", help="write the verdicts as JSON here")
@@ -190,14 +199,17 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--judge-timeout", type=_number(float, 0.0, low_open=True), default=120.0)
     isc = sub.add_parser("ifeval-score", help="score any model's IFEval responses (official JSONL format)")
     isc.add_argument("--responses", required=True, help='JSONL lines {"prompt": ..., "response": ...}')
-    isc.add_argument("--data-dir", help="folder holding ifeval/input_data.jsonl (default: google/IFEval from the hub)")
+    isc.add_argument("--data-dir",
+                     help="folder holding ifeval/input_data.jsonl (default: google/IFEval from the hub)")
     isc.add_argument("--out", help="also write per-prompt verdicts as JSONL here")
     r = sub.add_parser("run", help="the whole recipe in one command, with a report")
     r.add_argument("--preset", default="tiny")
     r.add_argument("--out", required=True)
     r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override config keys: max_steps=100 (pre-training), sft.epochs=1, dpo.beta=0.2, eval.limit=20")
-    r.add_argument("--data-dir", help="local copies of every data set in the hub's schema (e.g. ../shared/data)")
+                   help="override config keys: max_steps=100 (pre-training), sft.epochs=1, dpo.beta=0.2, "
+                   "eval.limit=20")
+    r.add_argument("--data-dir",
+                   help="local copies of every data set in the hub's schema (e.g. ../shared/data)")
     r.add_argument("--log", help="live trackers for every stage: tensorboard, wandb or tensorboard,wandb")
     return ap
 
@@ -210,7 +222,8 @@ def cmd_prepare(a) -> None:
     if a.kind == "fineweb":
         settings.update(FINEWEB, config=a.name)
     else:
-        settings.update(source=a.input if len(a.input) > 1 else a.input[0], text_field=a.text_field, split=a.split)
+        settings.update(source=a.input if len(a.input) > 1 else a.input[0], text_field=a.text_field,
+                        split=a.split)
     for key, val in dict(tokenizer=a.tokenizer, bpe_vocab_size=a.vocab_size, max_tokens=a.max_tokens,
                          shard_tokens=a.shard_tokens, val_every=a.val_every, workers=a.workers).items():
         if val is not None:
@@ -275,8 +288,8 @@ def cmd_sft(a) -> None:
 def cmd_dpo(a) -> None:
     from .train.dpo import dpo_config, run_dpo
 
-    _tune(a, dpo_config, run_dpo, ("sft", "data", "split", "beta", "epochs", "reference", "precompute_reference",
-                                   "strict"), a.sft, "dpo")
+    _tune(a, dpo_config, run_dpo, ("sft", "data", "split", "beta", "epochs", "reference",
+                                   "precompute_reference", "strict"), a.sft, "dpo")
 
 
 def cmd_onpolicy(a) -> None:
@@ -301,16 +314,17 @@ def cmd_chat(a) -> None:
     if a.url:
         from .serve import chat_remote
 
-        return chat_remote(a.url, a.model, a.system, dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                                                          top_p=a.top_p), a.api_key or os.environ.get("LLMRECIPE_API_KEY"))
+        sampling = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
+        key = a.api_key or os.environ.get("LLMRECIPE_API_KEY")
+        return chat_remote(a.url, a.model, a.system, sampling, key)
     from .chat import chat_repl
     from .checkpoint import load_model
     from .runtime import setup
 
     rt = setup(a.device)
     model, tok = load_model(a.model, rt.device, adapter=a.adapter)
-    chat_repl(model.eval(), tok, rt, a.system, dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                                                     top_k=a.top_k, top_p=a.top_p))
+    chat_repl(model.eval(), tok, rt, a.system,
+              dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p))
 
 
 def _out_folder(path: str) -> None:
@@ -418,8 +432,8 @@ def _judge(a):
     if not a.judge_model:
         return None
     key = read_secret(a.judge_api_key_file) if a.judge_api_key_file else None
-    return Judge(a.judge_model, a.judge_url or OPENAI_URL, timeout=a.judge_timeout, concurrency=a.judge_concurrency,
-                 cache_path=a.judge_cache or DEFAULT_CACHE, api_key=key)
+    return Judge(a.judge_model, a.judge_url or OPENAI_URL, timeout=a.judge_timeout,
+                 concurrency=a.judge_concurrency, cache_path=a.judge_cache or DEFAULT_CACHE, api_key=key)
 
 
 def cmd_serve(a) -> None:

@@ -176,7 +176,8 @@ RULES: dict[str, tuple] = {
     "min_lr": _at_least(0), "warmup_steps": _at_least(0), "schedule": _one_of("cosine", "constant"),
     "weight_decay": _at_least(0), "beta1": _FRACTION, "beta2": _FRACTION, "grad_clip": _at_least(0),
     "log_interval": _at_least(1), "eval_interval": _at_least(0), "eval_batches": _at_least(1),
-    "save_interval": _at_least(1), "keep_checkpoints": _at_least(1), "compile": _one_of("auto", "true", "false"),
+    "save_interval": _at_least(1), "keep_checkpoints": _at_least(1),
+    "compile": _one_of("auto", "true", "false"),
     "dtype": _one_of("auto", "float32", "bfloat16"), "parallel": _one_of("ddp", "fsdp"),
     "n_layer": _at_least(1), "n_head": _at_least(1), "n_embd": _at_least(1), "vocab_size": _at_least(2),
     "block_size": _at_least(2), "dropout": _FRACTION, "pad_vocab_to": _at_least(1),
@@ -202,7 +203,8 @@ def validate(cfg: Any, where: str = "") -> Any:
             if not ok(value):
                 raise ValueError(f"config key {key!r} = {value!r}: {rule}")
     if {"n_embd", "n_head"} <= {f.name for f in dataclasses.fields(cfg)} and cfg.n_embd % cfg.n_head:
-        raise ValueError(f"config key {where}n_embd = {cfg.n_embd} must be divisible by n_head = {cfg.n_head}")
+        raise ValueError(f"config key {where}n_embd = {cfg.n_embd} must be divisible by "
+                         f"n_head = {cfg.n_head}")
     return cfg
 
 

@@ -89,8 +89,8 @@ class Engine:
         g.manual_seed(seed if seed is not None else 0)
         for b in range(0, len(order), self.batch_size):
             idx = order[b: b + self.batch_size]
-            results = self._generate_batch([prompts[i] for i in idx], max_new_tokens, temperature, top_k, top_p,
-                                           stop or [], g)
+            results = self._generate_batch([prompts[i] for i in idx], max_new_tokens, temperature, top_k,
+                                           top_p, stop or [], g)
             for i, r in zip(idx, results):
                 out[i] = r
         return out  # type: ignore[return-value]
@@ -135,9 +135,9 @@ class Engine:
                 h = self.model.hidden(nxt, cache=cache, positions=pos, key_mask=key_mask)
                 logits = self.model.logits(h[:, -1]).float()
 
-    def stream(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-               top_p: float | None = None, stop: list[str] | None = None, seed: int | None = None
-               ) -> Generator[str, None, str]:
+    def stream(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None, stop: list[str] | None = None,
+               seed: int | None = None) -> Generator[str, None, str]:
         """Text pieces of one prompt's continuation as they are generated (stop strings never leak out);
         returns "stop" (EOT or a stop string) or "length" (the token budget ran out)."""
         g = torch.Generator(device=self.rt.device)

@@ -1,4 +1,5 @@
-"""Atomic file writes (a crash leaves the old file or the new one, never half of either), safetensors included."""
+"""Atomic file writes (a crash leaves the old file or the new one, never half of either), safetensors
+included."""
 from __future__ import annotations
 
 import contextlib
@@ -62,7 +63,8 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
                          ) from None
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
     atomic_write(path, lambda tmp: save_file(unique_tensors(tensors), tmp, metadata=metadata))
 
 

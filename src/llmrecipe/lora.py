@@ -75,9 +75,11 @@ def inject(model: nn.Module, cfg: LoRAConfig) -> list[str]:
         p.requires_grad_(False)
     wrapped = []
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear) and _matches(name, cfg.target_modules):
+        if (isinstance(module, nn.Linear) and not isinstance(module, LoRALinear)
+                and _matches(name, cfg.target_modules)):
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout))
+            setattr(model.get_submodule(parent_name), child,
+                    LoRALinear(module, cfg.r, cfg.alpha, cfg.dropout))
             wrapped.append(name)
     if not wrapped:
         raise ValueError(f"LoRA target_modules {cfg.target_modules} matched no nn.Linear layer")
@@ -91,7 +93,8 @@ def lora_layers(model: nn.Module) -> list[LoRALinear]:
 def trainable_summary(model: nn.Module) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
-    return f"trainable params: {trainable:,} || base params: {base:,} || trainable%: {100 * trainable / base:.4f}"
+    return (f"trainable params: {trainable:,} || base params: {base:,} || "
+            f"trainable%: {100 * trainable / base:.4f}")
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -99,7 +102,8 @@ def merge(model: nn.Module) -> nn.Module:
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
             module.merge()
-            plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                              device="meta")
             plain.weight, plain.bias = module.weight, module.bias
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, plain)

@@ -183,8 +183,8 @@ class GPT(nn.Module):
         return logits, loss
 
 
-def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Next token (B, 1) from last-position logits (B, V); temperature 0 means greedy."""
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)

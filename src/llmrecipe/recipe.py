@@ -32,7 +32,8 @@ from .train.sft import run_sft, sft_config
 STAGES = ("pretrain", "sft", "onpolicy", "dpo", "rl")
 # `run --data-dir D` for the hub presets: where each stage finds its data set's parquet files under D
 # (eval suites read D/eval/<suite>/ in the layout the suites document).
-DATA_DIR_LAYOUT = {"pretrain": "pretrain/*.parquet", "sft": "sft/*.parquet", "dpo": "preference/ultrafeedback/*train*.parquet"}
+DATA_DIR_LAYOUT = {"pretrain": "pretrain/*.parquet", "sft": "sft/*.parquet",
+                   "dpo": "preference/ultrafeedback/*train*.parquet"}
 
 
 @dataclass
@@ -90,7 +91,8 @@ def split_overrides(overrides: dict[str, str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None, data_dir: str | None = None) -> dict:
+def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None,
+        data_dir: str | None = None) -> dict:
     out, p, ov = Path(out), load_preset(preset), split_overrides(overrides or {})
     if data_dir and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
@@ -127,8 +129,8 @@ def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareC
     if world:
         _, after = _stage("world", out / "world", world, lambda _: _make_world(out / "world", world), timings,
                           resumable=False)
-    data, after = _stage("data", out / "data", to_dict(prep) | {"after": after}, lambda _: prepare(prep), timings,
-                         resumable=False)
+    data, after = _stage("data", out / "data", to_dict(prep) | {"after": after}, lambda _: prepare(prep),
+                         timings, resumable=False)
     base, after = _stage("pretrain", out / "base", to_dict(pre) | {"after": after},
                          lambda resume: run_pretrain(pre, out / "base", resume=resume), timings)
     sft_sum, after = _stage("sft", out / "sft", to_dict(sft) | {"after": after},
@@ -169,7 +171,8 @@ def _world_config(p: dict, overrides: dict[str, str]) -> dict | None:
         return None
     unknown = set(overrides) - set(world)
     if unknown:
-        raise ValueError(f"unknown config key(s) world.{', world.'.join(sorted(unknown))} (known: {', '.join(world)})")
+        raise ValueError(f"unknown config key(s) world.{', world.'.join(sorted(unknown))} "
+                         f"(known: {', '.join(world)})")
     world = dict(world)
     for key, text in overrides.items():
         try:
@@ -218,7 +221,8 @@ def _export(out: Path, stages: list[str]) -> dict:
 
 
 def _evaluate(out: Path, ev: EvalConfig, eval_dir: str | None, stages: list[str]) -> dict:
-    suites = make_suites(ev.suites, eval_dir, max_new_tokens=ev.max_new_tokens, scoring=ev.scoring, shots=ev.shots)
+    suites = make_suites(ev.suites, eval_dir, max_new_tokens=ev.max_new_tokens, scoring=ev.scoring,
+                         shots=ev.shots)
     names = [s.name for s in suites]
     results = {}
     for name in stages:

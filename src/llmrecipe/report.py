@@ -92,16 +92,30 @@ def write_report(out: Path, r: dict) -> None:
     rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in r["timings_s"].items())
     pt, sft, dpo, src = r["pretrain"], r["sft"], r["dpo"], r["inputs"]
     rl = r.get("rl") or {}
+    # the RL stage runs only when the preset gives it steps
     rl_row = (f"\n| RL, GRPO (LoRA) | {rl.get('step')} | {rl.get('tokens', 0):,} | {_num(rl.get('loss'))} "
               f"(batch reward {_num(rl.get('reward'))}) | "
-              f"adapter: {_size(out / 'rl' / 'adapter_model.safetensors')} |" if rl else "")  # the stage runs only when the preset gives it steps
+              f"adapter: {_size(out / 'rl' / 'adapter_model.safetensors')} |" if rl else "")
     rl_src = f"`{src.get('rl')}`" if rl else "not run (the preset gives it no steps)"
     op = r.get("onpolicy")
     # what the SFT model gets wrong, per check, in its own samples: where DPO has the most to fix
-    op_line = ("\n- on-policy rejections (between SFT and DPO): " + f"{op['replaced']:,} of {op['checkable']:,} "
-               "checkable pairs now reject a failing SFT sample; the SFT samples' failure rate per check: "
+    op_line = ("\n- on-policy rejections (between SFT and DPO): "
+               + f"{op['replaced']:,} of {op['checkable']:,} checkable pairs now reject a failing SFT "
+               "sample; the SFT samples' failure rate per check: "
                + ", ".join(f"{k.split(':')[-1]} {v:.0%}" for k, v in op["sample_failure_rate"].items())
                if op else "")
+    d = r["data"]
+    data_line = (f"- pre-training: `{src['pretrain']}`: {d['documents']:,} documents → {d['train_tokens']:,} "
+                 f"training and\n  {d['val_tokens']:,} validation tokens (tokenizer `{d['tokenizer']}`, "
+                 f"vocabulary {d['vocab_size']:,}).")
+    train_rows = (
+        f"| pre-training | {pt.get('step')} | {pt.get('tokens', 0):,} | {_num(pt.get('loss'))} "
+        f"(validation {_num(pt.get('val_loss'))}) | {_size(out / 'base' / 'model.safetensors')} |\n"
+        f"| SFT (LoRA) | {sft.get('step')} | {sft.get('tokens', 0):,} | {_num(sft.get('loss'))} | "
+        f"adapter: {_size(out / 'sft' / 'adapter_model.safetensors')} |\n"
+        f"| DPO (LoRA) | {dpo.get('step')} | {dpo.get('tokens', 0):,} | {_num(dpo.get('loss'))} "
+        f"(reward accuracy {_num(dpo.get('rewards/accuracy'))}, margin {_num(dpo.get('rewards/margin'))}) | "
+        f"adapter: {_size(out / 'dpo' / 'adapter_model.safetensors')} |{rl_row}")
     text = f"""# llmrecipe run — preset `{r['preset']}`
 
 ## Base / SFT / DPO{' / RL' if rl else ''}
@@ -115,16 +129,13 @@ Scores ± standard error over the items. Each stage against the one before it, p
 | total | {sum(r['timings_s'].values()):.1f} |
 
 ## Data
-- pre-training: `{src['pretrain']}`: {r['data']['documents']:,} documents → {r['data']['train_tokens']:,} training and
-  {r['data']['val_tokens']:,} validation tokens (tokenizer `{r['data']['tokenizer']}`, vocabulary {r['data']['vocab_size']:,}).
+{data_line}
 - SFT: `{src['sft']}`; DPO: `{src['dpo']}`; RL: {rl_src}; evaluation: `{src['eval']}`.{op_line}
 
 ## Training
 | stage | steps | tokens seen | final loss | size |
 |---|---:|---:|---:|---|
-| pre-training | {pt.get('step')} | {pt.get('tokens', 0):,} | {_num(pt.get('loss'))} (validation {_num(pt.get('val_loss'))}) | {_size(out / 'base' / 'model.safetensors')} |
-| SFT (LoRA) | {sft.get('step')} | {sft.get('tokens', 0):,} | {_num(sft.get('loss'))} | adapter: {_size(out / 'sft' / 'adapter_model.safetensors')} |
-| DPO (LoRA) | {dpo.get('step')} | {dpo.get('tokens', 0):,} | {_num(dpo.get('loss'))} (reward accuracy {_num(dpo.get('rewards/accuracy'))}, margin {_num(dpo.get('rewards/margin'))}) | adapter: {_size(out / 'dpo' / 'adapter_model.safetensors')} |{rl_row}
+{train_rows}
 
 ## Plots
 """ + "\n".join(f"![{p}]({p})" for p in plots) + "\n"

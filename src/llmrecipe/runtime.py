@@ -49,7 +49,8 @@ class Runtime:
         return self.world_size > 1
 
     def wrap(self, model: torch.nn.Module, parallel: str) -> torch.nn.Module:
-        """PyTorch's own engines: DDP (replicas, gradient all-reduce) or FSDP2 (sharded params/grads/state)."""
+        """PyTorch's own engines: DDP (replicas, gradient all-reduce) or FSDP2 (sharded
+        params/grads/state)."""
         if not self.distributed:
             return model
         if parallel == "ddp":
@@ -99,7 +100,8 @@ class Runtime:
 
 
 def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
-    """Pick the device (`auto`: CUDA if present) and the autocast dtype (`auto`: bf16 on CUDA, fp32 on CPU)."""
+    """Pick the device (`auto`: CUDA if present) and the autocast dtype (`auto`: bf16 on CUDA, fp32 on
+    CPU)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)

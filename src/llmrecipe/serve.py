@@ -64,8 +64,8 @@ class ModelServer:
         for alias, path in adapters.items():
             base, chain = adapter_chain(path)
             if base != root or chain[: len(served)] != served:
-                raise ValueError(f"adapter {alias}={path} was not trained on --model {model_path} (its chain starts "
-                                 f"at {base})")
+                raise ValueError(f"adapter {alias}={path} was not trained on --model {model_path} (its chain "
+                                 f"starts at {base})")
             self.deltas[alias] = adapter_deltas(chain[len(served):])
         params = dict(self.model.named_parameters())
         touched = {k for d in self.deltas.values() for k in d}
@@ -94,9 +94,10 @@ class ModelServer:
             if not isinstance(msgs, list) or not msgs:
                 raise RequestError(400, "'messages' must be a non-empty list", "messages")
             for i, m in enumerate(msgs):
-                if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                    raise RequestError(400, f"messages[{i}] must be {{'role': one of {list(ROLES)}, 'content': str}}",
-                                       "messages")
+                if (not isinstance(m, dict) or m.get("role") not in ROLES
+                        or not isinstance(m.get("content"), str)):
+                    raise RequestError(400, f"messages[{i}] must be {{'role': one of {list(ROLES)}, "
+                                       "'content': str}", "messages")
             return encode_chat(msgs, self.tok, add_generation_prompt=True).ids
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
@@ -112,7 +113,8 @@ class ModelServer:
             raise RequestError(400, f"the prompt is {prompt_len} tokens; this model's context is {block}",
                                "messages", "context_length_exceeded")
         temperature = body.get("temperature", 1.0)
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
+        if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+                or not 0 <= temperature <= 2):
             raise RequestError(400, "'temperature' must be a number in [0, 2]", "temperature")
         top_p = body.get("top_p")
         if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
@@ -220,7 +222,8 @@ def make_handler(server: ModelServer, api_key: str | None):
                 if self.path.rstrip("/") == "/v1/models":
                     now = int(time.time())
                     self._send(200, {"object": "list", "data": [
-                        {"id": n, "object": "model", "created": now, "owned_by": "llmrecipe"} for n in server.names]})
+                        {"id": n, "object": "model", "created": now, "owned_by": "llmrecipe"}
+                        for n in server.names]})
                 elif self.path.rstrip("/") == "/health":
                     self._send(200, {"status": "ok", "requests": server.requests})
                 else:
@@ -280,8 +283,8 @@ def make_handler(server: ModelServer, api_key: str | None):
         def _answer(self, body: dict, chat: bool) -> None:
             name = body.get("model")
             if not isinstance(name, str) or name not in server.names:
-                raise RequestError(404, f"model {name!r} not found (available: {', '.join(server.names)})", "model",
-                                   "model_not_found")
+                raise RequestError(404, f"model {name!r} not found (available: {', '.join(server.names)})",
+                                   "model", "model_not_found")
             ids = server.prompt_ids(body, chat)
             s = server.sampling(body, len(ids))
             rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -394,12 +397,15 @@ def chat_remote(url: str, model: str, system: str | None, sampling: dict, api_ke
     """`llmrecipe chat --url`: the same terminal chat against any OpenAI-compatible server."""
     import urllib.request
 
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    headers = {"Content-Type": "application/json",
+               **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
 
     def reply(history: list[dict]) -> str:
         body = {"model": model, "messages": history, "max_tokens": sampling["max_new_tokens"],
-                "temperature": sampling["temperature"], **({"top_p": sampling["top_p"]} if sampling["top_p"] else {})}
-        req = urllib.request.Request(f"{url.rstrip('/')}/chat/completions", json.dumps(body).encode(), headers)
+                "temperature": sampling["temperature"],
+                **({"top_p": sampling["top_p"]} if sampling["top_p"] else {})}
+        req = urllib.request.Request(f"{url.rstrip('/')}/chat/completions", json.dumps(body).encode(),
+                                     headers)
         with urllib.request.urlopen(req, timeout=600) as resp:
             return json.loads(resp.read())["choices"][0]["message"]["content"]
 

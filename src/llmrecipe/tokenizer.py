@@ -16,7 +16,8 @@ from typing import Iterable, Iterator
 from .files import atomic_write_text
 
 EOT = "<|endoftext|>"
-GPT2_RANKS_ENV = "LLMRECIPE_GPT2_RANKS"  # optional path to r50k_base.tiktoken, used when the spec is plain "gpt2"
+# optional path to r50k_base.tiktoken, used when the spec is plain "gpt2"
+GPT2_RANKS_ENV = "LLMRECIPE_GPT2_RANKS"
 
 
 class Tokenizer:
@@ -40,7 +41,8 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / "tokenizer_spec.json",
-                           json.dumps({"spec": self.spec, "vocab_size": self.vocab_size, "eot_id": self.eot_id}))
+                           json.dumps({"spec": self.spec, "vocab_size": self.vocab_size,
+                                       "eot_id": self.eot_id}))
 
 
 class GPT2Tokenizer(Tokenizer):
@@ -54,7 +56,8 @@ class GPT2Tokenizer(Tokenizer):
 
             if not Path(ranks_file).is_file():
                 raise FileNotFoundError(f"GPT-2 ranks file not found: {ranks_file}")
-            self.enc = tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=load_tiktoken_bpe(ranks_file),
+            self.enc = tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str,
+                                         mergeable_ranks=load_tiktoken_bpe(ranks_file),
                                          special_tokens={EOT: 50256}, explicit_n_vocab=50257)
         else:
             self.enc = tiktoken.get_encoding("gpt2")
@@ -122,7 +125,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return GPT2Tokenizer(spec[len("gpt2:"):])
     if spec.startswith("bpe:"):
         return BPETokenizer(spec[len("bpe:"):])
-    raise ValueError(f"unknown tokenizer spec {spec!r}: expected 'gpt2', 'gpt2:FILE.tiktoken' or 'bpe:FILE.json'")
+    raise ValueError(f"unknown tokenizer spec {spec!r}: expected 'gpt2', 'gpt2:FILE.tiktoken' or "
+                     "'bpe:FILE.json'")
 
 
 def load_from_dir(directory: str | Path) -> Tokenizer:

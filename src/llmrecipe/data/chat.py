@@ -50,7 +50,8 @@ def check_messages(row: Row, field_name: str = "messages") -> tuple[list[dict] |
         return None, f"{row.where(field_name)}: expected a non-empty list of messages"
     out = []
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        if (not isinstance(m, dict) or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)):
             return None, f"{row.where(field_name)}[{i}]: expected {{'role': str, 'content': str}}"
         if m["role"] not in ROLES:
             return None, f"{row.where(field_name)}[{i}]: unknown role {m['role']!r}"
@@ -62,8 +63,8 @@ def check_messages(row: Row, field_name: str = "messages") -> tuple[list[dict] |
     return out, ""
 
 
-def load_chat(spec: str | list[str], tok: Tokenizer, max_len: int, split: str = "train_sft", strict: bool = False,
-              limit: int | None = None) -> tuple[list[Encoded], LoadReport]:
+def load_chat(spec: str | list[str], tok: Tokenizer, max_len: int, split: str = "train_sft",
+              strict: bool = False, limit: int | None = None) -> tuple[list[Encoded], LoadReport]:
     """Tokenized conversations, each cut to `max_len` + 1 tokens (inputs and shifted targets)."""
     rep, out = LoadReport(), []
     for row in iter_rows(spec, split):

@@ -18,8 +18,8 @@ from .sources import DataError
 
 
 class TokenWindows:
-    def __init__(self, directory: str | Path, split: str, seq_len: int, seed: int = 0, vocab_size: int | None = None,
-                 shuffle: bool = True):
+    def __init__(self, directory: str | Path, split: str, seq_len: int, seed: int = 0,
+                 vocab_size: int | None = None, shuffle: bool = True):
         directory = Path(directory)
         paths = sorted(directory.glob(f"{split}_*.bin"))
         if not paths:

@@ -27,7 +27,8 @@ class EpochOrder:
 
 
 def item_start(step: int, micro: int, batch_size: int, grad_accum: int, rank: int, world_size: int) -> int:
-    """First global item number of a micro-batch: step s holds grad_accum·B items, rank r a contiguous slice."""
+    """First global item number of a micro-batch: step s holds grad_accum·B items, rank r a contiguous
+    slice."""
     if grad_accum % world_size:
         raise ValueError(f"grad_accum {grad_accum} is not divisible by the {world_size} ranks")
     per_rank = grad_accum // world_size

@@ -58,8 +58,9 @@ def to_pair(row: Row) -> Pair:
     for f in ("chosen", "rejected"):
         if f not in d:
             raise ValueError(f"{row.where()}: no {f!r} field")
-    if isinstance(d["chosen"], str) and isinstance(d.get("prompt"), str) and not d["chosen"].lstrip("\n").startswith(
-            "Human: "):  # flat pairs (prompt, chosen, rejected as strings), as trl-lib's exports
+    if (isinstance(d["chosen"], str) and isinstance(d.get("prompt"), str)
+            and not d["chosen"].lstrip("\n").startswith("Human: ")):
+        # flat pairs (prompt, chosen, rejected as strings), as trl-lib's exports
         if not isinstance(d["rejected"], str):
             raise ValueError(f"{row.where('rejected')}: expected a string like 'chosen'")
         return Pair([{"role": "user", "content": d["prompt"]}], d["chosen"], d["rejected"])
@@ -84,8 +85,8 @@ def to_pair(row: Row) -> Pair:
     return Pair(prompt, chosen, rejected)
 
 
-def load_pairs(spec: str | list[str], tok: Tokenizer, max_len: int, split: str = "train_prefs", strict: bool = False,
-               limit: int | None = None) -> tuple[list[EncodedPair], LoadReport]:
+def load_pairs(spec: str | list[str], tok: Tokenizer, max_len: int, split: str = "train_prefs",
+               strict: bool = False, limit: int | None = None) -> tuple[list[EncodedPair], LoadReport]:
     rep, out = LoadReport(), []
     identical = too_long = 0
     for row in iter_rows(spec, split):

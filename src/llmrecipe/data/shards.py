@@ -42,7 +42,8 @@ def read_header(path: str | Path) -> tuple[int, int]:
     with open(path, "rb") as f:
         raw = f.read(HEADER_BYTES)
     if len(raw) < HEADER_BYTES:
-        raise DataError(f"{path}: corrupt shard header (file is {len(raw)} bytes, header needs {HEADER_BYTES})")
+        raise DataError(f"{path}: corrupt shard header (file is {len(raw)} bytes, header needs "
+                        f"{HEADER_BYTES})")
     header = np.frombuffer(raw, dtype=np.int32)
     if header[0] != MAGIC:
         raise DataError(f"{path}: corrupt shard header (bad magic {int(header[0]):#x}, expected {MAGIC:#x})")

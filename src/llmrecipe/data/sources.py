@@ -144,7 +144,8 @@ def _iter_parquet(path: Path) -> Iterator[Row]:
 def text_of(row: Row, field: str = "text") -> str:
     """The text column of a pre-training row, or a clear error."""
     if field not in row.data:
-        raise DataError(f"{row.where()}: no {field!r} column (columns: {', '.join(map(str, row.data)) or 'none'})")
+        columns = ', '.join(map(str, row.data)) or 'none'
+        raise DataError(f"{row.where()}: no {field!r} column (columns: {columns})")
     text = row.data[field]
     if not isinstance(text, str):
         raise DataError(f"{row.where(field)}: expected a string, got {type(text).__name__}")

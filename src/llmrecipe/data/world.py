@@ -19,14 +19,15 @@ from pathlib import Path
 from ..files import atomic_write_text
 from .mcq import format_question, header
 
-NAMES = ["Ada", "Bo", "Cleo", "Dax", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lia", "Milo", "Nia", "Oto",
-         "Pia", "Quin", "Rae", "Sol", "Tess", "Uma", "Vik", "Wren", "Xia", "Yuri", "Zed"]
+NAMES = ["Ada", "Bo", "Cleo", "Dax", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lia", "Milo", "Nia",
+         "Oto", "Pia", "Quin", "Rae", "Sol", "Tess", "Uma", "Vik", "Wren", "Xia", "Yuri", "Zed"]
 KINDS = ["fox", "owl", "cat", "bear", "frog", "deer", "wolf", "hare"]
 PLACES = ["Oakvale", "Riverbend", "Stonehill", "Mistwood", "Sunmeadow", "Frostpeak"]
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
 FOODS = ["apples", "berries", "honey", "fish", "nuts", "bread"]
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-                "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+                "nineteen", "twenty"]
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,16 @@ def characters(seed: int = 0) -> list[Character]:
 
 
 def fact_sentences(c: Character) -> list[str]:
-    return [f"{c.name} is a {c.kind}.", f"{c.name} lives in {c.home}.", f"{c.name} likes the colour {c.colour}.",
-            f"The favourite food of {c.name} is {c.food}."]
+    return [f"{c.name} is a {c.kind}.", f"{c.name} lives in {c.home}.",
+            f"{c.name} likes the colour {c.colour}.", f"The favourite food of {c.name} is {c.food}."]
 
 
 def _story(rng: random.Random, cast: list[Character]) -> str:
     a, b = rng.sample(cast, 2)
     return (f"One morning {a.name} the {a.kind} from {a.home} went to visit a friend. {b.name} the "
             f"{b.kind} lives in {b.home}. {a.name} brought some {a.food}, because {a.name} "
-            f"loves {a.food}. {b.name} wore something {b.colour}. They shared the {a.food} and talked until the "
-            f"evening.")
+            f"loves {a.food}. {b.name} wore something {b.colour}. They shared the {a.food} and talked until "
+            f"the evening.")
 
 
 def _arithmetic(rng: random.Random, cast: list[Character]) -> str:
@@ -90,12 +91,14 @@ def _formats(rng: random.Random, c: Character) -> str:
         return f"Facts about {c.name}:\n" + "\n".join(f"* {_fact_answer(c, a)}" for a in rng.sample(
             list(ATTRIBUTES), k=rng.randint(2, 4)))
     if r < 0.6:
-        return json.dumps({"name": c.name, "kind": c.kind, "home": c.home, "colour": c.colour, "food": c.food})
+        return json.dumps({"name": c.name, "kind": c.kind, "home": c.home, "colour": c.colour,
+                           "food": c.food})
     if r < 0.7:
         return json.dumps({"question": ATTRIBUTES[attr][0].format(n=c.name), "answer": _fact_answer(c, attr)})
     if r < 0.85:
         return f'{c.name} said, "I live in {c.home} and I like {c.food}."'
-    return f"Dear {rng.choice(NAMES)}, I went to the {rng.choice(KEYWORDS)} today. {rng.choice(END_PHRASES)} From {c.name}"
+    return (f"Dear {rng.choice(NAMES)}, I went to the {rng.choice(KEYWORDS)} today. "
+            f"{rng.choice(END_PHRASES)} From {c.name}")
 
 
 # Share of the formatted documents that show an answer and then the same answer in lowercase or capitals.
@@ -323,10 +326,12 @@ def word_problem(rng: random.Random, c: Character) -> tuple[str, str, int]:
     x, y = rng.randint(2, 10), rng.randint(1, 9)
     if rng.random() < 0.5:
         q = f"{c.name} has {x} {c.food} and finds {y} more. How many {c.food} does {c.name} have now?"
-        return q, f"{c.name} has {x} {c.food}. {c.name} finds {y} more. {x} + {y} = {x + y}. The answer is {x + y}.", x + y
+        return q, (f"{c.name} has {x} {c.food}. {c.name} finds {y} more. {x} + {y} = {x + y}. "
+                   f"The answer is {x + y}."), x + y
     x, y = max(x, y), min(x, y)
     q = f"{c.name} has {x} {c.food} and eats {y}. How many {c.food} does {c.name} have left?"
-    return q, f"{c.name} has {x} {c.food}. {c.name} eats {y}. {x} - {y} = {x - y}. The answer is {x - y}.", x - y
+    return q, (f"{c.name} has {x} {c.food}. {c.name} eats {y}. {x} - {y} = {x - y}. "
+               f"The answer is {x - y}."), x - y
 
 
 def problem_turn(q: str, rng: random.Random) -> str:
@@ -351,8 +356,8 @@ def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, un
                       hard: dict[str, float] | None = None, cast: list[Character] | None = None
                       ) -> tuple[str, str, str, dict] | None:
     """(prompt, compliant answer, an answer that violates one instruction, the task) for a training prompt,
-    or None (a contradictory combination, or a held-out prompt). With probability `unasked_share` the second answer
-    follows every instruction but adds a format that was not asked for; `hard` gives the shares of the
+    or None (a contradictory combination, or a held-out prompt). With probability `unasked_share` the second
+    answer follows every instruction but adds a format that was not asked for; `hard` gives the shares of the
     rejections in `hard_rejection` (drawn first; the SFT data's imperfect answers use none)."""
     t = instruction_task(rng, c, attr)
     if t is None or _held_out(t["prompt"], seed):
@@ -500,7 +505,8 @@ def miscounted(rng: random.Random, c: Character, attr: str, task: dict) -> str |
     many taught DPO to write one too few (world seeds 5-9: 58 answers short vs 36 without; bullets -7.7 ± 4.3
     points pooled), and rejecting one too few or too many lost bullets on seeds 0-4 (BENCHMARKS.md)."""
     spec = dict(zip(task["kinds"], task["kwargs"]))
-    options = [(k, spec[k][COUNTED[k]] - 1) for k in task["kinds"] if k in COUNTED and spec[k][COUNTED[k]] > 1]
+    options = [(k, spec[k][COUNTED[k]] - 1) for k in task["kinds"]
+               if k in COUNTED and spec[k][COUNTED[k]] > 1]
     if not options:
         return None
     kind, n = rng.choice(options)

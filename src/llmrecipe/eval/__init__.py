@@ -23,5 +23,6 @@ def make_suites(names: str, data_dir: str | None, **options) -> list[Suite]:
     for n in chosen:
         cls = SUITES[n]
         fields = cls.__dataclass_fields__
-        suites.append(cls(data_dir=data_dir, **{k: v for k, v in options.items() if k in fields and v is not None}))
+        suites.append(cls(data_dir=data_dir,
+                          **{k: v for k, v in options.items() if k in fields and v is not None}))
     return suites

@@ -77,12 +77,14 @@ def load_items(data_dir: str | None) -> list[dict]:
                 raise DataError(f"{row.where()}: no {f!r} field")
         if "####" not in row.data["answer"]:
             raise DataError(f"{row.where('answer')}: no '#### N' final answer")
-        out.append({"id": row.index, "question": row.data["question"], "gold": gold_answer(row.data["answer"])})
+        out.append({"id": row.index, "question": row.data["question"],
+                    "gold": gold_answer(row.data["answer"])})
     return out
 
 
 def load_exemplars(data_dir: str | None, n: int) -> tuple[list[dict], str]:
-    """The Wei et al. CoT exemplars where available, else the first train problems (calculator notes removed)."""
+    """The Wei et al. CoT exemplars where available, else the first train problems (calculator notes
+    removed)."""
     if data_dir and (Path(data_dir) / "gsm8k" / EXEMPLARS_FILE).is_file():
         rows = iter_rows(str(Path(data_dir) / "gsm8k" / EXEMPLARS_FILE))
         return [{"question": r.data["question"], "target": r.data["target"]} for r in rows][:n], "wei-cot"

@@ -84,7 +84,8 @@ def stratified(items: list[dict], limit: int | None, key: str | None) -> list[di
 
 
 def _settings_hash(model: EvalModel, suite: Suite) -> str:
-    blob = json.dumps({"model": model.source, "suite": suite.name, "settings": suite.settings()}, sort_keys=True)
+    blob = json.dumps({"model": model.source, "suite": suite.name, "settings": suite.settings()},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -99,7 +100,8 @@ def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | N
     """Score the suite's items (skipping those already in `records_path` for these settings); returns the
     summary and the records in item order (for paired comparisons between models).
 
-    Under torchrun each rank scores every W-th remaining item; the records are gathered and rank 0 writes them.
+    Under torchrun each rank scores every W-th remaining item; the records are gathered and rank 0 writes
+    them.
     """
     key = _settings_hash(model, suite)
     rank, world = _rank_world()
@@ -133,7 +135,8 @@ def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | N
     done.update({str(r["id"]): r for r in new})
     records = [done[str(it["id"])] for it in items]
     summary = suite.summarize(records)
-    summary.update(items=len(records), seconds=round(time.time() - t0, 2), prompting=model.source["prompting"])
+    summary.update(items=len(records), seconds=round(time.time() - t0, 2),
+                   prompting=model.source["prompting"])
     values = [v for v in map(item_value, records) if v is not None]
     if values and (err := mean_stderr(values)) is not None:
         summary["stderr"] = err  # of the headline: every score in a table carries its error bar

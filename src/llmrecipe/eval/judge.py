@@ -89,7 +89,8 @@ class Judge:
             return list(pool.map(one, requests))
 
     def _post(self, system: str, prompt: str) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        messages = (([{"role": "system", "content": system}] if system else [])
+                    + [{"role": "user", "content": prompt}])
         data = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
                            "max_tokens": self.max_tokens}).encode()
         headers = {"Content-Type": "application/json"}
@@ -99,7 +100,8 @@ class Judge:
         for attempt in range(self.retries):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(f"{self.url}/chat/completions", data=data, headers=headers, method="POST")
+            req = urllib.request.Request(f"{self.url}/chat/completions", data=data, headers=headers,
+                                         method="POST")
             with self._lock:
                 self.calls += 1
             try:

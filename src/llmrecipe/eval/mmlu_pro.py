@@ -49,7 +49,8 @@ def load_split(data_dir: str | None, split: str) -> list[dict]:
                 raise DataError(f"{row.where()}: no {f!r} field")
         opts = [o for o in d["options"] if o is not None]
         if not 2 <= len(opts) <= 10 or d["answer"] not in LETTERS[: len(opts)]:
-            raise DataError(f"{row.where('answer')}: answer {d['answer']!r} does not name one of {len(opts)} options")
+            raise DataError(f"{row.where('answer')}: answer {d['answer']!r} does not name one of "
+                            f"{len(opts)} options")
         out.append({"id": d.get("question_id", row.index), "question": d["question"], "options": list(opts),
                     "answer": d["answer"], "category": d["category"]})
     return out
@@ -129,7 +130,8 @@ class MMLUPro:
                     + format_question(item, False))
             if model.chat:  # the question as the user's turn; the reply starts with "Answer:"
                 user = body[: -len("Answer:")].rstrip()
-                ids = encode_chat([{"role": "user", "content": user}], model.tok, add_generation_prompt=True).ids
+                ids = encode_chat([{"role": "user", "content": user}], model.tok,
+                                  add_generation_prompt=True).ids
                 ids += model.tok.encode("Answer:")
             else:
                 ids = model.tok.encode(body)

@@ -17,20 +17,22 @@ from ..data.sources import DataError, iter_rows
 from .harness import EvalModel, stratified
 from .judge import Judge, JudgeError
 
-TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
-               "stem": 0.1, "humanities": 0.1}
+TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+               "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
 NEED_REF = {"math", "reasoning", "coding"}
 SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 NO_JUDGE = "n/a (no judge)"
-NO_JUDGE_HINT = "MT-Bench needs a judge: --judge-model M with OPENAI_API_KEY set, or --judge-url URL --judge-model M"
+NO_JUDGE_HINT = ("MT-Bench needs a judge: --judge-model M with OPENAI_API_KEY set, or --judge-url URL "
+                 "--judge-model M")
 
 
 def load_questions(data_dir: str | None, question_file: str | None = None) -> list[dict]:
-    path = Path(question_file) if question_file else (Path(data_dir) / "mt_bench" / "question.jsonl" if data_dir
-                                                       else None)
+    default = Path(data_dir) / "mt_bench" / "question.jsonl" if data_dir else None
+    path = Path(question_file) if question_file else default
     if path is None:
-        raise DataError("MT-Bench questions: give --data-dir (holding mt_bench/question.jsonl) or a question file")
+        raise DataError("MT-Bench questions: give --data-dir (holding mt_bench/question.jsonl) or a question "
+                        "file")
     out = []
     for row in iter_rows(str(path)):
         d = row.data
@@ -42,7 +44,9 @@ def load_questions(data_dir: str | None, question_file: str | None = None) -> li
 
 def load_references(folder: Path) -> dict:
     f = folder / "reference_answer" / "gpt-4.jsonl"
-    return {r.data["question_id"]: r.data["choices"][0]["turns"] for r in iter_rows(str(f))} if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    return {r.data["question_id"]: r.data["choices"][0]["turns"] for r in iter_rows(str(f))}
 
 
 def load_templates(folder: Path) -> dict[str, dict]:
@@ -119,8 +123,9 @@ class MTBench:
         self.folder = Path(self.data_dir) / "mt_bench" if self.data_dir else Path(".")
 
     def settings(self) -> dict:
-        return {"judge": self.judge.model if self.judge else None, "judge_url": self.judge.url if self.judge else None,
-                "max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+        return {"judge": self.judge.model if self.judge else None,
+                "judge_url": self.judge.url if self.judge else None, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature}
 
     @property
     def active(self) -> bool:
@@ -186,8 +191,8 @@ def pairwise(a: EvalModel, b: EvalModel, judge: Judge, data_dir: str, limit: int
         ref = refs.get(q["id"])
         for turn in (1, 2):
             tpl = templates[template_name("pair", q["category"], turn, ref is not None)]
-            requests.append((tpl["name"], tpl["system_prompt"], pair_prompt(tpl, q, ans_a[qi], ans_b[qi], ref)))
-            requests.append((tpl["name"], tpl["system_prompt"], pair_prompt(tpl, q, ans_b[qi], ans_a[qi], ref)))
+            for first, second in ((ans_a[qi], ans_b[qi]), (ans_b[qi], ans_a[qi])):  # both orders
+                requests.append((tpl["name"], tpl["system_prompt"], pair_prompt(tpl, q, first, second, ref)))
             index.append((q["id"], turn))
     replies = judge.ask_many(requests)
     errors = [r for r in replies if isinstance(r, JudgeError)]
@@ -214,4 +219,5 @@ def pairwise(a: EvalModel, b: EvalModel, judge: Judge, data_dir: str, limit: int
                 tally["inconsistent"] += 1
         tally[outcome] += 1
         details.append({"question_id": qid, "turn": turn, "order_ab": g1, "order_ba": g2, "outcome": outcome})
-    return {"a": a.name, "b": b.name, "judge": judge.model, **tally, "comparisons": len(index), "details": details}
+    return {"a": a.name, "b": b.name, "judge": judge.model, **tally, "comparisons": len(index),
+            "details": details}

@@ -27,8 +27,8 @@ from .sft import ChatSamples, ExampleBatches, finish_adapter_run, steps_for
 class DPOConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=4, grad_accum=1, lr=5e-6, min_lr=5e-7, warmup_steps=0, schedule="constant", weight_decay=0.0,
-        log_interval=10, eval_interval=0, save_interval=500))
+        batch_size=4, grad_accum=1, lr=5e-6, min_lr=5e-7, warmup_steps=0, schedule="constant",
+        weight_decay=0.0, log_interval=10, eval_interval=0, save_interval=500))
     sft: str = ""  # adapter (or model) folder from stage 2; its chain is merged into the starting weights
     data: str = "HuggingFaceH4/ultrafeedback_binarized"
     split: str = "train_prefs"
@@ -79,18 +79,19 @@ class DPOStage(ChatSamples):
     def __init__(self, cfg: DPOConfig, rt: Runtime, run_dir: Path):
         self.cfg, self.rt = cfg, rt
         self.model, self.tokenizer = load_model(cfg.sft, merge_adapters=True)
-        self.pairs, self.report = load_pairs(cfg.data, self.tokenizer, self.model.config.block_size, cfg.split,
-                                             cfg.strict, cfg.max_examples)
+        self.pairs, self.report = load_pairs(cfg.data, self.tokenizer, self.model.config.block_size,
+                                             cfg.split, cfg.strict, cfg.max_examples)
         print(f"dpo data: {self.report}")
-        self.ref_model = copy.deepcopy(self.model).requires_grad_(False).eval() if cfg.reference == "copy" else None
+        self.ref_model = (copy.deepcopy(self.model).requires_grad_(False).eval() if cfg.reference == "copy"
+                          else None)
         if cfg.reference not in ("adapter", "copy"):
             raise ValueError(f"reference must be 'adapter' or 'copy', not {cfg.reference!r}")
         inject(self.model, cfg.lora)
         print(trainable_summary(self.model))
         self.index = {id(p): i for i, p in enumerate(self.pairs)}
         self.batches = ExampleBatches(self.pairs, cfg.train, rt)
-        self.ref_cache = self._precompute(run_dir / "reference_logps.safetensors") if cfg.precompute_reference \
-            else None
+        self.ref_cache = (self._precompute(run_dir / "reference_logps.safetensors")
+                          if cfg.precompute_reference else None)
 
     def _policy_logps(self, model, x, y) -> torch.Tensor:
         logits, _ = model(x)

@@ -203,7 +203,8 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
     def checkpoint(at: int) -> None:
         save_checkpoint(run_dir, at, wrapped, opt, dict(
             elapsed=elapsed_before + time.time() - t_start, tokens_seen=tokens_seen,
-            data_position=at * cfg.grad_accum * cfg.batch_size, world_size=rt.world_size, config=resolved_config),
+            data_position=at * cfg.grad_accum * cfg.batch_size, world_size=rt.world_size,
+            config=resolved_config),
             keep=cfg.keep_checkpoints, write=rt.is_main)
         rt.barrier()
 
@@ -263,8 +264,8 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
         if not (rt.distributed and _PEER_LOST.search(str(e))):
             raise
         raise SystemExit(f"rank {rt.rank}: lost contact with another rank at step {step} "
-                         f"({_PEER_LOST.search(str(e)).group(0)}); resume from the last checkpoint with --resume"
-                         ) from None
+                         f"({_PEER_LOST.search(str(e)).group(0)}); resume from the last checkpoint with "
+                         "--resume") from None
     finally:
         loader.close()
         if tracker:
@@ -293,7 +294,8 @@ def _step(stage: Stage, fwd, wrapped, opt, batches: list, units: list[int], cfg:
     Metrics stay on the device: no `.item()` here (each would stall the GPU's queue once per micro-step).
     """
     # torch.full launches a fill kernel; torch.tensor(x, device=cuda) would copy from pageable memory, a
-    # synchronous cudaMemcpy that drains the GPU's queue every step (measured: 10% of an H100 pre-training step)
+    # synchronous cudaMemcpy that drains the GPU's queue every step (measured: 10% of an H100 pre-training
+    # step)
     total = torch.full((), float(sum(units)), device=rt.device)
     if rt.distributed:
         torch.distributed.all_reduce(total)

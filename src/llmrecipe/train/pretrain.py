@@ -58,7 +58,8 @@ class PretrainStage:
         n = self.model.num_params()
         # PaLM appendix B: 6N per token for the matmuls + attention's 12·L·C·T
         self.flops_per_token = 6 * n + 12 * cfg.model.n_layer * cfg.model.n_embd * T
-        print(f"model: {n:,} parameters; data: {self.train_data.num_windows:,} training windows of {T} tokens")
+        print(f"model: {n:,} parameters; data: {self.train_data.num_windows:,} training windows of {T} "
+              "tokens")
 
     def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         tc = self.cfg.train

@@ -25,8 +25,8 @@ from .loop import TrainConfig, train
 class SFTConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=8, grad_accum=1, lr=2e-4, min_lr=2e-5, warmup_steps=0, schedule="constant", weight_decay=0.0,
-        log_interval=10, eval_interval=0, save_interval=500))
+        batch_size=8, grad_accum=1, lr=2e-4, min_lr=2e-5, warmup_steps=0, schedule="constant",
+        weight_decay=0.0, log_interval=10, eval_interval=0, save_interval=500))
     base: str = ""  # model folder from stage 1 (or any model/adapter folder)
     data: str = "HuggingFaceH4/ultrachat_200k"  # hub id or local parquet/jsonl/json files
     split: str = "train_sft"
@@ -84,7 +84,8 @@ class ExampleBatches:
         self.order = EpochOrder(len(examples), tc.seed)
 
     def __call__(self, step: int, micro: int) -> list:
-        start = item_start(step, micro, self.tc.batch_size, self.tc.grad_accum, self.rt.rank, self.rt.world_size)
+        start = item_start(step, micro, self.tc.batch_size, self.tc.grad_accum, self.rt.rank,
+                           self.rt.world_size)
         return [self.examples[self.order[k]] for k in range(start, start + self.tc.batch_size)]
 
 
@@ -123,8 +124,8 @@ class SFTStage(ChatSamples):
     def evaluate(self, model) -> dict[str, float]:
         if not self.val:
             return {}
-        losses = [self.loss(model, tuple(t.to(self.rt.device) for t in collate(self.val[i:i + 8], self.tokenizer.eot_id)))[0].item()
-                  for i in range(0, len(self.val), 8)]
+        batches = (collate(self.val[i:i + 8], self.tokenizer.eot_id) for i in range(0, len(self.val), 8))
+        losses = [self.loss(model, tuple(t.to(self.rt.device) for t in b))[0].item() for b in batches]
         return {"val_loss": sum(losses) / len(losses)}
 
     def finish(self, model, run_dir: Path) -> None:

@@ -14,7 +14,10 @@ HUB = "google/IFEval"
 
 
 def load_items(data_dir: str | None) -> list[dict]:
-    rows = iter_rows(str(Path(data_dir) / "ifeval" / "input_data.jsonl")) if data_dir else iter_rows(HUB, "train")
+    if data_dir:
+        rows = iter_rows(str(Path(data_dir) / "ifeval" / "input_data.jsonl"))
+    else:
+        rows = iter_rows(HUB, "train")
     out = []
     for row in rows:
         for f in ("key", "prompt", "instruction_id_list", "kwargs"):
@@ -24,7 +27,8 @@ def load_items(data_dir: str | None) -> list[dict]:
         if unknown:
             raise DataError(f"{row.where('instruction_id_list')}: unknown instruction {unknown[0]!r}")
         out.append({"id": row.data["key"], "prompt": row.data["prompt"],
-                    "instruction_id_list": list(row.data["instruction_id_list"]), "kwargs": list(row.data["kwargs"])})
+                    "instruction_id_list": list(row.data["instruction_id_list"]),
+                    "kwargs": list(row.data["kwargs"])})
     return out
 
 
@@ -71,7 +75,8 @@ class IFEval:
 
     def prompt(self, model: EvalModel, item: dict) -> list[int]:
         if model.chat:
-            return encode_chat([{"role": "user", "content": item["prompt"]}], model.tok, add_generation_prompt=True).ids
+            user = [{"role": "user", "content": item["prompt"]}]
+            return encode_chat(user, model.tok, add_generation_prompt=True).ids
         return model.tok.encode(item["prompt"])  # lm-eval's ifeval context: the prompt, nothing added
 
     def evaluate(self, model: EvalModel, items: list[dict]) -> list[dict]:

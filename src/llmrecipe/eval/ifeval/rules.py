@@ -264,7 +264,8 @@ def check(instruction_id: str, kwargs: dict, response: str) -> bool:
 def loose_variants(response: str) -> list[str]:
     """The benchmark's loose variants: first/last/both lines removed, each also with every '*' removed."""
     lines = response.split("\n")
-    base = [response, "\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(), "\n".join(lines[1:-1]).strip()]
+    base = [response, "\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(),
+            "\n".join(lines[1:-1]).strip()]
     return base + [v.replace("*", "") for v in base]
 
 
