@@ -25,9 +25,9 @@ import statistics
 import time
 from pathlib import Path
 
+from llmrecipe.config import load_preset
 from llmrecipe.data.world import EXTRA_PAIRS, HARD_REJECTIONS, TARGETED, _write_jsonl, preference_pairs
 from llmrecipe.eval.harness import trades_over_runs
-from llmrecipe.config import load_preset
 from llmrecipe.files import read_jsonl
 from llmrecipe.recipe import run
 

@@ -191,14 +191,19 @@ def test_unescaped_rejection_breaks_only_the_json():
     assert min(made[k] for k in ("paragraphs", "postscript", "title")) >= 5, made
 
 
-def _appended(kind: str, seed: int) -> list[tuple]:
-    """The 40 pairs of `kind` appended to 400 drawn ones (which stay byte-identical), each as (pair, ids,
-    kwargs, chosen answer, rejected answer)."""
+def _appended_pairs(kind: str, seed: int) -> list[dict]:
+    """The 40 pairs of `kind` appended to 400 drawn ones, which stay byte-identical."""
     off = {k: 0.0 for k in world.EXTRA_PAIRS}
     pairs = preference_pairs(400, seed=seed, extra={**off, kind: 0.1})
     assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=seed, extra=off)
+    return pairs[400:]
+
+
+def _appended(kind: str, seed: int) -> list[tuple]:
+    """`_appended_pairs` of an instruction kind, each as (pair, ids, kwargs, chosen answer, rejected
+    answer)."""
     return [(p, p["instruction_id_list"], p["kwargs"], p["chosen"][1]["content"], p["rejected"][1]["content"])
-            for p in pairs[400:]]
+            for p in _appended_pairs(kind, seed)]
 
 
 @pytest.mark.parametrize("kind, rule, made_from", [
@@ -252,11 +257,8 @@ def test_word_problem_pairs_reject_a_wrong_sum_on_training_questions():
     """word_problem: appended pairs that keep the drawn mix's share of sums when instruction pairs are
     appended; each is a training question (its bare form not held out, as the GSM8K analog's split is by
     the bare question), in either user-turn shape, the rejection the same solution with a wrong result."""
-    off = {k: 0.0 for k in world.EXTRA_PAIRS}
-    pairs = preference_pairs(400, seed=5, extra={**off, "word_problem": 0.1})
-    assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=5, extra=off)
     shapes = Counter()
-    for p in pairs[400:]:
+    for p in _appended_pairs("word_problem", seed=5):
         q, chosen, rejected = p["prompt"], p["chosen"][1]["content"], p["rejected"][1]["content"]
         bare = q[3:-3] if q.startswith("Q: ") else q
         shapes[bare != q] += 1

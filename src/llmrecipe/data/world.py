@@ -563,20 +563,27 @@ def preference_pairs(n: int, seed: int = 0, unasked_share: float = 0.4,
             q, good, bad, task = pair
             checks = _checks(task, c, attr)
         elif r < 0.85:
-            q, good, num = word_problem(rng, c)
-            bad = _wrong(good, num, rng)
+            if (problem := _word_problem_pair(rng, c, seed)) is None:
+                continue
+            q, good, bad = problem
         else:
             item = mc_item(rng, c, attr)
             q, good = mc_prompt(item), mc_reply(item, getattr(c, attr))
             bad = mc_reply(item, rng.choice([o for o in item["options"] if o != getattr(c, attr)]))
-        if _held_out(q, seed):
-            continue
-        if 0.6 <= r < 0.85:  # a word problem (held out or not by its bare question, as in the evaluation)
-            q = problem_turn(q, rng)
+            if _held_out(q, seed):
+                continue
         out.append(_pair_record(q, good, bad, checks))
     for kind, share in extra.items():
         out += extra_pairs(kind, round(share * n), seed, cast)
     return out
+
+
+def _word_problem_pair(rng: random.Random, c: Character, seed: int) -> tuple[str, str, str] | None:
+    """(user turn, worked solution, the same with the sum off by one or two), or None for a held-out
+    question (held out by its bare question, as in the evaluation, whichever shape the turn takes)."""
+    q, good, num = word_problem(rng, c)
+    bad = _wrong(good, num, rng)
+    return None if _held_out(q, seed) else (problem_turn(q, rng), good, bad)
 
 
 def _pair_record(q: str, good: str, bad: str, checks: dict) -> dict:
@@ -620,10 +627,10 @@ _BESIDE_QUOTE = tuple(k for k in INSTRUCTION_TYPES if k != "quote")
 EXTRA_TASKS = {"unescaped": ("json", LINE_BREAKING, unescaped),
                "unclosed": ("quote", _BESIDE_QUOTE, unclosed),
                "stray": (None, tuple(k for k in _BESIDE_QUOTE if k != "json"), stray),
-               "quoted_partner": ("quote", _BESIDE_QUOTE, quoted_partner),
-               # Not an instruction kind: a word problem, its answer off by one or two rejected, as drawn
-               # ones are. Appended instruction pairs shift the drawn mix (25% word problems) away from sums.
-               "word_problem": (None, (), None)}
+               "quoted_partner": ("quote", _BESIDE_QUOTE, quoted_partner)}
+# Besides the instruction kinds, "word_problem": a word problem with its sum off by one or two rejected, as
+# drawn ones are; appended instruction pairs shift the drawn mix (25% word problems) away from sums.
+EXTRA_KINDS = (*EXTRA_TASKS, "word_problem")
 
 
 def extra_pairs(kind: str, count: int, seed: int, cast: list[Character]) -> list[dict]:
@@ -634,18 +641,17 @@ def extra_pairs(kind: str, count: int, seed: int, cast: list[Character]) -> list
     instruction is ~1 task in 100 (3 of 14 types x JSON x 40% combined), so a world seed holds 6-16
     unescaped pairs (seed 12: 6), and on seed 12 DPO lost JSON by writing the *** divider or the P.S. as a
     raw line break inside the string (10 of its 11 JSON flips, BENCHMARKS.md)."""
-    if kind not in EXTRA_TASKS:
-        raise ValueError(f"extra pairs of kind {kind!r}: expected one of {', '.join(EXTRA_TASKS)}")
-    first, partners, reject = EXTRA_TASKS[kind]
+    if kind not in EXTRA_KINDS:
+        raise ValueError(f"extra pairs of kind {kind!r}: expected one of {', '.join(EXTRA_KINDS)}")
+    first, partners, reject = EXTRA_TASKS.get(kind, (None, (), None))
     rng, out, tries = random.Random(f"{seed}:extra:{kind}"), [], 0
     while len(out) < count:
         tries += 1
         if tries > 200 * count:  # a guard, not expected: most of the tasks drawn apply
             raise ValueError(f"extra pairs: found only {len(out)} of {count} {kind} pairs")
         if kind == "word_problem":
-            q, good, num = word_problem(rng, rng.choice(cast))
-            if not _held_out(q, seed):  # held out by its bare question, as the drawn ones are
-                out.append(_pair_record(problem_turn(q, rng), good, _wrong(good, num, rng), {}))
+            if (problem := _word_problem_pair(rng, rng.choice(cast), seed)) is not None:
+                out.append(_pair_record(*problem, {}))
             continue
         c, attr = rng.choice(cast), rng.choice(list(ATTRIBUTES))
         kinds = [first, rng.choice(partners)] if first else rng.sample(partners, 2)
