@@ -33,3 +33,14 @@ def test_profile_step_runs_on_cpu():
     m = re.search(r"B=2 T=32: [0-9.]+ ms/step, ([0-9,]+) tokens/s", proc.stdout)
     assert m and int(m.group(1).replace(",", "")) > 0, proc.stdout
     assert "Self CPU time total" in proc.stdout
+
+
+def test_bench_rl_step_compares_each_speedup_with_what_it_replaced(tiny_base, data_dir):
+    """bench/bench_rl_step.py must not rot: one timed step per row, before and now, on the real GSM8K file."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_rl_step.py"), "--model", str(tiny_base),
+                           "--data", str(data_dir / "eval" / "gsm8k" / "train.jsonl"), "--steps", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("sampling one token", "generation", "addmm", "answers only", "both"):
+        m = re.search(re.escape(row) + r"[^|]*\| ([0-9.]+) \| ([0-9.]+) \|", proc.stdout)
+        assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, (row, proc.stdout)

@@ -96,6 +96,41 @@ def test_sampling_filters():
     assert draws == {0, 1}
 
 
+def test_sampling_draws_from_the_softmax():
+    """Inverse-CDF sampling draws each token with its softmax probability (within 5 binomial standard
+    errors over 200,000 draws), and never a token the filters or -inf removed, even at the vocabulary's
+    end."""
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0, float("-inf")]]).repeat(200_000, 1)
+    g = torch.Generator().manual_seed(0)
+    n = logits.size(0)
+    freq = torch.bincount(sample(logits, 1.0, generator=g).view(-1), minlength=5).double() / n
+    p = torch.softmax(logits[0].double(), -1)
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt()).all(), (freq, p)
+    assert freq[4] == 0
+    t = torch.softmax(logits[0].double() / 0.5, -1)  # temperature sharpens: p ∝ exp(logit / T)
+    freq = torch.bincount(sample(logits, 0.5, generator=g).view(-1), minlength=5).double() / n
+    assert ((freq - t).abs() <= 5 * (t * (1 - t) / n).sqrt()).all(), (freq, t)
+    ends = sample(torch.tensor([[5.0, 0.0, 0.0, 9.0]]).repeat(20_000, 1), 1.0, top_k=1, generator=g)
+    assert (ends == 3).all()
+
+
+def test_selected_logits_and_loss_equal_the_full_forwards():
+    """`select` keeps some positions' logits: the same numbers as the full forward's, and the same loss as
+    targets masked with -100 (what SFT, DPO and RL rely on to skip the prompt's LM head)."""
+    torch.manual_seed(0)
+    model = GPT(SMALL)
+    idx = torch.randint(0, 300, (3, 40))
+    targets = torch.randint(0, 300, (3, 40))
+    keep = torch.rand(3, 40) < 0.4
+    full, _ = model(idx)
+    part, _ = model(idx, select=keep)
+    assert part.shape == (int(keep.sum()), 300)
+    assert_fp32_close(part, full[keep], REDUCTION, "selected logits")
+    _, loss_all = model(idx, targets.masked_fill(~keep, -100))
+    _, loss_sel = model(idx, targets, select=keep)
+    assert_fp32_close(loss_sel, loss_all, REDUCTION, "selected loss")
+
+
 def _engine(model, eot: int):
     """The one sampling path (generate, chat, eval, serve, RL) over a bare model; it needs only the EOT id."""
     from types import SimpleNamespace

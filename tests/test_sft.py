@@ -7,7 +7,8 @@ from llmrecipe.chat import IGNORE, encode_chat, render
 from llmrecipe.checkpoint import load_model, save_hf
 from llmrecipe.data.chat import collate, load_chat
 from llmrecipe.data.sources import DataError
-from llmrecipe.lora import LoRAConfig, adapters_disabled, inject, merge, save_adapter
+from llmrecipe.lora import (LoRAConfig, adapters_disabled, inject, merge, merged_copy, refresh_merged,
+                            save_adapter)
 from llmrecipe.tokenizer import load_from_dir
 from llmrecipe.train.loop import TrainConfig
 
@@ -67,6 +68,26 @@ def test_merge_and_disable(base_dir):
             assert_fp32_close(model(idx)[0], base(idx)[0], BASE_REDUCTION, "adapter off")
         assert (with_adapter - base(idx)[0]).abs().max() > 1e-3
         assert_fp32_close(merge(model)(idx)[0], with_adapter, BASE_REDUCTION, "merged")
+
+
+def test_merged_copy_follows_the_adapters(base_dir):
+    """RL samples from a merged copy refreshed after each update: it computes what the adapted model does,
+    and the adapted model itself keeps its base weights bit for bit (no merge/unmerge round trip)."""
+    model, _ = load_model(base_dir)
+    inject(model, LoRAConfig(r=4, alpha=8, dropout=0.0))
+    base = {n: p.clone() for n, p in model.named_parameters() if "lora_" not in n}
+    copy_ = merged_copy(model).eval()
+    model.eval()
+    idx = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        assert_fp32_close(copy_(idx)[0], model(idx)[0], BASE_REDUCTION, "fresh copy")
+        for n, p in model.named_parameters():  # an update moves the adapters: the copy is stale ...
+            if "lora_" in n:
+                p.add_(torch.randn_like(p), alpha=0.05)
+        assert (copy_(idx)[0] - model(idx)[0]).abs().max() > 1e-3
+        refresh_merged(copy_, model)  # ... until refreshed
+        assert_fp32_close(copy_(idx)[0], model(idx)[0], BASE_REDUCTION, "refreshed copy")
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if "lora_" not in n)
 
 
 def test_peft_loads_our_adapter_onto_hf_export(base_dir, tmp_path):

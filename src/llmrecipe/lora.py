@@ -8,6 +8,7 @@ export of the base model.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -48,9 +49,15 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
-        if self.enabled and not self.merged:
-            y = y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
-        return y
+        if not self.enabled or self.merged:
+            return y
+        # y + scaling · B(A x) as one addmm: the GEMM accumulates into y and folds in the scale, where
+        # `y + lora_B(...) * scaling` makes two more passes over the (tokens × out) activations. On a
+        # 2-core CPU those passes cost as much as the adapter's matmuls (~20% of a LoRA step).
+        ax = F.linear(self.lora_dropout(x), self.lora_A.weight)
+        out = torch.addmm(y.reshape(-1, y.size(-1)), ax.reshape(-1, ax.size(-1)), self.lora_B.weight.t(),
+                          alpha=self.scaling)
+        return out.view(y.shape)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -108,6 +115,25 @@ def merge(model: nn.Module) -> nn.Module:
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, plain)
     return model
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A copy with the adapters folded in: the same function at the base model's cost. Sampling is a
+    forward per token, and an unmerged LoRA layer costs three matmuls where a merged one costs one (RL
+    samples this way; the trained model itself stays unmerged, so no merge/unmerge round trip ever
+    rounds its base weights)."""
+    return merge(copy.deepcopy(model))
+
+
+@torch.no_grad()
+def refresh_merged(copy_: nn.Module, model: nn.Module) -> nn.Module:
+    """Bring a `merged_copy` up to date after the adapters trained: W + scale·BA written in place, the
+    layer's only weight that changes (a fresh deep copy per RL step cost 13 ms, a tenth of the step)."""
+    layers = dict(copy_.named_modules())
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            layers[name].weight.copy_(m.weight + m.delta_weight().to(m.weight.dtype))
+    return copy_
 
 
 @contextlib.contextmanager

@@ -172,9 +172,19 @@ class GPT(nn.Module):
         """LM head on hidden states, cut to the real vocabulary (a view: the padded rows are never seen)."""
         return self.lm_head(h)[..., : self.config.vocab_size]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **kw):
-        """Logits (B, T, V); with `targets`, also the mean cross-entropy (targets == -100 ignored)."""
-        logits = self.logits(self.hidden(idx, **kw))
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                select: torch.Tensor | None = None, **kw):
+        """Logits (B, T, V); with `targets`, also the mean cross-entropy (targets == -100 ignored).
+
+        `select` (B, T) bool keeps only those positions' logits, (N, V), and targets: a stage whose loss
+        reads only the answer tokens (SFT, DPO, RL) then skips the LM head and the softmax on the prompt,
+        about half of the positions. (A boolean index is a host sync on a GPU, so pre-training, where every
+        position has a target, never passes one.)"""
+        h = self.hidden(idx, **kw)
+        if select is not None:
+            h = h[select]
+            targets = targets[select] if targets is not None else None
+        logits = self.logits(h)
         if targets is None:
             return logits, None
         # softmax over the real vocabulary only, as llm.c does; the float copy is made once, after the cut
@@ -198,7 +208,18 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
         drop_sorted = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+    # Inverse-CDF sampling: one uniform per row, found in the cumulative distribution. It draws from
+    # exactly the softmax's distribution, and on CPU it is ~7x faster than torch.multinomial (0.19 ms vs
+    # 1.3 ms for 64 rows of 768 tokens; multinomial was a fifth of the RL stage's sampling). The sums are
+    # float64 so the last bins are not lost to rounding; a token of probability 0 (top-k/top-p, or an
+    # underflow) has an empty bin and can never be drawn — `right=True` skips it, and the clamp keeps a
+    # uniform that rounds up to the total inside the last token that has probability.
+    probs = logits.softmax(-1).double()
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=torch.float64)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    last = probs.size(-1) - 1 - (probs.flip(-1) > 0).int().argmax(-1, keepdim=True)
+    return torch.minimum(idx, last)
 
 
 # ---- Hugging Face GPT2LMHeadModel conversion (its Conv1D stores weights as (in, out)) ----

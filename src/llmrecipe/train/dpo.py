@@ -54,10 +54,12 @@ def dpo_config(preset: str) -> DPOConfig:
 
 
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Σ_t log p(target_t) over positions where `mask` is true, per row (B,)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    tok = torch.gather(logp, 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (tok * mask).sum(-1)
+    """Σ_t log p(target_t) over positions where `mask` (B, T) is true, per row (B,). `logits` are (B, T, V),
+    or only the masked positions' (N, V) as `model(x, select=mask)` returns them."""
+    if logits.dim() == 3:
+        logits = logits[mask]
+    tok = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+    return tok.new_zeros(mask.size(0)).index_add(0, mask.nonzero()[:, 0], tok)
 
 
 def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float
@@ -94,8 +96,9 @@ class DPOStage(ChatSamples):
                           if cfg.precompute_reference else None)
 
     def _policy_logps(self, model, x, y) -> torch.Tensor:
-        logits, _ = model(x)
-        return sequence_logps(logits, y, y != IGNORE)
+        mask = y != IGNORE
+        logits, _ = model(x, select=mask)  # the answers' logits only: the prompts' are never read
+        return sequence_logps(logits, y, mask)
 
     @torch.no_grad()
     def reference_logps(self, x, y) -> torch.Tensor:

@@ -28,7 +28,8 @@ from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.sources import DataError, iter_rows
 from ..engine import Engine
 from ..eval.gsm8k import GSM8K, STOP, gold_answer
-from ..lora import LoRAConfig, adapters_disabled, inject, trainable_summary
+from ..lora import (LoRAConfig, adapters_disabled, inject, merged_copy, refresh_merged,
+                    trainable_summary)
 from ..runtime import Runtime, setup
 from .loop import TrainConfig, train
 from .sft import ChatSamples, finish_adapter_run
@@ -104,8 +105,8 @@ class RLStage(ChatSamples):
         self._perms: dict[int, list[int]] = {}
         inject(self.model, cfg.lora)
         print(trainable_summary(self.model))
-        self.engine = Engine(self.model, self.tokenizer, rt, batch_size=cfg.train.batch_size * cfg.group_size)
-        self.model.train()
+        # answers are sampled from a merged copy of the policy, refreshed before each batch (lora.py)
+        self.sampler = merged_copy(self.model)
         room = self.model.config.block_size - cfg.max_new_tokens
         if room < 16:
             raise ValueError(f"max_new_tokens {cfg.max_new_tokens} leaves no room for a question in the "
@@ -136,11 +137,12 @@ class RLStage(ChatSamples):
         qs = self._questions(step, micro)
         prompts = [self.prompts[q] for q in qs for _ in range(G)]
         seed = random.Random(f"{cfg.train.seed}:{step}:{micro}:{self.rt.rank}").getrandbits(62)
-        self.model.eval()  # no dropout while sampling
+        # the engine puts the sampler in eval mode: no dropout while sampling
+        sampler = refresh_merged(self.sampler, self.model)
+        engine = Engine(sampler, self.tokenizer, self.rt, batch_size=len(prompts))
         with self.rt.autocast():
-            outs = self.engine.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, stop=STOP,
-                                        seed=seed)
-        self.model.train()
+            outs = engine.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, stop=STOP,
+                                   seed=seed)
         texts = [self.tokenizer.decode(o) for o in outs]
         problems = [self.problems[q] for q in qs for _ in range(G)]
         rewards = self.reward(problems, texts, outs)
@@ -170,22 +172,22 @@ class RLStage(ChatSamples):
 
     def loss(self, model, batch):
         x, y, adv, stats = batch
-        logits, _ = model(x)
-        mask = y != IGNORE
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        mask = y != IGNORE  # the answer tokens: the only logits the loss reads (a third of the batch's)
+        target = y[mask]
+        logits, _ = model(x, select=mask)
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, target[:, None]).squeeze(-1)  # (N,)
         n = mask.sum().clamp(min=1)
-        pg = -(adv.to(logp.dtype)[:, None] * logp * mask).sum() / n
+        pg = -(adv.to(logp.dtype)[:, None].expand_as(mask)[mask] * logp).sum() / n
         metrics = {"reward": stats[0], "pass@1": stats[0], f"pass@{self.cfg.group_size}": stats[1],
                    "answer_tokens": stats[2], "pg_loss": pg.detach()}
         # KL to the starting model (the same weights with the adapter off) is logged even when it is not
         # penalised (kl_beta 0): how far RL drifted is the first thing to look at when a reward rises. One
         # no-grad forward over the batch; sampling the answers costs tens of times more.
         with torch.no_grad(), adapters_disabled(self.model):
-            ref_logits, _ = self.model(x)
-        ref = torch.log_softmax(ref_logits.float(), -1)
-        ref = ref.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            ref_logits, _ = self.model(x, select=mask)
+        ref = torch.log_softmax(ref_logits.float(), -1).gather(-1, target[:, None]).squeeze(-1)
         d = ref - logp
-        kl = ((d.exp() - d - 1) * mask).sum() / n  # k3: unbiased, always ≥ 0 (Schulman's estimator)
+        kl = (d.exp() - d - 1).sum() / n  # k3: unbiased, always ≥ 0 (Schulman's estimator)
         metrics["kl"] = kl.detach()
         loss = pg + self.cfg.kl_beta * kl if self.cfg.kl_beta else pg
         return loss, metrics

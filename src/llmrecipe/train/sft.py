@@ -114,7 +114,8 @@ class SFTStage(ChatSamples):
 
     def loss(self, model, batch):
         x, y = batch
-        return model(x, y)[1], {}  # mean over this micro-batch's response tokens
+        # mean over this micro-batch's response tokens; the prompt's logits are never computed
+        return model(x, y, select=y != IGNORE)[1], {}
 
     def units(self, batch) -> int:
         return int((batch[1] != IGNORE).sum())  # response tokens: the ones the loss sees
