@@ -172,6 +172,7 @@ CASES = [  # (command line, what its error must name)
     # run: every stage's settings are checked before the first stage starts
     (["run", "--preset", "nosuch", "--out", "x"], "unknown preset 'nosuch'"),
     (["run", "--out", "x", "--set", "eval.suites=gsm8kk"], "unknown suite(s) gsm8kk"),
+    (["run", "--out", "x", "--set", "eval.batch_size=0"], "config key 'batch_size' = 0: must be ≥ 1"),
     (["run", "--out", "x", "--set", "rl.group_size=0"], "config key 'group_size'"),
     (["run", "--out", "x", "--set", "world.eval_items=0"], "config key 'world.eval_items' = 0"),
     (["run", "--out", "x", "--set", "world.seed=abc"], "config key 'world.seed'"),

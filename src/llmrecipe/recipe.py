@@ -43,6 +43,9 @@ class EvalConfig:
     max_new_tokens: int | None = None  # None: each suite's own default
     scoring: str | None = None  # MMLU-Pro: "letter" (the benchmark's way) or "text" (rank the option texts)
     shots: int | None = None  # few-shot exemplars for MMLU-Pro and GSM8K (None: 5 and 8, as the benchmarks)
+    # prompts per forward. 16 bounds a 124M model's scoring logits (16 x 1,024 x 50,304 floats, 3.3 GB);
+    # a tiny model's decoding is per-step overhead, so larger batches are nearly free per prompt
+    batch_size: int = 16
 
 
 def _hash(obj, root: Path) -> str:
@@ -226,7 +229,7 @@ def _evaluate(out: Path, ev: EvalConfig, eval_dir: str | None, stages: list[str]
     names = [s.name for s in suites]
     results = {}
     for name in stages:
-        model = load_eval_model(str(out / name), name=name)
+        model = load_eval_model(str(out / name), name=name, batch_size=ev.batch_size)
         results[model.name] = evaluate(model, suites, out / "eval" / f"{model.name}.json", ev.limit)
     markdown = write_table(results, names, out / "eval" / "table.md")
     return {"suites": names, "markdown": markdown, "scores": {m: r["suites"] for m, r in results.items()},

@@ -47,8 +47,13 @@ def count_sentences(text: str) -> int:
     return len(_nltk().sent_tokenize(text, language="english"))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def detect_language(text: str) -> str | None:
-    """ISO 639-1 code from langdetect (seeded), or None when it cannot decide (counted as followed)."""
+    """ISO 639-1 code from langdetect (seeded), or None when it cannot decide (counted as followed).
+
+    Memoised: seeded, the verdict is a function of the text, and the case rules ask it of every capitals or
+    lowercase answer — the world's generator checks 2,966 answers, 1,661 of them distinct, at ~3 ms each
+    (langdetect was 70% of making the tiny world)."""
     import langdetect
 
     langdetect.DetectorFactory.seed = 0
