@@ -111,8 +111,8 @@ def main() -> None:
     rows.append(("policy forward + backward: LoRA as add-mul → addmm", lora_old, both_new))
     rows.append(("policy forward + backward: LM head everywhere → answers only", head_old, both_new))
     rows.append(("policy forward + backward: both", both_old, both_new))
-    print(f"RL step pieces, preset {args.preset}: {Q} questions x {G} answers, batch {tuple(batch[0].shape)}, "
-          f"{torch.get_num_threads()} threads\n")
+    print(f"RL step pieces, preset {args.preset}: {Q} questions x {G} answers, "
+          f"batch {tuple(batch[0].shape)}, {torch.get_num_threads()} threads\n")
     print("| piece | before (ms) | now (ms) | before / now |\n|---|---:|---:|---:|")
     for name, before, now in rows:
         print(f"| {name} | {before:.1f} | {now:.1f} | {before / now:.2f}x |")

@@ -37,7 +37,8 @@ def test_profile_step_runs_on_cpu():
 
 def test_bench_rl_step_compares_each_speedup_with_what_it_replaced(tiny_base, data_dir):
     """bench/bench_rl_step.py must not rot: one timed step per row, before and now, on the real GSM8K file."""
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_rl_step.py"), "--model", str(tiny_base),
+    script = str(ROOT / "bench" / "bench_rl_step.py")
+    proc = subprocess.run([sys.executable, script, "--model", str(tiny_base),
                            "--data", str(data_dir / "eval" / "gsm8k" / "train.jsonl"), "--steps", "1"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
