@@ -105,8 +105,11 @@ class RLStage(ChatSamples):
         self._perms: dict[int, list[int]] = {}
         inject(self.model, cfg.lora)
         print(trainable_summary(self.model))
-        # answers are sampled from a merged copy of the policy, refreshed before each batch (lora.py)
+        # answers are sampled from a merged copy of the policy, refreshed before each batch (lora.py); the
+        # engine keeps it in eval mode: no dropout while sampling
         self.sampler = merged_copy(self.model)
+        self.engine = Engine(self.sampler, self.tokenizer, rt,
+                             batch_size=cfg.train.batch_size * cfg.group_size)
         room = self.model.config.block_size - cfg.max_new_tokens
         if room < 16:
             raise ValueError(f"max_new_tokens {cfg.max_new_tokens} leaves no room for a question in the "
@@ -137,12 +140,10 @@ class RLStage(ChatSamples):
         qs = self._questions(step, micro)
         prompts = [self.prompts[q] for q in qs for _ in range(G)]
         seed = random.Random(f"{cfg.train.seed}:{step}:{micro}:{self.rt.rank}").getrandbits(62)
-        # the engine puts the sampler in eval mode: no dropout while sampling
-        sampler = refresh_merged(self.sampler, self.model)
-        engine = Engine(sampler, self.tokenizer, self.rt, batch_size=len(prompts))
+        refresh_merged(self.sampler, self.model)
         with self.rt.autocast():
-            outs = engine.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, stop=STOP,
-                                   seed=seed)
+            outs = self.engine.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, stop=STOP,
+                                        seed=seed)
         texts = [self.tokenizer.decode(o) for o in outs]
         problems = [self.problems[q] for q in qs for _ in range(G)]
         rewards = self.reward(problems, texts, outs)
