@@ -73,6 +73,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = rl_config(args.preset)
     cfg.model, cfg.data = args.model, args.data
+    cfg.anchor_beta = 0.0  # the answers' rows alone: what each speed-up replaced (the anchor came after them)
     rt = setup("cpu", "float32")
     stage = RLStage(cfg, rt)
     for n, p in stage.model.named_parameters():  # a trained adapter, as mid-run: B ≠ 0

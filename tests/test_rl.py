@@ -113,12 +113,100 @@ def test_killed_rl_stage_resumes_to_the_same_weights(tiny_base, tmp_path):
 def test_rl_cli_on_local_gsm8k_train_file(tiny_base, data_dir, tmp_path, capsys):
     from llmrecipe.cli import main
 
-    main(["rl", "--model", str(tiny_base), "--data-dir", str(data_dir / "eval"),
-          "--out", str(tmp_path / "rl"), "--preset", "tiny", "--set", "max_steps=1", "batch_size=2",
-          "group_size=2", "max_new_tokens=4"])
+    args = ["rl", "--model", str(tiny_base), "--data-dir", str(data_dir / "eval"), "--out",
+            str(tmp_path / "rl"), "--preset", "tiny", "--set", "max_steps=1", "batch_size=2", "group_size=2",
+            "max_new_tokens=4"]
+    with pytest.raises(SystemExit, match="anchor_beta 1.0 needs anchor_data"):  # the preset anchors RL
+        main(args)
+    main(args[:1] + ["--anchor-data", str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl")] + args[1:])
     out = capsys.readouterr().out
-    assert "rl: preset tiny" in out and "group 2, temperature 0.7" in out
+    assert "rl: preset tiny" in out and "group 2, temperature 0.7" in out and "rl anchor: 20 rows" in out
     assert (tmp_path / "rl" / "adapter_config.json").is_file()
     with pytest.raises(SystemExit, match="rl needs --model"):
         main(["rl", "--out", str(tmp_path / "x")])
     shutil.rmtree(tmp_path / "rl")
+
+
+
+def _conversations(tmp_path, n=12) -> str:
+    """Short chats in ultrachat's schema: replies that fit beside the toy answers (anchor rows are cut to
+    the answers' width, and ultrachat's real prompts alone are longer than that)."""
+    f = tmp_path / "chats.jsonl"
+    rows = [{"prompt": f"Name a colour, {i}.", "prompt_id": str(i), "messages": [
+        {"role": "user", "content": f"Name a colour, {i}."},
+        {"role": "assistant", "content": ["Red.", "The sky is blue.", "Green, like grass.",
+                                           f"{i} + 2 = {i + 2}. The answer is {i + 2}."][i % 4]}]}
+        for i in range(n)]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(f)
+
+
+def _anchored(tiny_base, tmp_path, data_dir, beta, cls=RLStage, **train):
+    from llmrecipe.runtime import setup
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg = _cfg(tiny_base, _problems(tmp_path), **train)
+    cfg.anchor_beta, cfg.anchor_batch = beta, 3
+    cfg.anchor_data = _conversations(tmp_path)
+    torch.manual_seed(0)
+    return cls(cfg, setup("cpu", "float32"))
+
+
+def _reply_kl(stage, x, y) -> torch.Tensor:
+    """KL(start ‖ policy) per reply token of (x, y), from two plain full forwards (the reference)."""
+    from llmrecipe.lora import adapters_disabled
+
+    with torch.no_grad():
+        logits = stage.model(x)[0][y != -100]
+        with adapters_disabled(stage.model):
+            ref = stage.model(x)[0][y != -100]
+    return torch.nn.functional.kl_div(logits.log_softmax(-1), ref.log_softmax(-1), log_target=True,
+                                      reduction="none").sum(-1)
+
+
+def test_anchor_rows_ride_with_the_answers_and_their_loss_is_the_exact_kl(tiny_base, tmp_path, data_dir):
+    plain = _anchored(tiny_base, tmp_path, data_dir, 0.0)
+    stage = _anchored(tiny_base, tmp_path, data_dir, 0.5)
+    x0, y0, adv0, _ = plain.batch(0, 0)
+    x, y, adv, _ = stage.batch(0, 0)
+    R = adv0.numel()
+    # the same sampled answers (the sampler's seed is the step's), then 3 teacher-forced conversations
+    assert torch.equal(adv, adv0) and x.size(0) == R + 3 and torch.equal(x[:R], x0) and torch.equal(y[:R], y0)
+    assert stage.units((x, y, adv)) == plain.units((x0, y0, adv0))  # anchor tokens are not answer tokens
+    assert (y[R:] != -100).any(1).all()
+    # a reply the reward scores ("The answer is N") is RL's own task, never anchored: 3 of the 12 chats
+    assert len(stage.anchor.examples) == 9
+    # a fresh LoRA's B is zero: the policy IS the starting model, so the anchor costs exactly nothing
+    loss, m = stage.loss(stage.model, (x, y, adv, torch.zeros(3)))
+    assert m["anchor_kl"] == 0.0 and m["kl"] == 0.0
+    with torch.no_grad():  # move the policy: the anchor now measures how far, token by token
+        for name, p in stage.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    loss, m = stage.loss(stage.model, (x, y, adv, torch.zeros(3)))
+    want = _reply_kl(stage, x[R:], y[R:])
+    # fp32: a log-softmax over V = 512 and a sum of V terms; relative error a few hundred ulps at most
+    assert want.mean() > 1e-3 and abs(float(m["anchor_kl"]) - float(want.mean())) < 1e-4 * float(want.mean())
+    # and the RL part is the plain stage's loss on the same answers
+    plain_loss, pm = plain.loss(stage.model, (x0, y0, adv0, torch.zeros(3)))
+    assert torch.allclose(loss - 0.5 * m["anchor_kl"], plain_loss, rtol=1e-4, atol=1e-6)
+    assert abs(float(m["kl"]) - float(pm["kl"])) <= 1e-4 * float(pm["kl"]) + 1e-7
+
+
+def test_anchor_keeps_the_policy_near_the_start_on_conversations(tiny_base, tmp_path, data_dir):
+    """RL on the toy task moves the conversations' replies too (the LoRA is shared); the anchor holds them."""
+    from llmrecipe.data.chat import collate, load_chat
+    from llmrecipe.train.loop import train
+
+    drift = {}
+    for beta in (0.0, 2.0):
+        stage = _anchored(tiny_base, tmp_path / f"b{beta}", data_dir, beta, cls=TargetFirstToken,
+                          max_steps=12, grad_accum=1, batch_size=4, lr=2e-2, min_lr=2e-2)
+        stage.cfg.group_size, stage.cfg.max_new_tokens = 8, 1
+        stage.targets = set(_first_token_probs(stage).argsort(descending=True)[1:6].tolist())
+        train(stage, stage.cfg.train, stage.rt, tmp_path / f"run{beta}", {})
+        convs, _ = load_chat(_conversations(tmp_path), stage.tokenizer, stage.model.config.block_size)
+        drift[beta] = float(_reply_kl(stage, *collate(convs, stage.tokenizer.eot_id)).mean())
+    # measured on AMD EPYC: mean KL per reply token 0.147 without the anchor, 0.017 with it (8.5x less);
+    # the test asks for half, a margin no CPU's rounding of 12 steps can cross
+    assert drift[2.0] < 0.5 * drift[0.0], drift

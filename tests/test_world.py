@@ -208,7 +208,7 @@ def _appended(kind: str, seed: int) -> list[tuple]:
 
 @pytest.mark.parametrize("kind, rule, made_from", [
     ("unescaped", "json_format", lambda good: good.replace("\\n", "\n")),  # the preset's: raw line breaks
-    ("unclosed", "quotation", lambda good: good[:-1]),  # off in the preset: the closing quote mark dropped
+    ("unclosed", "quotation", lambda good: good[:-1]),  # the preset's too: the closing quote mark dropped
 ])
 def test_extra_pairs_are_appended_and_break_only_their_instruction(kind, rule, made_from):
     """`extra` appends pairs of a targeted kind after the n drawn ones, which stay byte-identical; every

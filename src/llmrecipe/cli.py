@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     rl.add_argument("--group-size", type=int, help="answers sampled per question (G)")
     rl.add_argument("--max-new-tokens", type=int)
     rl.add_argument("--lr", type=float)
+    rl.add_argument("--anchor-data", help="chat conversations (ultrachat schema) whose replies RL keeps "
+                    "close to the starting model, e.g. the SFT data (`run` passes it; needed when "
+                    "anchor_beta > 0)")
     _add_train_common(rl, "the preset --model was trained with")
     c = sub.add_parser("chat", help="interactive chat in the terminal")
     c.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is "
@@ -307,7 +310,8 @@ def cmd_rl(a) -> None:
 
     if a.data_dir:
         a.data = str(Path(a.data_dir) / "gsm8k" / "train.jsonl")
-    _tune(a, rl_config, run_rl, ("model", "data", "split", "group_size", "max_new_tokens"), a.model, "rl")
+    _tune(a, rl_config, run_rl, ("model", "data", "split", "group_size", "max_new_tokens", "anchor_data"),
+          a.model, "rl")
 
 
 def cmd_chat(a) -> None:

@@ -117,6 +117,8 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None,
     if op.samples > 0:  # DPO then reads the pairs with the SFT model's own failing answers as rejections
         op.model, op.data = str(out / "sft"), dpo.data
         dpo.data = str(out / "onpolicy" / "preferences.jsonl")
+    if not rl.anchor_data:  # what RL keeps where it has no reward: the conversations SFT taught
+        rl.anchor_data, rl.anchor_split = sft.data, sft.split
     if world:
         rl.data = str(out / "world" / "rl_gsm8k.jsonl")
     elif data_dir:
@@ -144,8 +146,7 @@ def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareC
                                lambda _: onpolicy_pairs(op, out / "onpolicy"), timings, resumable=False)
     dpo_sum, after = _stage("dpo", out / "dpo", to_dict(dpo) | {"after": after},
                             lambda resume: run_dpo(dpo, out / "dpo", resume=resume), timings)
-    # RL runs when the preset gives it steps; tiny ships with rl.train.max_steps 0 until its gain over DPO
-    # is measured on several seeds (BENCHMARKS.md, issue 18): `--set rl.train.max_steps=300` runs it
+    # RL runs when the preset gives it steps (both presets do; `--set rl.train.max_steps=0` stops at DPO)
     stages = ["base", "sft", "dpo"] + (["rl"] if rl.train.max_steps > 0 else [])
     rl_sum = None
     if "rl" in stages:

@@ -12,27 +12,40 @@ estimator, as GRPO) uses the same weights with the adapter disabled, like DPO's 
 
 A group whose answers are all right or all wrong has zero advantage everywhere: it teaches nothing, and
 costs only its sampling. The trainable part is a fresh LoRA on the input model, saved as a PEFT adapter.
+
+The reward speaks only of word problems, and the KL above only of the answers to them; the adapter moves
+weights every prompt shares. On the tiny world the RL policy drifted on instructions it was never asked
+(all capitals −22 points on one seed; BENCHMARKS.md): the "alignment tax" InstructGPT (Ouyang et al.
+2022) paid down by mixing pre-training gradients into PPO ("PPO-ptx"). Here the mix is an anchor: a few
+chat conversations per micro-batch (by default the recipe's SFT data, less those whose replies the reward
+would score: those are RL's to change), teacher-forced, whose reply tokens add anchor_beta · KL(π_start ‖
+π) over the whole vocabulary — distillation from the starting model, so whatever the earlier stages taught
+is kept where RL has nothing to say, rather than pulled back towards the SFT data's own answers as an NLL
+term would. It rides in the same forward as the RL rows (one
+forward, one backward: DDP sees one graph); the no-grad reference forward covers it too.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 
 from ..chat import IGNORE, encode_chat
 from ..checkpoint import load_model
 from ..config import build, load_preset, settings_line, to_dict, validate
+from ..data.chat import collate, load_chat
 from ..data.sources import DataError, iter_rows
 from ..engine import Engine
-from ..eval.gsm8k import GSM8K, STOP, gold_answer
+from ..eval.gsm8k import GSM8K, INVALID, STOP, extract_strict, gold_answer
 from ..lora import (LoRAConfig, adapters_disabled, inject, merged_copy, refresh_merged,
                     trainable_summary)
 from ..runtime import Runtime, setup
 from .loop import TrainConfig, train
-from .sft import ChatSamples, finish_adapter_run
+from .sft import ChatSamples, ExampleBatches, finish_adapter_run
 
 HUB = ("openai/gsm8k", "main")
 
@@ -53,6 +66,11 @@ class RLConfig:
     scale_rewards: bool = False  # divide advantages by the group's std (DeepSeekMath) or not (Dr. GRPO)
     kl_beta: float = 0.0  # weight of the KL penalty to the starting model (0: none, as nanochat)
     max_examples: int | None = None
+    # the anchor (module docstring): KL to the starting model on chat conversations; 0 turns it off
+    anchor_beta: float = 0.0
+    anchor_data: str = ""  # conversations in ultrachat's schema; `llmrecipe run` passes the recipe's SFT data
+    anchor_split: str = "train_sft"
+    anchor_batch: int = 8  # conversations per micro-batch, beside batch_size × group_size answers
     preset: str = ""
 
 
@@ -114,6 +132,26 @@ class RLStage(ChatSamples):
         if room < 16:
             raise ValueError(f"max_new_tokens {cfg.max_new_tokens} leaves no room for a question in the "
                              f"{self.model.config.block_size}-token context")
+        self.anchor = None
+        if cfg.anchor_beta > 0 and not cfg.anchor_data:  # checked after the problems: inputs in order
+            raise ValueError(f"rl: anchor_beta {cfg.anchor_beta} needs anchor_data, chat conversations to keep "
+                             "(e.g. the SFT data): --anchor-data FILE, or --set anchor_beta=0")
+        if cfg.anchor_beta > 0:
+            convs, rep = load_chat(cfg.anchor_data, self.tokenizer, self.model.config.block_size,
+                                   cfg.anchor_split)
+            # The anchor keeps what RL is not rewarded for. A conversation whose reply the reward can read
+            # (a word problem's "The answer is N") is RL's own task: anchoring it pulled against the reward
+            # (the world's SFT data is 19% word problems; with them anchored, RL's GSM8K gain halved).
+            keep = [c for c in convs if not self.rewardable(self.tokenizer.decode(
+                [t for t, lab in zip(c.ids[1:], c.labels[1:]) if lab != IGNORE]))]
+            if not keep:
+                raise DataError(f"{cfg.anchor_data}: no conversation left to anchor (every reply is one the "
+                                "reward scores)")
+            print(f"rl anchor: {rep}; {len(convs) - len(keep):,} left to RL (their replies are rewarded), "
+                  f"{len(keep):,} anchored, {cfg.anchor_batch} per micro-batch, beta {cfg.anchor_beta}")
+            convs = keep
+            # its own order over the conversations, a function of (step, micro, rank) like every batch
+            self.anchor = ExampleBatches(convs, replace(cfg.train, batch_size=cfg.anchor_batch), rt)
         self.prompts = [encode_chat([{"role": "user", "content": f"Q: {p['question']}\nA:"}], self.tokenizer,
                                     add_generation_prompt=True).ids[-room:] for p in self.problems]
 
@@ -161,10 +199,23 @@ class RLStage(ChatSamples):
         for r, (s, n) in enumerate(zip(seqs, spans)):
             x[r, : len(s) - 1] = torch.tensor(s[:-1])
             y[r, len(s) - 1 - n: len(s) - 1] = torch.tensor(s[-n:])
+        if self.anchor is not None:  # anchor rows after the answers' (the loss tells them apart by count)
+            # cut to the answers' width: padding 64 answer rows to a longer conversation would cost more
+            # than the anchor itself (a reply's first tokens, which it keeps, are where behaviour is chosen)
+            ax, ay = collate(self.anchor(step, micro), self.tokenizer.eot_id)
+            T = x.size(1)
+            x = torch.cat([x, F.pad(ax[:, :T], (0, max(0, T - ax.size(1))), value=self.tokenizer.eot_id)])
+            y = torch.cat([y, F.pad(ay[:, :T], (0, max(0, T - ay.size(1))), value=IGNORE)])
         correct = rewards.view(-1, G)
         stats = torch.tensor([rewards.mean().item(), correct.max(1).values.mean().item(),
                               sum(spans) / len(spans)])
         return x, y, adv, stats
+
+    @staticmethod
+    def rewardable(reply: str) -> bool:
+        """Whether the reward would read an answer from `reply` (a subclass checking another task says so
+        for its own)."""
+        return extract_strict(reply) != INVALID
 
     def reward(self, problems: list[dict], texts: list[str], outs: list[list[int]]) -> torch.Tensor:
         """The verifiable reward: the GSM8K suite's verdict on each answer (a subclass may check another
@@ -173,12 +224,15 @@ class RLStage(ChatSamples):
 
     def loss(self, model, batch):
         x, y, adv, stats = batch
+        R = adv.numel()  # the first R rows are sampled answers; any after them are anchor conversations
         mask = y != IGNORE  # the answer tokens: the only logits the loss reads (a third of the batch's)
-        target = y[mask]
+        n_rl = int(mask[:R].sum())  # selected positions are row-major: the answers' come first
+        target = y[mask][:n_rl]
         logits, _ = model(x, select=mask)
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, target[:, None]).squeeze(-1)  # (N,)
-        n = mask.sum().clamp(min=1)
-        pg = -(adv.to(logp.dtype)[:, None].expand_as(mask)[mask] * logp).sum() / n
+        logps = torch.log_softmax(logits.float(), -1)
+        logp = logps[:n_rl].gather(-1, target[:, None]).squeeze(-1)  # (N,)
+        n = max(n_rl, 1)
+        pg = -(adv.to(logp.dtype)[:, None].expand_as(mask[:R])[mask[:R]] * logp).sum() / n
         metrics = {"reward": stats[0], "pass@1": stats[0], f"pass@{self.cfg.group_size}": stats[1],
                    "answer_tokens": stats[2], "pg_loss": pg.detach()}
         # KL to the starting model (the same weights with the adapter off) is logged even when it is not
@@ -186,15 +240,23 @@ class RLStage(ChatSamples):
         # no-grad forward over the batch; sampling the answers costs tens of times more.
         with torch.no_grad(), adapters_disabled(self.model):
             ref_logits, _ = self.model(x, select=mask)
-        ref = torch.log_softmax(ref_logits.float(), -1).gather(-1, target[:, None]).squeeze(-1)
-        d = ref - logp
+        ref_logps = torch.log_softmax(ref_logits.float(), -1)
+        d = ref_logps[:n_rl].gather(-1, target[:, None]).squeeze(-1) - logp
         kl = (d.exp() - d - 1).sum() / n  # k3: unbiased, always ≥ 0 (Schulman's estimator)
         metrics["kl"] = kl.detach()
         loss = pg + self.cfg.kl_beta * kl if self.cfg.kl_beta else pg
+        if logps.size(0) > n_rl:  # anchor reply tokens (none when no anchor, or all were cut)
+            # exact KL(π_start ‖ π) per anchor reply token, summed over the vocabulary (not a sampled
+            # estimate: both distributions are at hand), averaged over the tokens
+            ref_a = ref_logps[n_rl:]
+            anchor_kl = (ref_a.exp() * (ref_a - logps[n_rl:])).sum(-1).mean()
+            metrics["anchor_kl"] = anchor_kl.detach()
+            loss = loss + self.cfg.anchor_beta * anchor_kl
         return loss, metrics
 
     def units(self, batch) -> int:
-        return int((batch[1] != IGNORE).sum())  # token-level: every answer token of the step weighs the same
+        # token-level: every answer token of the step weighs the same (anchor rows are not answers)
+        return int((batch[1][: batch[2].numel()] != IGNORE).sum())
 
     tokens = units
 
@@ -210,7 +272,7 @@ def run_rl(cfg: RLConfig, out: str | Path, resume: bool = False) -> dict:
     if not cfg.model:
         raise ValueError("rl needs --model: the model or adapter folder to start from (e.g. runs/dpo)")
     if cfg.train.max_steps <= 0:
-        raise ValueError("rl needs train.max_steps > 0 (the tiny preset leaves RL off): --set max_steps=100")
+        raise ValueError("rl needs train.max_steps > 0: --set max_steps=100")
     rt = setup(cfg.train.device, cfg.train.dtype)
     torch.manual_seed(cfg.train.seed)
     Path(out).mkdir(parents=True, exist_ok=True)
