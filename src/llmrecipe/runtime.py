@@ -1,6 +1,7 @@
 """Device and precision, decided in one place: CUDA → bf16 autocast + TF32 + fused AdamW; CPU → fp32."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from dataclasses import dataclass
@@ -129,4 +130,13 @@ def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
         # NCCL on CUDA, gloo on CPU; a dead peer fails collectives after this timeout at the latest
         timeout = timedelta(seconds=float(os.environ.get("LLMRECIPE_DIST_TIMEOUT", 600)))
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
+        # Tear the group down before the interpreter does: left to process exit, gloo's worker threads are
+        # destroyed while joinable and a rank can die with "terminate called without an active exception"
+        # (SIGABRT) after finishing its work (seen once in CI under torchrun eval); PyTorch asks for this call.
+        atexit.register(_close_process_group)
     return rt
+
+
+def _close_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
