@@ -132,28 +132,31 @@ class RLStage(ChatSamples):
         if room < 16:
             raise ValueError(f"max_new_tokens {cfg.max_new_tokens} leaves no room for a question in the "
                              f"{self.model.config.block_size}-token context")
-        self.anchor = None
-        if cfg.anchor_beta > 0 and not cfg.anchor_data:  # checked after the problems: inputs in order
-            raise ValueError(f"rl: anchor_beta {cfg.anchor_beta} needs anchor_data, chat conversations to keep "
-                             "(e.g. the SFT data): --anchor-data FILE, or --set anchor_beta=0")
-        if cfg.anchor_beta > 0:
-            convs, rep = load_chat(cfg.anchor_data, self.tokenizer, self.model.config.block_size,
-                                   cfg.anchor_split)
-            # The anchor keeps what RL is not rewarded for. A conversation whose reply the reward can read
-            # (a word problem's "The answer is N") is RL's own task: anchoring it pulled against the reward
-            # (the world's SFT data is 19% word problems; with them anchored, RL's GSM8K gain halved).
-            keep = [c for c in convs if not self.rewardable(self.tokenizer.decode(
-                [t for t, lab in zip(c.ids[1:], c.labels[1:]) if lab != IGNORE]))]
-            if not keep:
-                raise DataError(f"{cfg.anchor_data}: no conversation left to anchor (every reply is one the "
-                                "reward scores)")
-            print(f"rl anchor: {rep}; {len(convs) - len(keep):,} left to RL (their replies are rewarded), "
-                  f"{len(keep):,} anchored, {cfg.anchor_batch} per micro-batch, beta {cfg.anchor_beta}")
-            convs = keep
-            # its own order over the conversations, a function of (step, micro, rank) like every batch
-            self.anchor = ExampleBatches(convs, replace(cfg.train, batch_size=cfg.anchor_batch), rt)
+        self.anchor = self._anchor_batches(cfg, rt)  # checked after the problems: inputs in order
         self.prompts = [encode_chat([{"role": "user", "content": f"Q: {p['question']}\nA:"}], self.tokenizer,
                                     add_generation_prompt=True).ids[-room:] for p in self.problems]
+
+    def _anchor_batches(self, cfg: RLConfig, rt: Runtime) -> ExampleBatches | None:
+        """The anchor's conversations (module docstring) in their own order, a function of (step, micro,
+        rank) like every batch; None when anchor_beta is 0."""
+        if cfg.anchor_beta <= 0:
+            return None
+        if not cfg.anchor_data:
+            raise ValueError(f"rl: anchor_beta {cfg.anchor_beta} needs anchor_data, chat conversations to "
+                             "keep (e.g. the SFT data): --anchor-data FILE, or --set anchor_beta=0")
+        convs, rep = load_chat(cfg.anchor_data, self.tokenizer, self.model.config.block_size,
+                               cfg.anchor_split)
+        # The anchor keeps what RL is not rewarded for. A conversation whose reply the reward can read (a
+        # word problem's "The answer is N") is RL's own task: anchoring it pulled against the reward (the
+        # world's SFT data is 19% word problems; with them anchored, RL's GSM8K gain halved).
+        keep = [c for c in convs if not self.rewardable(self.tokenizer.decode(
+            [t for t, lab in zip(c.ids[1:], c.labels[1:]) if lab != IGNORE]))]
+        if not keep:
+            raise DataError(f"{cfg.anchor_data}: no conversation left to anchor (every reply is one the "
+                            "reward scores)")
+        print(f"rl anchor: {rep}; {len(convs) - len(keep):,} left to RL (their replies are rewarded), "
+              f"{len(keep):,} anchored, {cfg.anchor_batch} per micro-batch, beta {cfg.anchor_beta}")
+        return ExampleBatches(keep, replace(cfg.train, batch_size=cfg.anchor_batch), rt)
 
     def _questions(self, step: int, micro: int) -> list[int]:
         tc = self.cfg.train
