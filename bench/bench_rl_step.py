@@ -8,7 +8,9 @@ steps of the tiny preset's settings:
 - sampling: `torch.multinomial` vs inverse-CDF (model.sample), alone on (64, vocab) logits;
 - generation: the LoRA model as it trains vs a merged copy refreshed per step (lora.merged_copy);
 - LoRA layer: `y + B(A x) * s` vs one addmm (lora.LoRALinear.forward), forward + backward;
-- loss: logits at every position vs only the answers' (`model(x, select=mask)`), forward + backward.
+- loss: logits at every position vs only the answers' (`model(x, select=mask)`), forward + backward;
+- session 17: the question prefilled for each of its G answers vs once (engine), and computed in the policy
+  forward + backward for each answer vs once (model.Prefix).
 Prints a Markdown table (ms per step, and the ratio).
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from llmrecipe.data.chat import collate, expand_shared
 from llmrecipe.engine import Engine
 from llmrecipe.eval.gsm8k import STOP
 from llmrecipe.lora import LoRALinear, merged_copy, refresh_merged
@@ -48,18 +51,24 @@ def old_lora_forward(self, x):  # LoRALinear.forward before session 15
     return y
 
 
+def concatenated(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The RL batch as before session 17: each answer's row holds its whole question, then the answer."""
+    x, y, adv, _, prefix = batch
+    return (*collate(expand_shared(x, y, prefix), 0), adv)
+
+
 def full_logits_loss(stage, batch):  # RLStage.loss before session 15: the LM head on every position
-    x, y, adv, _ = batch
+    x, y, adv = batch
     logits, _ = stage.model(x)
     mask = y != -100
     logp = torch.log_softmax(logits.float(), -1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return -(adv[:, None] * logp * mask).sum() / mask.sum()
 
 
-def selected_logits_loss(stage, batch):
-    x, y, adv, _ = batch
+def selected_logits_loss(stage, batch, prefix=None):
+    x, y, adv = batch[:3]
     mask = y != -100
-    logits, _ = stage.model(x, select=mask)
+    logits, _ = stage.model(x, select=mask, prefix=prefix)
     logp = torch.log_softmax(logits.float(), -1).gather(-1, y[mask][:, None]).squeeze(-1)
     return -(adv[:, None].expand_as(mask)[mask] * logp).sum() / mask.sum()
 
@@ -94,8 +103,20 @@ def main() -> None:
     gen_lora = timed(generate(stage.model), args.steps)
     gen_merged = timed(lambda: (refresh_merged(sampler, stage.model), generate(sampler)()), args.steps)
     rows.append(("generation (greedy, 64 answers ≤ 48 tokens)", gen_lora, gen_merged))
+    P = max(map(len, prompts))  # the engine's prefill: left-padded prompts, their pads masked
+    x = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
+    km = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+
+    @torch.no_grad()
+    def prefill(rows):
+        rows = list(rows)
+        return lambda: sampler.hidden(x[rows], positions=(km[rows].cumsum(-1) - 1).clamp(min=0),
+                                      key_mask=km[rows])
+    rows.append(("prefill: each question for each of its answers → once", timed(prefill(range(Q * G)), 50),
+                 timed(prefill(range(0, Q * G, G)), 50)))
     stage.model.train()
-    batch = stage.batch(0, 0)
+    shared = stage.batch(0, 0)
+    batch = concatenated(shared)
 
     def step(loss_fn):
         def run():
@@ -112,8 +133,11 @@ def main() -> None:
     rows.append(("policy forward + backward: LoRA as add-mul → addmm", lora_old, both_new))
     rows.append(("policy forward + backward: LM head everywhere → answers only", head_old, both_new))
     rows.append(("policy forward + backward: both", both_old, both_new))
+    rows.append(("policy forward + backward: each question per answer → once (now)", both_new,
+                 timed(step(lambda st, _: selected_logits_loss(st, shared, shared[4])), args.steps)))
     print(f"RL step pieces, preset {args.preset}: {Q} questions x {G} answers, "
-          f"batch {tuple(batch[0].shape)}, {torch.get_num_threads()} threads\n")
+          f"batch {tuple(batch[0].shape)} → {tuple(shared[0].shape)} + prefix {tuple(shared[4].idx.shape)}, "
+          f"{torch.get_num_threads()} threads\n")
     print("| piece | before (ms) | now (ms) | before / now |\n|---|---:|---:|---:|")
     for name, before, now in rows:
         print(f"| {name} | {before:.1f} | {now:.1f} | {before / now:.2f}x |")

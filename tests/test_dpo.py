@@ -69,11 +69,14 @@ def test_hh_and_ufb_formats_load(data_dir, tiny_base, ufb):
                                                               {"role": "assistant", "content": "hello"}]
     pairs, rep = load_pairs(str(ufb), tok, 256, limit=20)
     assert len(pairs) > 10
-    x, y = collate_pairs(pairs[:3], tok.eot_id)
-    assert x.shape[0] == 6
+    x, y, prefix = collate_pairs(pairs[:3], tok.eot_id)
+    assert x.shape[0] == 6 and prefix.owner.tolist() == [0, 1, 2, 0, 1, 2]
     for i, p in enumerate(pairs[:3]):  # labels are exactly the replies, chosen rows first
         assert [t for t in y[i].tolist() if t != IGNORE] == p.chosen_ids
         assert [t for t in y[i + 3].tolist() if t != IGNORE] == p.rejected_ids
+        # the prompt, once: the prefix row holds all of it but its last token, which opens both replies' rows
+        kept = prefix.idx[i][prefix.key_mask[i].bool()].tolist()
+        assert kept + [int(x[i, 0])] == p.prompt_ids and int(x[i + 3, 0]) == p.prompt_ids[-1]
 
 
 def test_identical_and_overlong_pairs_are_dropped_and_counted(tiny_base, tmp_path):
@@ -136,10 +139,16 @@ def test_rpo_adds_the_chosen_answers_mean_token_nll(tiny_base, ufb, tmp_path):
     cfg.rpo_alpha = 0.5
     torch.manual_seed(0)
     stage = DPOStage(cfg, setup("cpu"), tmp_path)
-    x, y, ids = stage.batch(0, 0)
-    n = len(ids)
-    loss, m = stage.loss(stage.model, (x, y, ids))
-    # independently: per chosen answer, the mean over its response tokens of -log p(token)
+    batch = stage.batch(0, 0)
+    n = len(batch[2])
+    loss, m = stage.loss(stage.model, batch)
+    # independently, from each pair's prompt + chosen reply as one plain row: per chosen answer, the mean
+    # over its response tokens of -log p(token)
+    from llmrecipe.chat import Encoded
+    from llmrecipe.data.chat import collate
+    pairs = stage.batches(0, 0)
+    x, y = collate([Encoded(p.prompt_ids + p.chosen_ids, [IGNORE] * len(p.prompt_ids) + p.chosen_ids)
+                    for p in pairs], stage.tokenizer.eot_id)
     logp = torch.log_softmax(stage.model(x)[0].float(), -1)
     nll = []
     for b in range(n):

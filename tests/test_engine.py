@@ -16,6 +16,9 @@ def test_batched_generation_equals_one_at_a_time(tiny_base):
     batched = e.generate(prompts, 12)
     alone = [e.generate([p], 12)[0] for p in prompts]
     assert batched == alone and all(len(o) > 0 for o in batched)
+    # a prompt asked several times is prefilled once and its cache copied: greedy rows equal it alone
+    twice = e.generate([prompts[1], prompts[0], prompts[1], prompts[1]], 12)
+    assert twice == [alone[1], alone[0], alone[1], alone[1]]
     # sampled decoding is reproducible from its seed
     assert e.generate(prompts, 8, temperature=1.0, seed=3) == e.generate(prompts, 8, temperature=1.0, seed=3)
 

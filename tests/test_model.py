@@ -72,6 +72,41 @@ def test_left_padded_batch_matches_unpadded():
     assert_fp32_close(out[:, 3:], ref, REDUCTION, "left padding")
 
 
+def test_prefix_forward_equals_the_concatenated_rows_in_logits_and_gradients():
+    """Shared prompts computed once (model.Prefix, data.chat.collate_shared) against each prompt + reply as
+    its own row: the same logits at the reply tokens, the same gradient in every weight, with prompts of
+    one token (an empty prefix row), replies of one token, and extra prefix rows read through `select`."""
+    import random
+
+    from llmrecipe.chat import IGNORE, Encoded
+    from llmrecipe.data.chat import collate, collate_shared
+
+    torch.manual_seed(0)
+    rnd = random.Random(0)
+    model = GPT(SMALL)
+    prompts = [[rnd.randrange(300) for _ in range(n)] for n in (1, 9, 23, 4)]
+    replies = [(i % 4, [rnd.randrange(300) for _ in range(rnd.randint(1, 15))]) for i in range(10)]
+    x, y, prefix = collate_shared(prompts, replies, pad_id=0)
+    assert x.size(0) == 10 and prefix.idx.shape == (4, 22) and x.size(1) == max(len(r) for _, r in replies)
+    extra = torch.randint(0, 300, (2, 30))  # two whole sequences no reply continues, 26 and 30 tokens long
+    real = (torch.arange(30) < torch.tensor([[26], [30]])).long()
+    prefix = prefix.with_rows(extra, real, real.bool() & (torch.arange(30) % 3 == 0), pad_id=0)
+    shared, _ = model(x, select=y != IGNORE, prefix=prefix)
+    xs, ys = collate([Encoded(prompts[o] + r, [IGNORE] * len(prompts[o]) + r) for o, r in replies], 0)
+    plain, _ = model(xs, select=ys != IGNORE)
+    whole, _ = model(extra)
+    want = torch.cat([plain, whole[prefix.select[4:]]])
+    assert shared.shape == want.shape
+    assert_fp32_close(shared, want, REDUCTION, "prefix logits")
+    params = list(model.parameters())
+    w = torch.randn(want.shape, generator=torch.Generator().manual_seed(1))
+    for g, h, (name, p) in zip(torch.autograd.grad((shared * w).sum(), params),
+                               torch.autograd.grad((want * w).sum(), params), model.named_parameters()):
+        assert_fp32_close(g, h, REDUCTION * 16, f"prefix gradient of {name}")
+    with pytest.raises(ValueError, match="takes `select`"):
+        model(x, prefix=prefix)
+
+
 def test_hf_gpt2_loaded_into_ours_gives_same_logits():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)

@@ -167,28 +167,37 @@ def _reply_kl(stage, x, y) -> torch.Tensor:
 def test_anchor_rows_ride_with_the_answers_and_their_loss_is_the_exact_kl(tiny_base, tmp_path, data_dir):
     plain = _anchored(tiny_base, tmp_path, data_dir, 0.0)
     stage = _anchored(tiny_base, tmp_path, data_dir, 0.5)
-    x0, y0, adv0, _ = plain.batch(0, 0)
-    x, y, adv, _ = stage.batch(0, 0)
-    R = adv0.numel()
-    # the same sampled answers (the sampler's seed is the step's), then 3 teacher-forced conversations
-    assert torch.equal(adv, adv0) and x.size(0) == R + 3 and torch.equal(x[:R], x0) and torch.equal(y[:R], y0)
-    assert stage.units((x, y, adv)) == plain.units((x0, y0, adv0))  # anchor tokens are not answer tokens
-    assert (y[R:] != -100).any(1).all()
+    b0, b = plain.batch(0, 0), stage.batch(0, 0)
+    (x0, y0, adv0, _, p0), (x, y, adv, _, prefix) = b0, b
+    Q = p0.idx.size(0)
+    # the same sampled answers (the sampler's seed is the step's), each continuing its question; then 3
+    # teacher-forced conversations as prefix rows that no answer continues, read through `select`
+    assert torch.equal(adv, adv0) and torch.equal(x, x0) and torch.equal(y, y0)
+    assert prefix.idx.size(0) == Q + 3 and torch.equal(prefix.owner, p0.owner)
+    assert not prefix.select[:Q].any() and prefix.select[Q:].any(1).all()
+    assert stage.units(b) == plain.units(b0)  # anchor tokens are not answer tokens
     # a reply the reward scores ("The answer is N") is RL's own task, never anchored: 3 of the 12 chats
     assert len(stage.anchor.examples) == 9
     # a fresh LoRA's B is zero: the policy IS the starting model, so the anchor costs exactly nothing
-    loss, m = stage.loss(stage.model, (x, y, adv, torch.zeros(3)))
+    loss, m = stage.loss(stage.model, b)
     assert m["anchor_kl"] == 0.0 and m["kl"] == 0.0
     with torch.no_grad():  # move the policy: the anchor now measures how far, token by token
         for name, p in stage.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
-    loss, m = stage.loss(stage.model, (x, y, adv, torch.zeros(3)))
-    want = _reply_kl(stage, x[R:], y[R:])
+    loss, m = stage.loss(stage.model, b)
+    want = _reply_kl(stage, prefix.idx[Q:], torch.where(prefix.select[Q:], 0, -100))
     # fp32: a log-softmax over V = 512 and a sum of V terms; relative error a few hundred ulps at most
     assert want.mean() > 1e-3 and abs(float(m["anchor_kl"]) - float(want.mean())) < 1e-4 * float(want.mean())
+    # the answers' policy-gradient loss is that of each question + answer as one plain row
+    from llmrecipe.data.chat import collate, expand_shared
+    xs, ys = collate(expand_shared(x, y, prefix), stage.tokenizer.eot_id)
+    with torch.no_grad():
+        logp = stage.model(xs)[0].log_softmax(-1)[ys != -100].gather(-1, ys[ys != -100][:, None])[:, 0]
+    pg = -(adv[:, None].expand_as(ys)[ys != -100] * logp).sum() / int((ys != -100).sum())
+    assert abs(float(m["pg_loss"]) - float(pg)) <= 1e-4 * float(logp.abs().mean()) + 1e-6
     # and the RL part is the plain stage's loss on the same answers
-    plain_loss, pm = plain.loss(stage.model, (x0, y0, adv0, torch.zeros(3)))
+    plain_loss, pm = plain.loss(stage.model, b0)
     assert torch.allclose(loss - 0.5 * m["anchor_kl"], plain_loss, rtol=1e-4, atol=1e-6)
     assert abs(float(m["kl"]) - float(pm["kl"])) <= 1e-4 * float(pm["kl"]) + 1e-7
 

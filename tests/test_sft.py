@@ -184,6 +184,34 @@ def test_packing_keeps_every_token_and_label(base_dir):
     assert sum((p.labels for p in packed), []) == sum((e.labels for e in examples), [])
 
 
+def test_packed_rows_give_the_padded_batchs_loss_and_gradients(base_dir, data_dir):
+    """collate_packed's rows (sequences side by side, each attending only to itself) against collate's
+    right-padded rows: fewer rows, every token and label kept, the same loss and LoRA gradients."""
+    from llmrecipe.data.chat import collate_packed
+    model, tok = load_model(base_dir)
+    # real conversations (most fill the 256-token context) and short ones that pack beside them
+    examples, _ = load_chat(str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl"), tok, 256, limit=16)
+    examples += [encode_chat(CONV[1:3], tok), encode_chat(CONV, tok), encode_chat(CONV[3:], tok)] * 3
+    x, y, positions, segments = collate_packed(examples, tok.eot_id)
+    xp, yp = collate(examples, tok.eot_id)
+    assert x.size(0) < xp.size(0) and x.size(1) == xp.size(1)
+    assert sorted(x[y != IGNORE].tolist()) == sorted(xp[yp != IGNORE].tolist())
+    for i, e in enumerate(examples):  # each one whole, in one row, at positions 0..n-1
+        r, cols = (segments == i).nonzero(as_tuple=True)
+        assert r.unique().numel() == 1 and x[r, cols].tolist() == e.ids[:-1]
+        assert positions[r, cols].tolist() == list(range(len(e.ids) - 1))
+    inject(model, LoRAConfig(r=4, alpha=8, dropout=0.0))  # no dropout: both forwards see the same weights
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # a LoRA that does something, so its A gets a gradient too
+            torch.nn.init.normal_(p, std=0.05)
+    params = [p for p in model.parameters() if p.requires_grad]
+    packed = model(x, y, select=y != IGNORE, positions=positions, segments=segments)[1]
+    padded = model(xp, yp, select=yp != IGNORE)[1]
+    assert_fp32_close(packed, padded, BASE_REDUCTION, "packed loss")
+    for g, h in zip(torch.autograd.grad(packed, params), torch.autograd.grad(padded, params)):
+        assert_fp32_close(g, h, BASE_REDUCTION * 16, "packed gradient")
+
+
 def test_chat_command_answers_through_the_template(base_dir):
     import subprocess
     import sys

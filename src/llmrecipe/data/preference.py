@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..chat import IGNORE, Encoded, encode_chat
+from ..chat import encode_chat
+from ..model import Prefix
 from ..tokenizer import Tokenizer
-from .chat import LoadReport, check_messages, collate
+from .chat import LoadReport, check_messages, collate_shared
 from .sources import DataError, Row, iter_rows
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
@@ -117,10 +118,9 @@ def load_pairs(spec: str | list[str], tok: Tokenizer, max_len: int, split: str =
     return out, rep
 
 
-def collate_pairs(pairs: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) of 2B rows, chosen first then rejected (one forward for both); y is IGNORE except on replies."""
-    def seq(prompt: list[int], reply: list[int]) -> Encoded:
-        return Encoded(prompt + reply, [IGNORE] * len(prompt) + reply)
-
-    return collate([seq(p.prompt_ids, p.chosen_ids) for p in pairs] +
-                   [seq(p.prompt_ids, p.rejected_ids) for p in pairs], pad_id)
+def collate_pairs(pairs: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, Prefix]:
+    """(x, y, prefix) of 2B reply rows, chosen first then rejected (one forward for both), each continuing
+    its pair's prompt, which is computed once (data.chat.collate_shared); y is the replies' tokens."""
+    return collate_shared([p.prompt_ids for p in pairs],
+                          [(i, p.chosen_ids) for i, p in enumerate(pairs)] +
+                          [(i, p.rejected_ids) for i, p in enumerate(pairs)], pad_id)

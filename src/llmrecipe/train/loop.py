@@ -4,6 +4,7 @@ optimizer, schedule, accumulation, clipping, autocast, logging, evaluation, chec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import re
@@ -139,7 +140,7 @@ class StepBatches:
         built here, after the previous step's update, never ahead."""
         if getattr(self.stage, "on_policy", False):
             batches, units, tokens = self._build(step)
-            return [_map_tensors(b, lambda t: t.to(self.device)) for b in batches], units, tokens
+            return [to_device(b, self.device) for b in batches], units, tokens
         fut = self.ahead[1] if self.ahead and self.ahead[0] == step else self.pool.submit(self._build, step)
         nxt = step + 1
         self.ahead = (nxt, self.pool.submit(self._build, nxt)) if nxt < self.max_steps else None
@@ -152,11 +153,19 @@ class StepBatches:
 
 
 def _map_tensors(batch: Any, fn) -> Any:
+    """`fn` applied to every tensor of a batch: tuples, lists and dataclasses (model.Prefix) of them."""
     if isinstance(batch, torch.Tensor):
         return fn(batch)
     if isinstance(batch, (tuple, list)):
         return type(batch)(_map_tensors(b, fn) for b in batch)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: _map_tensors(getattr(batch, f.name), fn)
+                                             for f in dataclasses.fields(batch)})
     return batch
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    return _map_tensors(batch, lambda t: t.to(device))
 
 
 def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, resolved_config: dict,

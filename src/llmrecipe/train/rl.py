@@ -21,8 +21,12 @@ chat conversations per micro-batch (by default the recipe's SFT data, less those
 would score: those are RL's to change), teacher-forced, whose reply tokens add anchor_beta · KL(π_start ‖
 π) over the whole vocabulary — distillation from the starting model, so whatever the earlier stages taught
 is kept where RL has nothing to say, rather than pulled back towards the SFT data's own answers as an NLL
-term would. It rides in the same forward as the RL rows (one
-forward, one backward: DDP sees one graph); the no-grad reference forward covers it too.
+term would. It rides in the same forward as the RL rows (one forward, one backward: DDP sees one graph) as
+prefix rows that no answer continues; the no-grad reference forward covers it too.
+
+Each question is computed once for its G answers (model.Prefix): the question is ~65% of a row's tokens in
+the tiny recipe, and the policy forward, its backward and the reference forward were each paying for it G
+times.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 from ..chat import IGNORE, encode_chat
 from ..checkpoint import load_model
 from ..config import build, load_preset, settings_line, to_dict, validate
-from ..data.chat import collate, load_chat
+from ..data.chat import collate, collate_shared, load_chat
 from ..data.sources import DataError, iter_rows
 from ..engine import Engine
 from ..eval.gsm8k import GSM8K, INVALID, STOP, extract_strict, gold_answer
@@ -189,30 +193,28 @@ class RLStage(ChatSamples):
         problems = [self.problems[q] for q in qs for _ in range(G)]
         rewards = self.reward(problems, texts, outs)
         adv = group_advantages(rewards, G, cfg.scale_rewards)
-        # the sampled answer (+ EOT when it ended on its own: the model learns to stop) is the target span
-        seqs, spans = [], []
-        for p, o in zip(prompts, outs):
+        # the sampled answer (+ EOT when it ended on its own: the model learns to stop) is the target span;
+        # the question is computed once for its G answers (model.Prefix)
+        answers, width = [], 0
+        for r, (p, o) in enumerate(zip(prompts, outs)):
             ans = o + ([self.tokenizer.eot_id] if len(o) < cfg.max_new_tokens else [])
             ans = ans[: self.model.config.block_size + 1 - len(p)] or [self.tokenizer.eot_id]
-            seqs.append(p + ans)
-            spans.append(len(ans))
-        T = max(len(s) for s in seqs) - 1
-        x = torch.full((len(seqs), T), self.tokenizer.eot_id, dtype=torch.long)
-        y = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
-        for r, (s, n) in enumerate(zip(seqs, spans)):
-            x[r, : len(s) - 1] = torch.tensor(s[:-1])
-            y[r, len(s) - 1 - n: len(s) - 1] = torch.tensor(s[-n:])
-        if self.anchor is not None:  # anchor rows after the answers' (the loss tells them apart by count)
-            # cut to the answers' width: padding 64 answer rows to a longer conversation would cost more
-            # than the anchor itself (a reply's first tokens, which it keeps, are where behaviour is chosen)
-            ax, ay = collate(self.anchor(step, micro), self.tokenizer.eot_id)
-            T = x.size(1)
-            x = torch.cat([x, F.pad(ax[:, :T], (0, max(0, T - ax.size(1))), value=self.tokenizer.eot_id)])
-            y = torch.cat([y, F.pad(ay[:, :T], (0, max(0, T - ay.size(1))), value=IGNORE)])
+            answers.append((r // G, ans))
+            width = max(width, len(p) + len(ans) - 1)  # the widest prompt + answer, as one row
+        x, y, prefix = collate_shared([self.prompts[q] for q in qs], answers, self.tokenizer.eot_id)
+        spans = [len(a) for _, a in answers]
+        if self.anchor is not None:  # anchor conversations: prefix rows no answer continues (their own)
+            # cut to the widest prompt + answer: a longer conversation would cost more than the 64 answers
+            # (a reply's first tokens, which it keeps, are where behaviour is chosen)
+            convs = self.anchor(step, micro)
+            ax, ay = collate(convs, self.tokenizer.eot_id)
+            ax, ay = ax[:, :width], ay[:, :width]
+            real = torch.tensor([len(c.ids) - 1 for c in convs])[:, None] > torch.arange(ax.size(1))
+            prefix = prefix.with_rows(ax, real.long(), ay != IGNORE, self.tokenizer.eot_id)
         correct = rewards.view(-1, G)
         stats = torch.tensor([rewards.mean().item(), correct.max(1).values.mean().item(),
                               sum(spans) / len(spans)])
-        return x, y, adv, stats
+        return x, y, adv, stats, prefix
 
     @staticmethod
     def rewardable(reply: str) -> bool:
@@ -226,23 +228,22 @@ class RLStage(ChatSamples):
         return rewards_for(problems, texts)
 
     def loss(self, model, batch):
-        x, y, adv, stats = batch
-        R = adv.numel()  # the first R rows are sampled answers; any after them are anchor conversations
-        mask = y != IGNORE  # the answer tokens: the only logits the loss reads (a third of the batch's)
-        n_rl = int(mask[:R].sum())  # selected positions are row-major: the answers' come first
-        target = y[mask][:n_rl]
-        logits, _ = model(x, select=mask)
+        x, y, adv, stats, prefix = batch
+        mask = y != IGNORE  # the answer tokens: the only logits the loss reads
+        n_rl = int(mask.sum())  # selected positions come answers' first, then the anchor's (prefix.select)
+        target = y[mask]
+        logits, _ = model(x, select=mask, prefix=prefix)
         logps = torch.log_softmax(logits.float(), -1)
         logp = logps[:n_rl].gather(-1, target[:, None]).squeeze(-1)  # (N,)
         n = max(n_rl, 1)
-        pg = -(adv.to(logp.dtype)[:, None].expand_as(mask[:R])[mask[:R]] * logp).sum() / n
+        pg = -(adv.to(logp.dtype)[:, None].expand_as(mask)[mask] * logp).sum() / n
         metrics = {"reward": stats[0], "pass@1": stats[0], f"pass@{self.cfg.group_size}": stats[1],
                    "answer_tokens": stats[2], "pg_loss": pg.detach()}
         # KL to the starting model (the same weights with the adapter off) is logged even when it is not
         # penalised (kl_beta 0): how far RL drifted is the first thing to look at when a reward rises. One
         # no-grad forward over the batch; sampling the answers costs tens of times more.
         with torch.no_grad(), adapters_disabled(self.model):
-            ref_logits, _ = self.model(x, select=mask)
+            ref_logits, _ = self.model(x, select=mask, prefix=prefix)
         ref_logps = torch.log_softmax(ref_logits.float(), -1)
         d = ref_logps[:n_rl].gather(-1, target[:, None]).squeeze(-1) - logp
         kl = (d.exp() - d - 1).sum() / n  # k3: unbiased, always ≥ 0 (Schulman's estimator)
@@ -259,7 +260,7 @@ class RLStage(ChatSamples):
 
     def units(self, batch) -> int:
         # token-level: every answer token of the step weighs the same (anchor rows are not answers)
-        return int((batch[1][: batch[2].numel()] != IGNORE).sum())
+        return int((batch[1] != IGNORE).sum())
 
     tokens = units
 
