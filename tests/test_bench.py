@@ -42,6 +42,24 @@ def test_bench_rl_step_compares_each_speedup_with_what_it_replaced(tiny_base, da
                            "--data", str(data_dir / "eval" / "gsm8k" / "train.jsonl"), "--steps", "1"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for row in ("sampling one token", "generation", "addmm", "answers only", "both"):
+    for row in ("sampling one token", "generation", "addmm", "answers only", "both", "prefill", "once (now)"):
         m = re.search(re.escape(row) + r"[^|]*\| ([0-9.]+) \| ([0-9.]+) \|", proc.stdout)
         assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, (row, proc.stdout)
+
+
+def test_bench_batches_times_both_layouts_of_sft_and_dpo(tiny_base, data_dir):
+    """bench/bench_batches.py must not rot: SFT padded vs packed, DPO whole rows vs a shared prompt, on real
+    chat and preference files; the layouts the stages choose never compute more positions than before (on
+    these long conversations, near the 256-token context, they mostly keep the old layout)."""
+    script = str(ROOT / "bench" / "bench_batches.py")
+    proc = subprocess.run([sys.executable, script, "--base", str(tiny_base), "--sft", str(tiny_base),
+                           "--sft-data", str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl"),
+                           "--pairs", str(data_dir / "preference" / "ultrafeedback" /
+                                          "ufb_h4schema_reconstructed_train_clean.parquet"), "--steps", "4"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("SFT", "DPO"):
+        cells = r"[^|]*\| ([0-9.]+) \| ([0-9.]+) \| [0-9.]+x \| ([0-9]+)% → ([0-9]+)% \|"
+        m = re.search(row + cells, proc.stdout)
+        assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, (row, proc.stdout)
+        assert int(m.group(4)) >= int(m.group(3)), (row, proc.stdout)  # no more padding or repetition

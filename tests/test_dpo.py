@@ -69,14 +69,24 @@ def test_hh_and_ufb_formats_load(data_dir, tiny_base, ufb):
                                                               {"role": "assistant", "content": "hello"}]
     pairs, rep = load_pairs(str(ufb), tok, 256, limit=20)
     assert len(pairs) > 10
-    x, y, prefix = collate_pairs(pairs[:3], tok.eot_id)
-    assert x.shape[0] == 6 and prefix.owner.tolist() == [0, 1, 2, 0, 1, 2]
-    for i, p in enumerate(pairs[:3]):  # labels are exactly the replies, chosen rows first
-        assert [t for t in y[i].tolist() if t != IGNORE] == p.chosen_ids
-        assert [t for t in y[i + 3].tolist() if t != IGNORE] == p.rejected_ids
-        # the prompt, once: the prefix row holds all of it but its last token, which opens both replies' rows
-        kept = prefix.idx[i][prefix.key_mask[i].bool()].tolist()
-        assert kept + [int(x[i, 0])] == p.prompt_ids and int(x[i + 3, 0]) == p.prompt_ids[-1]
+    for k, batch in enumerate(([pairs[0]] * 3, pairs[:3])):  # one prompt three times, then three real pairs
+        x, y, prefix = collate_pairs(batch, tok.eot_id)
+        assert x.shape[0] == 6
+        for i, p in enumerate(batch):  # labels are exactly the replies, chosen rows first
+            n = len(p.prompt_ids)
+            assert [t for t in y[i].tolist() if t != IGNORE] == p.chosen_ids
+            assert [t for t in y[i + 3].tolist() if t != IGNORE] == p.rejected_ids
+            if prefix is None:  # each reply's row holds its whole prompt
+                assert x[i, :n].tolist() == p.prompt_ids == x[i + 3, :n].tolist()
+                continue
+            # the prompt once: the prefix row holds all but its last token, which opens both replies' rows
+            kept = prefix.idx[i][prefix.key_mask[i].bool()].tolist()
+            assert kept + [int(x[i, 0])] == p.prompt_ids and int(x[i + 3, 0]) == p.prompt_ids[-1]
+        # shared exactly when it computes fewer positions (always, for one prompt repeated)
+        replies = [(len(p.prompt_ids), len(r)) for p in batch for r in (p.chosen_ids, p.rejected_ids)]
+        shared = 3 * (max(n for n, _ in replies) - 1) + 6 * max(m for _, m in replies)
+        whole = 6 * (max(n + m for n, m in replies) - 1)
+        assert (prefix is not None) == (shared < whole) and (k == 1 or prefix is not None)
 
 
 def test_identical_and_overlong_pairs_are_dropped_and_counted(tiny_base, tmp_path):

@@ -98,14 +98,14 @@ class DPOStage(ChatSamples):
         self.ref_cache = (self._precompute(run_dir / "reference_logps.safetensors")
                           if cfg.precompute_reference else None)
 
-    def _policy_logps(self, model, x, y, prefix: Prefix) -> torch.Tensor:
+    def _policy_logps(self, model, x, y, prefix: Prefix | None) -> torch.Tensor:
         mask = y != IGNORE
-        # the replies' logits only; the shared prompt is computed once for both replies, its logits never
+        # the replies' logits only; a shared prompt (collate_pairs) is computed once, its logits never
         logits, _ = model(x, select=mask, prefix=prefix)
         return sequence_logps(logits, y, mask)
 
     @torch.no_grad()
-    def reference_logps(self, x, y, prefix: Prefix) -> torch.Tensor:
+    def reference_logps(self, x, y, prefix: Prefix | None) -> torch.Tensor:
         if self.ref_model is not None:
             return self._policy_logps(self.ref_model.to(x.device), x, y, prefix)
         was_training = self.model.training
