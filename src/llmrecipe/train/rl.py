@@ -178,9 +178,10 @@ class RLStage(ChatSamples):
 
     @torch.no_grad()
     def batch(self, step: int, micro: int):
-        """Sample G answers per question with the current policy; CPU tensors (inputs, targets, advantages)
-        and the batch's statistics. The sampler's seed is a function of (seed, step, micro, rank), so a
-        resumed run draws the same answers."""
+        """Sample G answers per question with the current policy; CPU tensors (the answers' inputs, targets,
+        advantages), the batch's statistics, and the questions (and anchor conversations) as a model.Prefix.
+        The sampler's seed is a function of (seed, step, micro, rank), so a resumed run draws the same
+        answers."""
         cfg, G = self.cfg, self.cfg.group_size
         qs = self._questions(step, micro)
         prompts = [self.prompts[q] for q in qs for _ in range(G)]
