@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from llmrecipe.chat import IGNORE, Encoded
 from llmrecipe.data.chat import collate
+from llmrecipe.data.preference import collate_pairs
 from llmrecipe.runtime import setup
 from llmrecipe.train.dpo import DPOStage, dpo_config
 from llmrecipe.train.sft import SFTStage, sft_config
@@ -89,9 +89,7 @@ def main() -> None:
     whole, real = [], 0
     for s, (_, _, ids, _) in enumerate(shared):
         pairs_s = stage.batches(s, 0)
-        rows_s = ([(p.prompt_ids, p.chosen_ids) for p in pairs_s] +  # chosen rows first, as the loss reads
-                  [(p.prompt_ids, p.rejected_ids) for p in pairs_s])
-        x, y = collate([Encoded(q + r, [IGNORE] * len(q) + r) for q, r in rows_s], stage.tokenizer.eot_id)
+        x, y, _ = collate_pairs(pairs_s, stage.tokenizer.eot_id, shared=False)  # each reply with its prompt
         whole.append((x, y, ids, None))  # `prefix=None`: the plain forward
         real += sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs_s)
     state = {k: v.clone() for k, v in stage.model.state_dict().items()}

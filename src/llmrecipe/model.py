@@ -223,7 +223,7 @@ class GPT(nn.Module):
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states of x's rows (R, T), each continuing its prompt, and of the prefix rows (P, W)."""
         km = prefix.key_mask
-        (P, W), (R, T) = km.shape, idx.shape
+        W, (R, T) = km.size(1), idx.shape
         kv = _PrefixKV(prefix.owner)
         hp = self._blocks(prefix.idx, (km.cumsum(-1) - 1).clamp(min=0), self._attn_mask(W, 0, km, idx.device),
                           kv)

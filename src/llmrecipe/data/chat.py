@@ -124,6 +124,11 @@ def collate(examples: list[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.T
     return x, y
 
 
+def prompt_reply(prompt: list[int], reply: list[int]) -> Encoded:
+    """A prompt then its reply as one sequence, only the reply trained on (DPO's and RL's rows, unshared)."""
+    return Encoded(prompt + reply, [IGNORE] * len(prompt) + reply)
+
+
 def collate_packed(examples: list[Encoded], pad_id: int
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`collate`'s examples packed into as few rows as the longest of them is wide: (x, y, positions,
@@ -194,6 +199,5 @@ def expand_shared(x: torch.Tensor, y: torch.Tensor, prefix: Prefix) -> list[Enco
     for r in range(x.size(0)):
         q = int(prefix.owner[r])
         ask = prefix.idx[q][prefix.key_mask[q].bool()].tolist() + [int(x[r, 0])]
-        reply = y[r][y[r] != IGNORE].tolist()
-        out.append(Encoded(ask + reply, [IGNORE] * len(ask) + reply))
+        out.append(prompt_reply(ask, y[r][y[r] != IGNORE].tolist()))
     return out

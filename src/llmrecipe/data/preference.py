@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..chat import IGNORE, Encoded, encode_chat
+from ..chat import encode_chat
 from ..model import Prefix
 from ..tokenizer import Tokenizer
-from .chat import LoadReport, check_messages, collate, collate_shared
+from .chat import LoadReport, check_messages, collate, collate_shared, prompt_reply
 from .sources import DataError, Row, iter_rows
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
@@ -118,20 +118,21 @@ def load_pairs(spec: str | list[str], tok: Tokenizer, max_len: int, split: str =
     return out, rep
 
 
-def collate_pairs(pairs: list[EncodedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, Prefix | None]:
+def collate_pairs(pairs: list[EncodedPair], pad_id: int, shared: bool | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, Prefix | None]:
     """(x, y, prefix) of 2B reply rows, chosen first then rejected (one forward for both); y is the replies'
     tokens. Each pair's prompt is computed once for its two replies (data.chat.collate_shared) when that
     computes fewer positions than each reply's row holding its prompt (then prefix is None). Shared, prompts
     are padded to the longest prompt and replies to the longest reply, so a batch where one pair's prompt
     and another's reply both nearly fill the context costs more (ultrafeedback at 256 tokens: 1.7x the
     time); the tiny world's pairs, prompts and replies alike short, need 64% of the positions computed
-    shared and 43% whole (bench/bench_batches.py)."""
+    shared and 43% whole (bench/bench_batches.py). `shared` True/False forces a layout."""
     prompts = [p.prompt_ids for p in pairs]
     replies = ([(i, p.chosen_ids) for i, p in enumerate(pairs)] +
                [(i, p.rejected_ids) for i, p in enumerate(pairs)])
-    shared = len(pairs) * max(len(p) - 1 for p in prompts) + len(replies) * max(len(r) for _, r in replies)
-    whole = len(replies) * (max(len(prompts[i]) + len(r) for i, r in replies) - 1)
-    if shared < whole:
+    if shared is None:  # positions each layout computes
+        once = len(pairs) * max(len(p) - 1 for p in prompts) + len(replies) * max(len(r) for _, r in replies)
+        shared = once < len(replies) * (max(len(prompts[i]) + len(r) for i, r in replies) - 1)
+    if shared:
         return collate_shared(prompts, replies, pad_id)
-    return (*collate([Encoded(prompts[i] + r, [IGNORE] * len(prompts[i]) + r) for i, r in replies], pad_id),
-            None)
+    return (*collate([prompt_reply(prompts[i], r) for i, r in replies], pad_id), None)

@@ -36,7 +36,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 from ..chat import IGNORE, encode_chat
 from ..checkpoint import load_model
