@@ -63,3 +63,42 @@ def test_bench_batches_times_both_layouts_of_sft_and_dpo(tiny_base, data_dir):
         m = re.search(row + cells, proc.stdout)
         assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, (row, proc.stdout)
         assert int(m.group(4)) >= int(m.group(3)), (row, proc.stdout)  # no more padding or repetition
+
+
+def test_val_loss_reads_every_window_and_agrees_with_the_loop(tiny_base, small_corpus):
+    """bench/val_loss.py (how BENCHMARKS ranks pre-training runs): on its first windows it gives the training
+    loop's val_loss (PretrainStage.evaluate: batch means of the same unshuffled windows), and over all of them
+    the token-weighted mean, below the uniform guess ln(vocab)."""
+    import math
+
+    import torch
+
+    from llmrecipe.checkpoint import load_model
+    from llmrecipe.data.loader import TokenWindows
+
+    script = str(ROOT / "bench" / "val_loss.py")
+    rows = {}
+    for windows in ("16", None):
+        cmd = [sys.executable, script, "--data", str(small_corpus), str(tiny_base)]
+        proc = subprocess.run(cmd + (["--windows", windows] if windows else []), capture_output=True, text=True,
+                              timeout=300, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        m = re.search(r"\| ([0-9.]+) \| ([0-9.]+) \| ([0-9,]+) \|", proc.stdout)
+        assert m, proc.stdout
+        rows[windows] = float(m.group(1)), int(m.group(3).replace(",", ""))
+    model, _ = load_model(tiny_base)
+    cfg = model.config
+    val = TokenWindows(small_corpus, "val", cfg.block_size, 0, cfg.vocab_size, shuffle=False)
+    with torch.no_grad():  # the loop's way: two batches of 8 windows, the mean of their means
+        ref = sum(model.eval()(*val.batch(i * 8, 8))[1].item() for i in range(2)) / 2
+    loss16, tokens16 = rows["16"]
+    assert tokens16 == 16 * cfg.block_size
+    assert abs(loss16 - ref) <= 1e-4 * ref + 5e-5, (loss16, ref)  # printed to 4 decimals
+    loss_all, tokens_all = rows[None]
+    assert tokens_all == val.num_windows * cfg.block_size > tokens16
+    with torch.no_grad():  # every window, token-weighted, in batches of 8 (the last one shorter)
+        parts = [(model(*val.batch(s, min(8, val.num_windows - s)))[1].item(), min(8, val.num_windows - s))
+                 for s in range(0, val.num_windows, 8)]
+    ref_all = sum(loss * n for loss, n in parts) / val.num_windows
+    assert abs(loss_all - ref_all) <= 1e-4 * ref_all + 5e-5, (loss_all, ref_all)
+    assert loss_all < math.log(cfg.vocab_size), loss_all  # a trained model beats the uniform guess

@@ -132,7 +132,8 @@ def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
         # Tear the group down before the interpreter does: left to process exit, gloo's worker threads are
         # destroyed while joinable and a rank can die with "terminate called without an active exception"
-        # (SIGABRT) after finishing its work (seen once in CI under torchrun eval); PyTorch asks for this call.
+        # (SIGABRT) after finishing its work (seen once in CI under torchrun eval); PyTorch asks for this
+        # call.
         atexit.register(_close_process_group)
     return rt
 
