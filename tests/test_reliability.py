@@ -295,3 +295,35 @@ def test_port_in_use_is_a_one_line_error(tiny_base, tmp_path):
                  tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
     assert r.stderr.strip().splitlines()[-1].startswith("error: cannot listen on 127.0.0.1:")
+
+
+def test_atomic_write_flushes_the_file_then_the_rename(tmp_path, monkeypatch):
+    """A write is durable only when the file's blocks and then its folder entry reach the disk: fsync of the
+    temp file before the rename, and of the folder after it (else a power cut can keep a stage's done.json
+    and lose the rename of the model it vouches for)."""
+    import os
+    import stat
+
+    from llmrecipe.files import atomic_write_text
+
+    target = tmp_path / "run" / "done.json"
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync dir" if stat.S_ISDIR(st.st_mode) else "fsync file", st.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_text(target, '{"ok": true}\n')
+    kinds = [k for k, _ in events]
+    assert kinds == ["fsync file", "rename", "fsync dir"], events
+    assert events[0][1] == events[1][1] == target.stat().st_ino  # the file flushed is the one renamed
+    assert events[2][1] == target.parent.stat().st_ino  # and the folder flushed is the one holding it
+    assert target.read_text() == '{"ok": true}\n'
+    assert [p.name for p in target.parent.iterdir()] == ["done.json"]  # no temp file left beside it

@@ -16,7 +16,13 @@ from safetensors.torch import save_file
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` on a temp file beside `path`, fsync it, then rename it over `path`."""
+    """Call `write(tmp_path)` on a temp file beside `path`, fsync it, rename it over `path`, then fsync the
+    folder.
+
+    Why each step: the temp file beside the target (same filesystem) makes the rename atomic; fsync before
+    the rename keeps a crash from leaving the new name on unwritten blocks (a zero-length model file after
+    a power cut); fsync of the folder after it makes the rename itself durable. Without the last one a
+    stage's `done.json` could survive a power cut while the rename of the model it vouches for did not."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -30,6 +36,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

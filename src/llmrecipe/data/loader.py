@@ -29,8 +29,12 @@ class TokenWindows:
             if vocab_size is not None and shard_vocab > vocab_size:
                 raise DataError(f"{p}: shard vocabulary {shard_vocab} > model vocab_size {vocab_size} "
                                 "(prepared with a different tokenizer?)")
+        # memory-mapped (np.memmap): a 10B-token corpus is 20 GB of uint16, opened at once, paged in as read
         self.paths, self.shards = paths, [read_shard(p) for p in paths]
         self.seq_len, self.seed, self.shuffle, self.vocab_size = seq_len, seed, shuffle, vocab_size
+        # windows start every T tokens and hold T+1 (inputs, then targets shifted by one): consecutive windows
+        # share one token and every token is a target once. A window never spans two shards, so a shard's
+        # tail shorter than a window is never read
         counts = [max(0, (len(s) - 1) // seq_len) for s in self.shards]
         self.cum = np.cumsum([0] + counts)
         self.num_windows = int(self.cum[-1])
@@ -44,6 +48,8 @@ class TokenWindows:
         s = int(np.searchsorted(self.cum, j, side="right") - 1)
         off = (j - int(self.cum[s])) * self.seq_len
         w = np.asarray(self.shards[s][off: off + self.seq_len + 1], dtype=np.int64)
+        # checked per window, not per shard up front (that would read the whole corpus at start-up): an
+        # out-of-range id would otherwise surface as an opaque index error inside the embedding
         if self.vocab_size is not None and w.max() >= self.vocab_size:
             raise DataError(f"{self.paths[s]}: token id {int(w.max())} >= vocab_size {self.vocab_size} "
                             f"near token {off}")

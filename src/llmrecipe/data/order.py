@@ -20,7 +20,10 @@ class EpochOrder:
         epoch, i = divmod(k, self.n)
         if not self.shuffle:
             return i
-        if epoch != self._epoch:
+        if epoch != self._epoch:  # loaders read in order: one permutation is kept, made again only per epoch
+            # a private generator seeded from (seed, epoch) alone: the order is a pure function of them,
+            # untouched by the global RNG, so a resumed run reads what it would have; the prime keeps the
+            # pairs distinct below a million epochs
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm, self._epoch = torch.randperm(self.n, generator=g).numpy(), epoch
         return int(self._perm[i])
