@@ -80,8 +80,8 @@ def test_val_loss_reads_every_window_and_agrees_with_the_loop(tiny_base, small_c
     rows = {}
     for windows in ("16", None):
         cmd = [sys.executable, script, "--data", str(small_corpus), str(tiny_base)]
-        proc = subprocess.run(cmd + (["--windows", windows] if windows else []), capture_output=True, text=True,
-                              timeout=300, cwd=ROOT)
+        proc = subprocess.run(cmd + (["--windows", windows] if windows else []), capture_output=True,
+                              text=True, timeout=300, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
         m = re.search(r"\| ([0-9.]+) \| ([0-9.]+) \| ([0-9,]+) \|", proc.stdout)
         assert m, proc.stdout
@@ -102,3 +102,30 @@ def test_val_loss_reads_every_window_and_agrees_with_the_loop(tiny_base, small_c
     ref_all = sum(loss * n for loss, n in parts) / val.num_windows
     assert abs(loss_all - ref_all) <= 1e-4 * ref_all + 5e-5, (loss_all, ref_all)
     assert loss_all < math.log(cfg.vocab_size), loss_all  # a trained model beats the uniform guess
+
+
+def test_arith_probe_asks_every_fact_of_the_world_with_its_right_result(tiny_base):
+    """bench/arith_probe.py: the facts are every (a, op, b) the world's word problems can ask (a in 2..10,
+    b in 1..9; a subtraction's larger number first), each cut at its '=' with the true result after it; the
+    script prints probabilities for a model."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("arith_probe", ROOT / "bench" / "arith_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    items = mod.facts(0)
+    want = {(a, "+", b) for a in range(2, 11) for b in range(1, 10)}
+    want |= {(max(a, b), "-", min(a, b)) for a in range(2, 11) for b in range(1, 10)}
+    got = {}
+    for q, upto, result in items:
+        m = re.search(r"(\d+) ([+-]) (\d+) =$", upto)
+        assert m and m.group(1) in q and m.group(3) in q, (q, upto)
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        got[(a, op, b)] = result
+        assert result == f" {a + b if op == '+' else a - b}.", (upto, result)
+    assert set(got) == want and len(items) == len(want) == 134
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "arith_probe.py"), str(tiny_base)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = re.search(r"\| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", proc.stdout)
+    assert "134 facts" in proc.stdout and m and all(0 <= float(v) <= 1 for v in m.groups()), proc.stdout
