@@ -327,3 +327,27 @@ def test_atomic_write_flushes_the_file_then_the_rename(tmp_path, monkeypatch):
     assert events[2][1] == target.parent.stat().st_ino  # and the folder flushed is the one holding it
     assert target.read_text() == '{"ok": true}\n'
     assert [p.name for p in target.parent.iterdir()] == ["done.json"]  # no temp file left beside it
+
+
+def test_append_jsonl_makes_a_new_file_durable(tmp_path, monkeypatch):
+    """Appending fsyncs the file every time, and its folder when the append created the file (its name is a
+    folder entry: without that a power cut can lose a metrics log or a judge cache that was fsynced)."""
+    import os
+    import stat
+
+    events, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    log = tmp_path / "run" / "metrics.jsonl"
+    append_jsonl(log, [{"step": 1}])
+    assert events == [("file", log.stat().st_ino), ("dir", log.parent.stat().st_ino)], events
+    events.clear()
+    append_jsonl(log, [{"step": 2}, {"step": 3}])
+    assert events == [("file", log.stat().st_ino)], events  # the entry exists: only the new rows
+    assert read_jsonl(log) == [{"step": 1}, {"step": 2}, {"step": 3}]
+

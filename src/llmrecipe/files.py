@@ -123,15 +123,19 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def append_jsonl(path: str | Path, rows: list[dict]) -> None:
     """Append whole lines and fsync: after a kill the file ends with complete rows, or one torn line that
-    `read_jsonl` drops."""
+    `read_jsonl` drops. The first append also fsyncs the folder: the new file's name is a folder entry, and
+    without it a power cut can keep the rows' blocks and lose the file (a judge cache's paid-for verdicts)."""
     if not rows:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
     with open(path, "a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
         f.flush()
         os.fsync(f.fileno())
+    if created:
+        fsync_path(path.parent)
 
 
 class FolderBusy(ValueError):
