@@ -176,6 +176,9 @@ CASES = [  # (command line, what its error must name)
     (["run", "--out", "x", "--set", "rl.group_size=0"], "config key 'group_size'"),
     (["run", "--out", "x", "--set", "world.eval_items=0"], "config key 'world.eval_items' = 0"),
     (["run", "--out", "x", "--set", "world.seed=abc"], "config key 'world.seed'"),
+    (["run", "--out", "x", "--set", "world.digit_sums=2"], "config key 'world.digit_sums' = 2: must be 0-1"),
+    (["run", "--out", "x", "--set", "world.arithmetic_percent=60"],
+     "config key 'world.arithmetic_percent' = 60: must be 0-55"),
     (["run", "--out", "x", "--set", "sft.train.grad_accum=0"], "grad_accum"),
     (["run", "--out", "x", "--data-dir", "missing"], "--data-dir missing: no such folder"),
 ]

@@ -149,6 +149,49 @@ def test_unclosed_rejection_leaves_only_the_wrapper_open():
     assert made["json"] >= 10 and made["quote"] >= 10, made
 
 
+def _sums(docs: list[str]) -> list[str]:
+    return [p for d in docs for p in d.split("\n") if " = " in p]
+
+
+def test_digit_sum_documents_ask_for_the_sum_before_they_show_the_result():
+    """With `digit_sums` every sum in the corpus is right and its equation comes BEFORE the story says the
+    result, half the stories in digits and half in words: the model must add digits, not copy a result (with
+    the result first, base models put P 0.09 on a digit sum without it; BENCHMARKS.md, session 19)."""
+    parts = _sums(world.pretrain_documents(600, seed=3, digit_sums=True))
+    assert len(parts) > 250
+    in_digits = 0
+    for p in parts:
+        m = re.fullmatch(r"(\w+) has (\w+) (\w+) and (finds|eats) (\w+)( more)?\. (\d+) ([+-]) (\d+) = "
+                         r"(\d+)\. Now \1 has (\w+) \3( left)?\. The answer is (\d+)\.", p)
+        assert m, p
+        x, op, y, z = int(m[7]), m[8], int(m[9]), int(m[10])
+        assert z == (x + y if op == "+" else x - y) >= 0 and int(m[13]) == z, p
+        assert 1 <= min(x, y) <= max(x, y) <= 10, p
+        assert (op == "+") == (m[4] == "finds"), p
+        story = [m[2], m[5], m[11]]
+        if story[0].isdigit():
+            in_digits += 1
+            assert story == [str(x), str(y), str(z)], p
+        else:
+            assert story == [world.NUMBER_WORDS[v] for v in (x, y, z)], p
+    assert 0.4 < in_digits / len(parts) < 0.6, in_digits / len(parts)
+    # the preset's documents (digit_sums off) say the result in words first, then the equation
+    for p in _sums(world.pretrain_documents(50, seed=3)):
+        assert re.fullmatch(r".*\. Now .*\. \d+ [+-] \d+ = \d+\. The answer is \d+\.", p), p
+
+
+@pytest.mark.parametrize("percent", [10, 40])
+def test_arithmetic_percent_sets_the_share_of_sums_in_the_corpus(percent):
+    """`arithmetic_percent` moves parts between arithmetic and formats; stories (15%) keep their share, so
+    sums per story is percent / 15 (both are one line each, where some formats span several)."""
+    docs = world.pretrain_documents(3000, seed=1, arithmetic_percent=percent)
+    lines = [x for d in docs for x in d.split("\n")]
+    sums, stories = len(_sums(lines)), sum(x.startswith("One morning") for x in lines)
+    assert sums / stories == pytest.approx(percent / 15, rel=0.1), (sums, stories)
+    with pytest.raises(ValueError, match="arithmetic_percent = 56: must be 0-55"):
+        world.pretrain_documents(1, arithmetic_percent=56)
+
+
 def test_case_copies_show_an_answer_then_the_same_answer_in_another_case():
     """The pre-training documents that teach copying under a change of case: the answer as the formats
     write it, then the same text in lowercase or capitals (inside any JSON or quotation marks asked for)."""

@@ -184,9 +184,15 @@ def _world_config(p: dict, overrides: dict[str, str]) -> dict | None:
         except ValueError:
             raise ValueError(f"config key 'world.{key}': cannot read {text!r} as an integer") from None
     for key, v in world.items():  # every count must be at least one item: an empty world trains nothing
-        if v < (0 if key == "seed" else 1):
-            raise ValueError(f"config key 'world.{key}' = {v}: must be ≥ {0 if key == 'seed' else 1}")
+        low, high = WORLD_RANGES.get(key, (1, None))
+        if v < low or (high is not None and v > high):
+            raise ValueError(f"config key 'world.{key}' = {v}: must be "
+                             + (f"{low}-{high}" if high is not None else f"≥ {low}"))
     return world
+
+
+# The world settings that are not counts of items (those must be ≥ 1): (lowest, highest or None).
+WORLD_RANGES = {"seed": (0, None), "arithmetic_percent": (0, 55), "digit_sums": (0, 1)}
 
 
 def _inputs(p: dict, out: Path, data_dir: str | None) -> tuple[str, str | None, str | None, str | None]:
@@ -201,7 +207,8 @@ def _inputs(p: dict, out: Path, data_dir: str | None) -> tuple[str, str | None, 
 
 
 def _make_world(folder: Path, world: dict) -> dict:
-    write_pretrain_corpus(folder / "pretrain.jsonl", world["pretrain_docs"], world["seed"])
+    write_pretrain_corpus(folder / "pretrain.jsonl", world["pretrain_docs"], world["seed"],
+                          world.get("arithmetic_percent", 25), bool(world.get("digit_sums", 0)))
     write_chat_data(folder, world["sft_conversations"], world["preference_pairs"], world["seed"])
     write_rl_problems(folder / "rl_gsm8k.jsonl", world.get("rl_problems", 2000), world["seed"])
     write_eval_sets(folder / "eval", world["seed"], world["eval_items"])

@@ -58,8 +58,12 @@ def _story(rng: random.Random, cast: list[Character]) -> str:
             f"the evening.")
 
 
-def _arithmetic(rng: random.Random, cast: list[Character]) -> str:
-    """A little story with a sum in words, then the same sum in digits (the skill word problems need)."""
+def _arithmetic(rng: random.Random, cast: list[Character], digit_sums: bool = False) -> str:
+    """A little story with a sum in words, then the same sum in digits (the skill word problems need).
+
+    With `digit_sums` the equation comes before the story's result instead (`_digit_sum`)."""
+    if digit_sums:
+        return _digit_sum(rng, cast)
     c = rng.choice(cast)
     x, y = rng.randint(1, 10), rng.randint(1, 10)
     if rng.random() < 0.5:
@@ -68,6 +72,27 @@ def _arithmetic(rng: random.Random, cast: list[Character]) -> str:
     x, y = max(x, y), min(x, y)
     return (f"{c.name} has {NUMBER_WORDS[x]} {c.food} and eats {NUMBER_WORDS[y]}. Now {c.name} has "
             f"{NUMBER_WORDS[x - y]} {c.food} left. {x} - {y} = {x - y}. The answer is {x - y}.")
+
+
+def _digit_sum(rng: random.Random, cast: list[Character]) -> str:
+    """A little story with a sum, the sum in digits, then the result in the story's own words; half the
+    stories carry their numbers in digits, half in words (`world.digit_sums=1`; off in the preset).
+
+    Why: word problems need a sum computed from digits, and `_arithmetic` writes the result in words before
+    the equation, so its digits only copy it. The preset's base models put P 0.998 on the digit sum after the
+    words and 0.09 with digits alone; with these documents instead, 0.56, and their SFT models 0.51 on the
+    world's 134 sums instead of 0.23 (session 19, BENCHMARKS.md)."""
+    c = rng.choice(cast)
+    x, y = rng.randint(1, 10), rng.randint(1, 10)
+    add = rng.random() < 0.5
+    if not add:  # nothing negative: a character cannot eat more than it has
+        x, y = max(x, y), min(x, y)
+    z, op = (x + y, "+") if add else (x - y, "-")
+    a, b, r = (str(x), str(y), str(z)) if rng.random() < 0.5 else (NUMBER_WORDS[x], NUMBER_WORDS[y],
+                                                                    NUMBER_WORDS[z])
+    did, left = (f"finds {b} more", "") if add else (f"eats {b}", " left")
+    return (f"{c.name} has {a} {c.food} and {did}. {x} {op} {y} = {z}. Now {c.name} has {r} {c.food}{left}. "
+            f"The answer is {z}.")
 
 
 def _formats(rng: random.Random, c: Character) -> str:
@@ -119,9 +144,15 @@ def _case_copy(c: Character, attr: str, spec: dict[str, dict], rng: random.Rando
     return respond(c, attr, plain) + "\n" + respond(c, attr, {**spec, case: {}})
 
 
-def pretrain_documents(n_docs: int, seed: int = 0) -> list[str]:
-    """Facts, stories, arithmetic, and the facts in other formats; each document mixes a few."""
+def pretrain_documents(n_docs: int, seed: int = 0, arithmetic_percent: int = 25,
+                       digit_sums: bool = False) -> list[str]:
+    """Facts, stories, arithmetic, and the facts in other formats; each document mixes a few. Of the parts,
+    30% are facts, 15% stories, `arithmetic_percent` arithmetic and the rest formats."""
+    if not 0 <= arithmetic_percent <= 55:
+        raise ValueError(f"arithmetic_percent = {arithmetic_percent}: must be 0-55 "
+                         "(facts and stories hold 45 of the 100)")
     rng, cast = random.Random(seed + 1), characters(seed)
+    arithmetic_below = (45 + arithmetic_percent) / 100  # 70 / 100 is the float 0.7 exactly: the same corpus
     docs = []
     for _ in range(n_docs):
         parts = []
@@ -132,17 +163,19 @@ def pretrain_documents(n_docs: int, seed: int = 0) -> list[str]:
                 parts.append(" ".join(rng.sample(fact_sentences(c), k=rng.randint(2, 4))))
             elif r < 0.45:
                 parts.append(_story(rng, cast))
-            elif r < 0.7:
-                parts.append(_arithmetic(rng, cast))
+            elif r < arithmetic_below:
+                parts.append(_arithmetic(rng, cast, digit_sums))
             else:
                 parts.append(_formats(rng, rng.choice(cast)))
         docs.append("\n".join(parts))
     return docs
 
 
-def write_pretrain_corpus(path: str | Path, n_docs: int, seed: int = 0) -> Path:
+def write_pretrain_corpus(path: str | Path, n_docs: int, seed: int = 0, arithmetic_percent: int = 25,
+                          digit_sums: bool = False) -> Path:
     """The corpus as a jsonl file in the hub's pre-training schema (`text`), for `prepare`."""
-    atomic_write_text(path, "".join(json.dumps({"text": d}) + "\n" for d in pretrain_documents(n_docs, seed)))
+    docs = pretrain_documents(n_docs, seed, arithmetic_percent, digit_sums)
+    atomic_write_text(path, "".join(json.dumps({"text": d}) + "\n" for d in docs))
     return Path(path)
 
 
@@ -442,9 +475,9 @@ def unclosed(task: dict) -> str | None:
     every other instruction still followed; None when nothing wraps the answer.
 
     Why: on world seeds 5-9 the preset's DPO added the second highlight asked for and then stopped after
-    the closing `*`, the quotation marks or JSON still open (quotation + highlights: 11 SFT-right → DPO-wrong
-    flips, 3 back; JSON + highlights 8 / 1; BENCHMARKS.md). The ordinary rejection has no wrapper at all,
-    so no pair contrasts closing it with not closing it."""
+    the closing `*`, the quotation marks or JSON still open (quotation + highlights: 11 SFT-right →
+    DPO-wrong flips, 3 back; JSON + highlights 8 / 1; BENCHMARKS.md). The ordinary rejection has no wrapper
+    at all, so no pair contrasts closing it with not closing it."""
     kind = next((k for k in ("json", "quote") if k in task["kinds"]), None)
     if kind is None:
         return None
