@@ -175,7 +175,7 @@ def test_digit_sum_documents_ask_for_the_sum_before_they_show_the_result():
         else:
             assert story == [world.NUMBER_WORDS[v] for v in (x, y, z)], p
     assert 0.4 < in_digits / len(parts) < 0.6, in_digits / len(parts)
-    # the preset's documents (digit_sums off) say the result in words first, then the equation
+    # without it (the function's default, the corpus before session 19) the result comes in words first
     for p in _sums(world.pretrain_documents(50, seed=3)):
         assert re.fullmatch(r".*\. Now .*\. \d+ [+-] \d+ = \d+\. The answer is \d+\.", p), p
 

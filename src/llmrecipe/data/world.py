@@ -76,7 +76,7 @@ def _arithmetic(rng: random.Random, cast: list[Character], digit_sums: bool = Fa
 
 def _digit_sum(rng: random.Random, cast: list[Character]) -> str:
     """A little story with a sum, the sum in digits, then the result in the story's own words; half the
-    stories carry their numbers in digits, half in words (`world.digit_sums=1`; off in the preset).
+    stories carry their numbers in digits, half in words (`world.digit_sums=1`, the tiny preset's).
 
     Why: word problems need a sum computed from digits, and `_arithmetic` writes the result in words before
     the equation, so its digits only copy it. The preset's base models put P 0.998 on the digit sum after the
