@@ -18,7 +18,8 @@ from typing import Callable
 from .checkpoint import has_checkpoints
 from .config import apply_overrides, build, load_preset, to_dict, validate
 from .data.prepare import PrepareConfig, prepare
-from .data.world import write_chat_data, write_eval_sets, write_pretrain_corpus, write_rl_problems
+from .data.world import (MAX_ARITHMETIC_PERCENT, write_chat_data, write_eval_sets, write_pretrain_corpus,
+                         write_rl_problems)
 from .eval import make_suites
 from .eval.harness import comparisons, evaluate, load_eval_model, write_table
 from .files import atomic_write_json, folder_lock
@@ -192,7 +193,7 @@ def _world_config(p: dict, overrides: dict[str, str]) -> dict | None:
 
 
 # The world settings that are not counts of items (those must be ≥ 1): (lowest, highest or None).
-WORLD_RANGES = {"seed": (0, None), "arithmetic_percent": (0, 55), "digit_sums": (0, 1)}
+WORLD_RANGES = {"seed": (0, None), "arithmetic_percent": (0, MAX_ARITHMETIC_PERCENT), "digit_sums": (0, 1)}
 
 
 def _inputs(p: dict, out: Path, data_dir: str | None) -> tuple[str, str | None, str | None, str | None]:

@@ -79,8 +79,8 @@ def _digit_sum(rng: random.Random, cast: list[Character]) -> str:
     stories carry their numbers in digits, half in words (`world.digit_sums=1`, the tiny preset's).
 
     Why: word problems need a sum computed from digits, and `_arithmetic` writes the result in words before
-    the equation, so its digits only copy it. The preset's base models put P 0.998 on the digit sum after the
-    words and 0.09 with digits alone; with these documents instead, 0.56, and their SFT models 0.51 on the
+    the equation, so its digits only copy it. That corpus's base models put P 0.998 on the digit sum after
+    the words and 0.09 with digits alone; with these documents instead, 0.56, and their SFT models 0.51 on the
     world's 134 sums instead of 0.23 (session 19, BENCHMARKS.md)."""
     c = rng.choice(cast)
     x, y = rng.randint(1, 10), rng.randint(1, 10)
@@ -144,12 +144,16 @@ def _case_copy(c: Character, attr: str, spec: dict[str, dict], rng: random.Rando
     return respond(c, attr, plain) + "\n" + respond(c, attr, {**spec, case: {}})
 
 
+# Facts and stories take 45% of a document's parts (`pretrain_documents`), so arithmetic can take at most 55.
+MAX_ARITHMETIC_PERCENT = 55
+
+
 def pretrain_documents(n_docs: int, seed: int = 0, arithmetic_percent: int = 25,
                        digit_sums: bool = False) -> list[str]:
     """Facts, stories, arithmetic, and the facts in other formats; each document mixes a few. Of the parts,
     30% are facts, 15% stories, `arithmetic_percent` arithmetic and the rest formats."""
-    if not 0 <= arithmetic_percent <= 55:
-        raise ValueError(f"arithmetic_percent = {arithmetic_percent}: must be 0-55 "
+    if not 0 <= arithmetic_percent <= MAX_ARITHMETIC_PERCENT:
+        raise ValueError(f"arithmetic_percent = {arithmetic_percent}: must be 0-{MAX_ARITHMETIC_PERCENT} "
                          "(facts and stories hold 45 of the 100)")
     rng, cast = random.Random(seed + 1), characters(seed)
     arithmetic_below = (45 + arithmetic_percent) / 100  # 70 / 100 is the float 0.7 exactly: the same corpus
