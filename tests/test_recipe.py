@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -157,19 +156,32 @@ def _cli(out: Path, overrides: dict) -> list[str]:
             *(f"{k}={v}" for k, v in overrides.items())]
 
 
-def _kill_inside(cmd: list[str], stage_dir: Path, rng: random.Random) -> None:
-    """Start `run`, wait until `stage_dir` holds a checkpoint, wait a random moment, SIGKILL the whole
-    group."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 300
-    while latest_checkpoint(stage_dir) is None:
-        assert proc.poll() is None, (f"run ended before {stage_dir.name} checkpointed: "
-                                     f"{proc.stderr.read()[-2000:]}")
-        assert time.time() < deadline
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0, 0.5))
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+# Runs `python -m llmrecipe ARGS...` and SIGKILLs the whole process group as the loop asks for step AT of
+# the stage named STAGE: after every checkpoint before it is written, before the step computes. A kill at
+# a chosen step lands inside the stage on any machine; a sleep after a checkpoint appears does not (a fast
+# idle CPU finished the small SFT stage inside half a second).
+_KILLER = """
+import os, runpy, signal, sys
+from llmrecipe.train import loop
+stage, at = sys.argv[1], int(sys.argv[2])
+sys.argv = ["llmrecipe", *sys.argv[3:]]
+get = loop.StepBatches.get
+def get_or_die(self, step):
+    if self.stage.name == stage and step == at:
+        os.killpg(0, signal.SIGKILL)
+    return get(self, step)
+loop.StepBatches.get = get_or_die
+runpy.run_module("llmrecipe", run_name="__main__", alter_sys=True)
+"""
+
+
+def _kill_inside(cmd: list[str], stage: str, stage_dir: Path, at: int) -> None:
+    """Run `cmd` (a `python -m llmrecipe ...` line) and kill it as `stage` is about to compute step `at`."""
+    args = cmd[cmd.index("llmrecipe") + 1:]
+    proc = subprocess.run([sys.executable, "-c", _KILLER, stage, str(at), *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, start_new_session=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, f"run was not killed in {stage}: {proc.stderr[-2000:]}"
+    assert latest_checkpoint(stage_dir) is not None, f"no checkpoint in {stage_dir} before the kill"
     assert not (stage_dir / "done.json").exists(), f"the kill landed after {stage_dir.name} finished"
 
 
@@ -198,8 +210,12 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     subprocess.run(_cli(ref, SMALL), check=True, capture_output=True)
     rng = random.Random(8)
-    for stage in ("base", "sft", "dpo", "rl"):
-        _kill_inside(_cli(killed, SMALL), killed / stage, rng)
+    for stage, folder in (("pretrain", "base"), ("sft", "sft"), ("dpo", "dpo"), ("rl", "rl")):
+        # any step after the stage's first checkpoint, before its last step
+        p = "" if stage == "pretrain" else f"{stage}.train."
+        save, steps = int(SMALL[f"{p}save_interval"]), int(SMALL[f"{p}max_steps"])
+        at = rng.randrange(save, steps)
+        _kill_inside(_cli(killed, SMALL), stage, killed / folder, at)
     subprocess.run(_cli(killed, SMALL), check=True, capture_output=True)
     (scores_a, steps_a), (scores_b, steps_b) = _summaries(ref), _summaries(killed)
     assert {k: s for k, (s, _) in steps_a.items()} == {k: s for k, (s, _) in steps_b.items()}

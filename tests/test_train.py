@@ -1,6 +1,8 @@
 import json
 import math
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,13 +134,18 @@ def _count_host_reads(monkeypatch) -> list[str]:
     CUDA each one waits for the GPU's queue to drain."""
     import sys
 
+    import llmrecipe
+
+    # our code is the files under the package's own folder: a substring of the path ("llmrecipe") would
+    # also count torch's files in a checkout named llmrecipe (its .venv lies inside it)
+    package = str(Path(llmrecipe.__file__).resolve().parent) + os.sep
     seen = []
     for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
         orig = getattr(torch.Tensor, name)
 
         def counted(self, *a, _orig=orig, _name=name, **k):
-            caller = sys._getframe(1).f_code.co_filename
-            if "llmrecipe" in caller and "tests" not in caller:
+            caller = str(Path(sys._getframe(1).f_code.co_filename).resolve())
+            if caller.startswith(package):
                 seen.append(f"{_name} at {caller}:{sys._getframe(1).f_lineno}")
             return _orig(self, *a, **k)
         monkeypatch.setattr(torch.Tensor, name, counted)
