@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import signal
 
 import pytest
@@ -32,6 +33,26 @@ FILES = {
     "resp_nofield.jsonl": json.dumps({"text": "x"}) + "\n",
     "key.txt": "",
     "notjson.json": "{",
+    # issue 36, finding 10: tracebacks and messages that named no file
+    "preset_bad.yaml": "model: [1,\n",
+    "preset_list.yaml": "- 1\n- 2\n",
+    "op_str.jsonl": json.dumps({"chosen": "an answer", "rejected": "x", "instruction_id_list": [
+        "punctuation:no_comma"], "kwargs": [{}]}) + "\n",
+    "op_nochosen.jsonl": json.dumps({"rejected": [], "instruction_id_list": ["punctuation:no_comma"],
+                                     "kwargs": [{}]}) + "\n",
+    "op_badkw.jsonl": json.dumps({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant",
+                                                                                "content": "a"}],
+                                  "rejected": [], "instruction_id_list": ["length_constraints:number_words"],
+                                  "kwargs": [{"num_words": "ten", "relation": "at least"}]}) + "\n",
+    "records/eval.gsm8k.jsonl": "[]\n",
+    "cache5.jsonl": "5\n",
+    "cache_noout.jsonl": json.dumps({"key": "k"}) + "\n",
+    # issue 36, finding 7 and 11
+    "gsm_blank.jsonl": json.dumps({"question": "q", "answer": "#### "}) + "\n",
+    "gsm_many.jsonl": json.dumps({"question": "q", "answer": "#### many"}) + "\n",
+    "latin1_61.jsonl": b'{"text": "fine"}\n' * 60 + b'{"text": "caf\xe9"}\n',
+    "latin1.txt": b"line one\nline two caf\xe9\n",
+    "table.csv": "a,b\n1,2\n",
 }
 PREP = ["prepare", "text", "--out", "s", "--tokenizer", "gpt2", "--input"]
 ONE = ["--set", "max_steps=1"]
@@ -181,6 +202,48 @@ CASES = [  # (command line, what its error must name)
      "config key 'world.arithmetic_percent' = 60: must be 0-55"),
     (["run", "--out", "x", "--set", "sft.train.grad_accum=0"], "grad_accum"),
     (["run", "--out", "x", "--data-dir", "missing"], "--data-dir missing: no such folder"),
+    # issue 36, finding 10: each was a traceback, or a message without the file
+    ([*PREP, "notext.jsonl", "--out", "/dev/null/x"], "/dev/null/x"),
+    (["onpolicy", "--sft", ADAPTER, "--data", "op_str.jsonl", "--out", "/dev/null/x"], "/dev/null/x"),
+    (["eval", "--model", MODEL, "--suites", "gsm8k", "--data-dir", EVAL, "--out", "emptydir"],
+     "--out emptydir is a folder"),
+    (["pretrain", "--data", "emptydir", "--out", "p", "--set", "max_steps=1e400"], "config key 'max_steps'"),
+    (["pretrain", "--data", "emptydir", "--out", "p", "--set", "device=banana"], "device 'banana'"),
+    (["pretrain", "--data", "emptydir", "--out", "p", "--preset", "preset_bad.yaml"],
+     "preset_bad.yaml: not valid YAML at line 2"),
+    (["pretrain", "--data", "emptydir", "--out", "p", "--preset", "preset_list.yaml"],
+     "preset_list.yaml: a preset is a YAML mapping"),
+    (["generate", "--model", "badmodel"], "badmodel/model.json: not valid JSON"),
+    (["generate", "--model", "unknownkey"], "unknownkey/model.json: field 'config': got an unexpected"),
+    (["chat", "--model", "adapter_r0"], "adapter_r0/adapter_config.json: field 'r' must be an integer"),
+    (["chat", "--url", "http://127.0.0.1:9/v1", "--model", "m"], "cannot reach the server"),
+    (["onpolicy", "--sft", ADAPTER, "--data", "op_str.jsonl", "--out", "o"],
+     "op_str.jsonl, row 1, field 'chosen'"),
+    (["onpolicy", "--sft", ADAPTER, "--data", "op_nochosen.jsonl", "--out", "o"],
+     "op_nochosen.jsonl, row 1, field 'chosen'"),
+    (["onpolicy", "--sft", ADAPTER, "--data", "op_badkw.jsonl", "--out", "o"],
+     "op_badkw.jsonl, row 1, field 'kwargs'"),
+    (["eval", "--model", MODEL, "--suites", "gsm8k", "--data-dir", EVAL, "--limit", "1", "--out",
+      "records/eval.json"], "records/eval.gsm8k.jsonl, line 1: expected a JSON object"),
+    (["eval", "--model", MODEL, "--suites", "mt_bench", "--data-dir", EVAL, *JUDGE, "--judge-cache",
+      "cache5.jsonl"], "cache5.jsonl, line 1: expected a JSON object"),
+    (["eval", "--model", MODEL, "--suites", "mt_bench", "--data-dir", EVAL, *JUDGE, "--judge-cache",
+      "cache_noout.jsonl"], "cache_noout.jsonl: record 1 lacks"),
+    (["run", "--out", "x", "--set", "sft.bogus=1"],
+     "--set sft.bogus: unknown config key 'bogus' in SFTConfig"),
+    (["sft", "--base", MODEL, "--data", "sft_bad.jsonl", "--out", "o", "--set", "bogus=1"], "known: "),
+    # issue 36, finding 7: silently partial results
+    (["eval", "--compare", f"a={MODEL}", f"a={MODEL}", "--suites", "gsm8k", "--data-dir", EVAL],
+     "--compare names a twice"),
+    (["eval", "--model", MODEL, "--suites", "", "--data-dir", EVAL], "no suite named"),
+    (["run", "--out", "x", "--set", "eval.suites="], "no suite named"),
+    (["rl", "--model", ADAPTER, "--data", "gsm_blank.jsonl", "--out", "r", *ONE], "gsm_blank.jsonl, row 1"),
+    (["rl", "--model", ADAPTER, "--data", "gsm_many.jsonl", "--out", "r", *ONE],
+     "the answer after '####' is 'many', not a number"),
+    # issue 36, finding 11
+    ([*PREP, "latin1_61.jsonl"], "latin1_61.jsonl, line 61: not UTF-8"),
+    ([*PREP, "latin1.txt"], "latin1.txt, line 2: not UTF-8"),
+    ([*PREP, "table.csv"], "table.csv: unsupported file type"),
 ]
 
 
@@ -200,13 +263,24 @@ def folder(tiny_base, data_dir, tmp_path_factory):
 
     w = tmp_path_factory.mktemp("bad_inputs")
     for name, text in FILES.items():
+        (w / name).parent.mkdir(parents=True, exist_ok=True)
         (w / name).write_bytes(text if isinstance(text, bytes) else text.encode())
     (w / "emptydir").mkdir()
+    for bad, meta in (("badmodel", "{"), ("unknownkey", None)):
+        (w / bad).mkdir()
+        shutil.copyfile(tiny_base / "model.safetensors", w / bad / "model.safetensors")
+        if meta is None:
+            cfg = json.loads((tiny_base / "model.json").read_text())
+            meta = json.dumps({**cfg, "config": {**cfg["config"], "n_layers": 2}})
+        (w / bad / "model.json").write_text(meta)
     adapter = w / "adapter"
     run_sft(SFTConfig(lora=LoRAConfig(r=2, alpha=4, dropout=0.0), base=str(tiny_base),
                       data=str(data_dir / "sft" / "ultrachat_200k_sample20.jsonl"),
                       train=TrainConfig(batch_size=2, grad_accum=1, max_steps=1, lr=1e-3, warmup_steps=0,
                                         log_interval=1, eval_interval=0, save_interval=100)), adapter)
+    shutil.copytree(adapter, w / "adapter_r0")
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    (w / "adapter_r0" / "adapter_config.json").write_text(json.dumps({**cfg, "r": 0}))
     return w, {MODEL: str(tiny_base), ADAPTER: str(adapter), EVAL: str(data_dir / "eval")}
 
 

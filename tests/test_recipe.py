@@ -3,7 +3,6 @@ real preset on the shared hub files."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -237,12 +236,20 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
         assert all(d <= bound for _, d in resumed.values()), f"resume {resumed} vs run-to-run {noise}"
         assert all(abs(steps_a[k][1] - steps_b[k][1]) <= 1e-3 * abs(steps_a[k][1]) + 1e-6 for k in steps_a)
 
-    # a changed DPO setting reruns DPO and evaluation only
-    changed = subprocess.run(_cli(killed, {**SMALL, "dpo.beta": "0.3"}), check=True, capture_output=True,
-                             text=True)
+    # a changed DPO setting is one line naming it, deleting nothing; with --redo dpo, DPO and what follows
+    # it rerun, and nothing before it
+    cmd = _cli(killed, {**SMALL, "dpo.beta": "0.3"})
+    changed = subprocess.run(cmd, capture_output=True, text=True)
+    assert changed.returncode == 1, changed.stdout[-2000:]
+    assert changed.stderr.strip().splitlines() == [
+        "error: [dpo] finished with other settings (beta: 0.1 → 0.3): pass --redo dpo to retrain it and what "
+        "follows (rl, eval, export), or choose another --out"]
+    assert json.loads((killed / "dpo" / "config.json").read_text())["beta"] == 0.1
+    redone = subprocess.run([*cmd, "--redo", "dpo"], check=True, capture_output=True, text=True)
     for stage in ("world", "data", "pretrain", "sft"):
-        assert f"[{stage}] up to date, skipped" in changed.stdout
-    assert "[dpo] config changed: rerunning" in changed.stdout and "[eval] config changed" in changed.stdout
+        assert f"[{stage}] up to date, skipped" in redone.stdout
+    assert "[dpo] redoing (--redo)" in redone.stdout
+    assert "[eval] rerunning: a stage before it was redone" in redone.stdout
     assert json.loads((killed / "dpo" / "config.json").read_text())["beta"] == 0.3
 
 

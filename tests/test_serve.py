@@ -356,36 +356,42 @@ def test_a_stalled_stream_reader_does_not_block_other_clients(tiny_base):
         httpd.server_close()
 
 
-def test_connections_beyond_the_bound_get_503_and_the_slots_come_back(server):
-    """64 clients that connect and send nothing hold every handler slot; the 65th is told 503 at once
-    (an unbounded server would start a 65th thread and answer 200); once they leave, service resumes."""
+def test_sockets_beyond_the_open_bound_get_503_and_the_slots_come_back(tiny_base):
+    """Open sockets are bounded (MAX_OPEN; 8 here): the 9th is told 503 on accept, before it sends anything
+    (an unbounded server would start a thread per socket); once they leave, service resumes. Idle sockets
+    do not hold the requests' slots (test_safety: /health answers beside 64 of them)."""
     import socket
 
-    from llmrecipe.serve import MAX_CONNECTIONS
+    from llmrecipe.serve import ModelServer, Server, make_handler
 
-    host, port = re.search(r"http://([\d.]+):(\d+)", server).groups()
+    httpd = Server(("127.0.0.1", 0), make_handler(ModelServer(str(tiny_base), {}, "cpu"), None), max_open=8)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     idle = []
     try:
-        for _ in range(MAX_CONNECTIONS):
-            idle.append(socket.create_connection((host, int(port)), timeout=10))
+        for _ in range(8):
+            idle.append(socket.create_connection(httpd.server_address, timeout=10))
         time.sleep(0.5)  # the server accepts them all and parks a handler on each
-        # the 65th is answered on accept, before it sends anything (sending a body could meet a closed socket)
-        with socket.create_connection((host, int(port)), timeout=10) as extra:
+        with socket.create_connection(httpd.server_address, timeout=10) as extra:
             reply = b""
             while chunk := extra.recv(65536):
                 reply += chunk
         assert reply.startswith(b"HTTP/1.1 503") and b"too many open connections" in reply, reply[:300]
+        for c in idle:
+            c.close()
+        deadline = time.time() + 20
+        while True:  # the slots are released as the idle handlers see their clients gone
+            code, _ = raw(url, "/chat/completions", json.dumps({"model": "base", "messages": [
+                {"role": "user", "content": "hi"}], "max_tokens": 1}).encode())
+            if code == 200 or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert code == 200
     finally:
         for c in idle:
             c.close()
-    deadline = time.time() + 20
-    while True:  # the slots are released as the idle handlers see their clients gone
-        code, _ = raw(server, "/chat/completions", json.dumps({"model": "base", "messages": [
-            {"role": "user", "content": "hi"}], "max_tokens": 1}).encode())
-        if code == 200 or time.time() > deadline:
-            break
-        time.sleep(0.2)
-    assert code == 200
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_key_from_file_bearer_any_case_and_disconnects_are_one_line(tiny_base, tmp_path):

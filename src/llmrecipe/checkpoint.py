@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .files import (atomic_write_json, atomic_write_text, fsync_path, load_tensors, save_tensors, sha256_file,
-                    unique_tensors)
+from .files import (atomic_write_json, atomic_write_text, fsync_path, load_tensors, read_json, save_tensors,
+                    sha256_file, unique_tensors, verify_checksum, write_checksums)
 from .lora import load_adapter, merge, read_adapter_config
 from .model import GPT, GPTConfig, pad_vocab_rows
 from .tokenizer import Tokenizer, load_from_dir
@@ -30,6 +30,7 @@ from .tokenizer import Tokenizer, load_from_dir
 def save_model(directory: str | Path, model: GPT, tokenizer: Tokenizer, extra: dict | None = None) -> None:
     directory = Path(directory)
     save_tensors(directory / "model.safetensors", model.state_dict(), {"format": "pt"})
+    write_checksums(directory, ["model.safetensors"])
     atomic_write_json(directory / "model.json", {"config": model.config.to_dict(), **(extra or {})})
     tokenizer.save(directory)
 
@@ -96,7 +97,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", adapte
         if not meta_path.is_file() or not weights.is_file():
             raise FileNotFoundError(f"{directory}: not a model folder (needs model.json and "
                                     "model.safetensors) nor an adapter folder (adapter_config.json)")
-        model = GPT(GPTConfig(**json.loads(meta_path.read_text())["config"]))
+        model = GPT(read_model_config(meta_path))
+        verify_checksum(weights)
         load_into(model, load_tensors(weights), str(weights), strict=True)
         tok = load_from_dir(directory)
     if adapter is not None:
@@ -107,6 +109,18 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", adapte
     return model.to(device), tok
 
 
+def read_model_config(meta_path: Path) -> GPTConfig:
+    """GPTConfig from a model.json, every problem one line naming the file and the field."""
+    config = read_json(meta_path).get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{meta_path}: no 'config' object (not a model.json written by llmrecipe?)")
+    try:
+        return GPTConfig(**config)
+    except TypeError as e:  # an unknown or missing key
+        raise ValueError(f"{meta_path}: field 'config': {str(e).replace('GPTConfig.__init__() ', '')}"
+                         ) from None
+
+
 def model_record(directory: str | Path) -> tuple[dict, str | None]:
     """(GPTConfig as a dict, the preset it was trained with or None) of a model or adapter folder, following
     an adapter's base chain; reads JSON only (no weights), so a command can choose its settings first."""
@@ -115,11 +129,12 @@ def model_record(directory: str | Path) -> tuple[dict, str | None]:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{root}: not a model folder (needs model.json and model.safetensors) "
                                 "nor an adapter folder (adapter_config.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
+    read_model_config(meta_path)  # a damaged model.json is one line naming it, here before any work
 
     def run_preset(folder: Path) -> str | None:  # a stage's run folder: its resolved config, preset included
         f = folder / "config.json"
-        return json.loads(f.read_text()).get("preset") if f.is_file() else None
+        return read_json(f).get("preset") if f.is_file() else None
     # the nearest record wins: the folder itself, then each base down the chain
     found = [run_preset(f) for f in reversed(chain)] + [meta.get("preset"), run_preset(root)]
     return meta["config"], next((p for p in found if p), None)
@@ -210,8 +225,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opt:
     for f in sorted(tmp.iterdir()):
         fsync_path(f)
         files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "param_groups": osd["param_groups"],
-                                                "files": files}, indent=2))
+    record = {**state, "step": step, "param_groups": osd["param_groups"], "files": files}
+    record["state_sha256"] = _state_digest(record)  # state.json vouches for the files, and this for it
+    (tmp / "state.json").write_text(json.dumps(record, indent=2))
     fsync_path(tmp / "state.json")
     fsync_path(tmp)
     if final.exists():  # a checkpoint of the same step from before a resume: replaced, never half-replaced
@@ -222,7 +238,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opt:
     tmp.rename(final)
     fsync_path(ckpt_root)
     atomic_write_text(ckpt_root / "latest", final.name + "\n")
-    earlier = [p for p in _step_dirs(ckpt_root) if _step_of(p) < step]
+    # by the step recorded inside each folder, not its name: a folder named step_90 that holds step 40
+    # is an older checkpoint and goes like one
+    earlier = sorted((p for p in _step_dirs(ckpt_root) if p != final and _recorded_step(p) < step),
+                     key=_recorded_step)
     for old in earlier[: max(0, len(earlier) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -237,6 +256,20 @@ _STEP = re.compile(r"step_(\d+)$")
 
 def _step_of(path: Path) -> int:
     return int(_STEP.match(path.name).group(1))
+
+
+def _state_digest(state: dict) -> str:
+    body = {k: v for k, v in state.items() if k != "state_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _recorded_step(path: Path) -> int:
+    """The step state.json records (the folder's name when it cannot be read)."""
+    try:
+        step = json.loads((path / "state.json").read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        step = None
+    return step if isinstance(step, int) else _step_of(path)
 
 
 def _step_dirs(ckpt_root: Path) -> list[Path]:
@@ -259,6 +292,12 @@ def verify_checkpoint(path: Path) -> str | None:
         return "no state.json (an incomplete write)"
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return f"state.json is damaged ({e})"
+    if not isinstance(state, dict):
+        return "state.json is not a JSON object (damaged)"
+    if state.get("step") != _step_of(path):
+        return f"state.json records step {state.get('step')!r}, the folder is {path.name} (stale or edited)"
+    if "state_sha256" in state and state["state_sha256"] != _state_digest(state):
+        return "state.json does not match its own SHA-256 (edited or damaged)"
     needed = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
     files = state.get("files") or {n: None for n in needed}  # checkpoints from before the manifest: presence
     for name, want in files.items():

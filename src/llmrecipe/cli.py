@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -51,12 +52,15 @@ def _add_prepare(sub) -> None:
         k.add_argument("--shard-tokens", type=int, help="tokens per shard (default 100M)")
         k.add_argument("--val-every", type=int, help="every N-th document goes to the validation shard")
         k.add_argument("--workers", type=int, help="tokenizer processes")
+        k.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier prepare's output in --out (only its own files)")
 
 
 def _add_train_common(p, default_help: str) -> None:
     p.add_argument("--preset", help=f"config preset name or YAML path (default: {default_help})")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, final model)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config keys (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     # --report-to (TRL's name) is the spelling torchrun lets through: its own parser takes `--log` for an
     # abbreviation of its --log-dir/--logs-specs and stops with "ambiguous option"
@@ -208,12 +212,16 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the whole recipe in one command, with a report")
     r.add_argument("--preset", default="tiny")
     r.add_argument("--out", required=True)
-    r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    r.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys: max_steps=100 (pre-training), sft.epochs=1, dpo.beta=0.2, "
                    "eval.limit=20")
     r.add_argument("--data-dir",
                    help="local copies of every data set in the hub's schema (e.g. ../shared/data)")
     r.add_argument("--log", help="live trackers for every stage: tensorboard, wandb or tensorboard,wandb")
+    r.add_argument("--redo", nargs="+", action="extend", default=[], metavar="STAGE",
+                   help="finished stages to do again, and every stage after them (world, data, pretrain, "
+                   "sft, onpolicy, dpo, rl, eval, export, or all); a finished stage whose settings changed "
+                   "is otherwise an error, never silently redone")
     return ap
 
 
@@ -228,7 +236,8 @@ def cmd_prepare(a) -> None:
         settings.update(source=a.input if len(a.input) > 1 else a.input[0], text_field=a.text_field,
                         split=a.split)
     for key, val in dict(tokenizer=a.tokenizer, bpe_vocab_size=a.vocab_size, max_tokens=a.max_tokens,
-                         shard_tokens=a.shard_tokens, val_every=a.val_every, workers=a.workers).items():
+                         shard_tokens=a.shard_tokens, val_every=a.val_every, workers=a.workers,
+                         overwrite=a.overwrite or None).items():
         if val is not None:
             settings[key] = val
     from .config import build
@@ -253,6 +262,7 @@ def cmd_pretrain(a) -> None:
     if a.log:
         cfg.train.log = a.log
     apply_overrides(cfg, parse_overrides(a.set))
+    _train_out(a.out, {"--data": cfg.data}, a.resume)
     last = run_pretrain(cfg, a.out, resume=a.resume)
     print(f"done: {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
 
@@ -278,6 +288,9 @@ def _tune(a, make_config, run, fields: tuple[str, ...], parent: str | None, stag
     if a.log:
         cfg.train.log = a.log
     apply_overrides(cfg, parse_overrides(a.set))
+    flag = {"sft": "--base", "dpo": "--sft", "rl": "--model"}[stage]
+    _train_out(a.out, {flag: _chain(parent), "--data": cfg.data,
+                       "--anchor-data": getattr(cfg, "anchor_data", None)}, a.resume)
     last = run(cfg, a.out, resume=a.resume)
     print(f"done: adapter in {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
 
@@ -298,8 +311,16 @@ def cmd_dpo(a) -> None:
 def cmd_onpolicy(a) -> None:
     from .train.onpolicy import OnPolicyConfig, onpolicy_pairs
 
+    from .files import check_out
+
     cfg = OnPolicyConfig(samples=a.samples, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
                          seed=a.seed, model=a.sft, data=a.data, device=a.device)
+    check_out(a.out, {"--sft": _chain(a.sft), "--data": a.data})
+    folder = Path(a.out)
+    folder.mkdir(parents=True, exist_ok=True)  # an --out that cannot be written fails now, not after sampling
+    if folder.is_dir() and {p.name for p in folder.iterdir()} - {"preferences.jsonl", ".lock"}:
+        raise FileExistsError(f"--out {a.out}: holds other files than an earlier onpolicy's "
+                              "preferences.jsonl; choose a new folder")
     summary = onpolicy_pairs(cfg, a.out)
     print(f"done: {Path(a.out) / 'preferences.jsonl'} ({summary['replaced']:,} of {summary['rows']:,} "
           "rejections sampled)")
@@ -331,15 +352,60 @@ def cmd_chat(a) -> None:
               dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p))
 
 
-def _out_folder(path: str) -> None:
-    if Path(path).exists() and not Path(path).is_dir():
-        raise FileExistsError(f"--out {path}: exists and is not a folder")
+def _chain(path: str | None) -> list[str]:
+    """A model or adapter folder and every folder its adapter chain loads (all of them are inputs)."""
+    from .checkpoint import adapter_chain
+
+    if not path:
+        return []
+    try:
+        root, chain = adapter_chain(path)
+    except (ValueError, OSError):
+        return [path]
+    return [path, str(root), *map(str, chain)]
+
+
+# What the training loop itself writes into a run folder before its first checkpoint
+_TRAIN_OWN = {".lock", "config.json", "metrics.jsonl", "tb", "wandb", "wandb_state.json", "checkpoints"}
+
+
+def _train_out(out: str, inputs: dict, resume: bool) -> None:
+    """A training command's --out, checked before any data is read: outside its inputs; with checkpoints
+    only under --resume; else holding nothing but an interrupted start of its own."""
+    from .checkpoint import has_checkpoints
+    from .files import check_out, folder_kind
+
+    check_out(out, inputs)
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"--out {out}: exists and is not a folder")
+    if has_checkpoints(folder) and not resume:
+        raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue it, or choose "
+                              "another --out")
+    if folder.is_dir() and not has_checkpoints(folder):
+        other = sorted(p.name for p in folder.iterdir() if p.name not in _TRAIN_OWN)
+        if other:
+            raise FileExistsError(f"--out {out}: already holds {folder_kind(folder)} ({', '.join(other[:3])}"
+                                  "); choose a new folder (nothing there is overwritten)")
+
+
+def _replaceable(out: str, kind: str, what: str) -> None:
+    """An output folder of a kind this command writes (`kind`) is replaced with a note; any other
+    non-empty folder is an error."""
+    from .files import check_fresh_out
+
+    if check_fresh_out(out, allowed=kind):
+        print(f"note: replacing the {what} in {out}", file=sys.stderr)
 
 
 def cmd_merge(a) -> None:
     from .checkpoint import load_model, model_record, save_model
+    from .files import check_out, folder_kind, read_json
 
-    _out_folder(a.out)
+    check_out(a.out, {"--model": _chain(a.model), "--adapter": _chain(a.adapter)})
+    merged = folder_kind(a.out) == "a model folder" and \
+        read_json(Path(a.out) / "model.json").get("stage") == "merged"
+    _replaceable(a.out, "a model folder" if merged else "", "earlier merge")
     if not a.adapter and (Path(a.model) / "model.json").is_file():
         raise ValueError(f"--model {a.model} is a plain model and no --adapter was given: nothing to merge")
     model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
@@ -355,8 +421,10 @@ def cmd_merge(a) -> None:
 def cmd_export(a) -> None:
     from .checkpoint import load_model
     from .export import export_hf
+    from .files import check_out
 
-    _out_folder(a.out)
+    check_out(a.out, {"--model": _chain(a.model), "--adapter": _chain(a.adapter)})
+    _replaceable(a.out, "a Hugging Face folder", "earlier export")
     model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
     export_hf(a.out, model.eval(), tok)
     print(f"Hugging Face folder written to {a.out} "
@@ -396,6 +464,13 @@ def cmd_eval(a) -> None:
 
     if bool(a.model) == bool(a.compare):
         raise ValueError("eval needs either --model or --compare NAME=PATH ...")
+    if a.out and Path(a.out).is_dir():  # found now, not after the evaluation ran
+        raise FileExistsError(f"--out {a.out} is a folder: give a file path ("
+                              + ("summary JSON)" if a.model else "the table, e.g. table.md)"))
+    pairs = [_name_path(item, "--compare") for item in a.compare or []]
+    names = [n for n, _ in pairs]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"--compare names {', '.join(twice)} twice: each column needs its own name")
     rt = setup(a.device)
     chat = {"auto": None, "chat": True, "plain": False}[a.prompting]
     suites = make_suites(a.suites, a.data_dir, scoring=a.mmlu_scoring, max_new_tokens=a.max_new_tokens,
@@ -409,14 +484,19 @@ def cmd_eval(a) -> None:
         evaluate(m, suites, a.out or Path(a.model) / "eval.json", a.limit)
         return
     results = {}
-    for item in a.compare:
-        name, _, path = item.partition("=")
-        if not path:
-            raise ValueError(f"--compare expects NAME=PATH, got {item!r}")
+    for name, path in pairs:
         m = load_eval_model(path, None, chat, name=name, rt=rt, batch_size=a.batch_size)
         results[name] = evaluate(m, suites, Path(path) / "eval.json", a.limit)
     if rt.is_main:
         print(write_table(results, [s.name for s in suites], a.out or "table.md"))
+
+
+def _name_path(item: str, flag: str) -> tuple[str, str]:
+    """NAME=PATH, as --compare, --adapter, --a and --b take it."""
+    name, _, path = item.partition("=")
+    if not name.strip() or not path:
+        raise ValueError(f"{flag} expects NAME=PATH, got {item!r}")
+    return name.strip(), path
 
 
 def read_secret(path: str) -> str:
@@ -445,9 +525,9 @@ def cmd_serve(a) -> None:
 
     adapters = {}
     for item in a.adapter:
-        name, _, path = item.partition("=")
-        if not path:
-            raise ValueError(f"--adapter expects NAME=PATH, got {item!r}")
+        name, path = _name_path(item, "--adapter")
+        if name in adapters or name == a.name:
+            raise ValueError(f"--adapter {item}: the name {name!r} is taken; give each model its own")
         adapters[name] = path
     key = a.api_key or (read_secret(a.api_key_file) if a.api_key_file
                         else os.environ.get("LLMRECIPE_API_KEY"))
@@ -466,10 +546,8 @@ def cmd_mt_bench(a) -> None:
         raise ValueError(NO_JUDGE_HINT)
     rt = setup(a.device)
     models = []
-    for spec in (a.a, a.b):
-        name, _, path = spec.partition("=")
-        if not path:
-            raise ValueError(f"--{'a' if spec is a.a else 'b'} expects NAME=PATH, got {spec!r}")
+    for spec, flag in ((a.a, "--a"), (a.b, "--b")):
+        name, path = _name_path(spec, flag)
         models.append(load_eval_model(path, None, True, name=name, rt=rt))
     res = pairwise(models[0], models[1], judge, a.data_dir, a.limit, a.max_new_tokens)
     print(f"{res['a']} vs {res['b']} (judge {res['judge']}, {res['comparisons']} comparisons, both orders): "
@@ -503,7 +581,7 @@ def cmd_run(a) -> None:
     overrides = parse_overrides(a.set)
     if a.log:  # every training stage logs to the trackers
         overrides = {"log": a.log, **{f"{s}.train.log": a.log for s in ("sft", "dpo", "rl")}, **overrides}
-    run(a.preset, a.out, overrides, a.data_dir)
+    run(a.preset, a.out, overrides, a.data_dir, redo=set(a.redo))
 
 
 COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "rl": cmd_rl,
@@ -524,11 +602,30 @@ def main(argv: list[str] | None = None) -> None:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"error: {msg}")
-    except ConnectionError as e:  # the hub (datasets/huggingface_hub) with no network
+    except (ConnectionError, OSError) as e:
         if os.environ.get("LLMRECIPE_DEBUG"):
             raise
-        sys.exit(f"error: {e} — no network? Give local files instead: a path for --data/--input, or "
-                 "--data-dir with copies in the hub's layout (see README)")
+        sys.exit(f"error: {_os_error(e)}")
+
+
+def _os_error(e: OSError) -> str:
+    """One line for what the file system or the network refused (a folder under /dev/null, a closed
+    port, no network for the hub)."""
+    import urllib.error
+
+    if isinstance(e, urllib.error.HTTPError):  # the server's own message, when it sent one (OpenAI's shape)
+        try:
+            said = json.loads(e.read())["error"]["message"]
+        except Exception:
+            said = e.reason
+        return f"{e.url}: HTTP {e.code}: {said}"
+    if isinstance(e, urllib.error.URLError):
+        return f"cannot reach the server ({e.reason}): is it running, and is the --url right?"
+    if isinstance(e, ConnectionError) or "connect" in type(e).__name__.lower():
+        return (f"{e} — no network? Give local files instead: a path for --data/--input, or --data-dir "
+                "with copies in the hub's layout (see README)")
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}"
 
 
 if __name__ == "__main__":

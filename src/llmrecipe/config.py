@@ -29,7 +29,36 @@ def preset_path(name: str) -> Path:
 
 
 def load_preset(name: str) -> dict:
-    return yaml.safe_load(preset_path(name).read_text()) or {}
+    path = preset_path(name)
+    try:
+        preset = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"{path}: not valid YAML{line} ({getattr(e, 'problem', None) or e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if preset is None:
+        return {}
+    if not isinstance(preset, dict):
+        raise ValueError(f"{path}: a preset is a YAML mapping of sections (model:, pretrain:, sft:, …), "
+                         f"got a {type(preset).__name__}")
+    for k, v in preset.items():
+        if k != "extends" and not isinstance(v, dict):
+            raise ValueError(f"{path}: section {k!r} must be a mapping of keys, got {v!r}")
+    if "extends" in preset:  # a user's preset: another preset with only what it sets changed
+        parent = preset.pop("extends")
+        if not isinstance(parent, str) or Path(parent).resolve() == path.resolve():
+            raise ValueError(f"{path}: 'extends' must name another preset, got {parent!r}")
+        preset = _deep_merge(load_preset(parent), preset)
+    return preset
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 # What makes two models the same model for a preset's hyperparameters (dropout may differ between stages)
@@ -88,12 +117,16 @@ def settings_line(stage: str, cfg: Any, why: str = "") -> str:
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, str]:
-    out = {}
+    """`--set a=1 b=2 --set c=3` → {a: 1, b: 2, c: 3}: repeated --set flags add up; one key given two
+    different values is an error (which one was meant?)."""
+    out: dict[str, str] = {}
     for item in items or []:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
+        k, v = (x.strip() for x in item.split("=", 1))
+        if k in out and out[k] != v:
+            raise ValueError(f"--set gives {k!r} twice ({out[k]!r} and {v!r}): keep one")
+        out[k] = v
     return out
 
 
@@ -126,7 +159,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return float(value)
         if typ is str:
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"config key {key!r}: cannot read {value!r} as {typ.__name__}") from None
     return value
 
@@ -217,12 +250,16 @@ def _locate(cfg: Any, key: str) -> tuple[Any, str]:
             if obj is None or not dataclasses.is_dataclass(obj):
                 raise ValueError(f"unknown config section in {key!r}")
         if name not in {f.name for f in dataclasses.fields(obj)}:
-            raise ValueError(f"unknown config key {key!r}")
+            raise ValueError(f"unknown config key {key!r} (section {'.'.join(path)} has: "
+                             f"{', '.join(f.name for f in dataclasses.fields(obj))})")
         return obj, name
     hits = [(o, key) for o in _sections(cfg) if key in {f.name for f in dataclasses.fields(o)}
             and not dataclasses.is_dataclass(getattr(o, key))]
     if not hits:
-        raise ValueError(f"unknown config key {key!r}")
+        known = sorted({f.name for o in _sections(cfg) for f in dataclasses.fields(o)
+                        if not dataclasses.is_dataclass(getattr(o, f.name))})
+        section = f" in {type(cfg).__name__}" if type(cfg).__name__ else ""
+        raise ValueError(f"unknown config key {key!r}{section} (known: {', '.join(known)})")
     if len(hits) > 1:
         raise ValueError(f"config key {key!r} is ambiguous; write it as section.{key}")
     return hits[0]

@@ -92,12 +92,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of an append-only JSONL file (metrics, eval records, the judge cache).
+def read_jsonl(path: str | Path, drop_bad: bool = False) -> list[dict]:
+    """Rows of an append-only JSONL file (metrics, eval records, the judge cache), each a JSON object.
 
     A writer killed mid-line leaves a torn last line: it is dropped, with a note, so the next run goes on
     (its row is simply redone). A bad line anywhere else is damage, not a torn write: an error naming the
-    file and the line.
+    file and the line — or, with `drop_bad` (a log whose rows are redone anyway), dropped with a note.
     """
     path = Path(path)
     if not path.is_file():
@@ -112,12 +112,19 @@ def read_jsonl(path: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise TypeError(f"expected a JSON object, got a {_JSON_NAMES.get(type(row), 'value')}")
+        except (ValueError, TypeError) as e:
+            why = f"not valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else str(e)
             if i == len(lines):  # no newline after it: the last write was cut short
                 print(f"note: {path}: dropped a torn last line {i} (an interrupted write)", file=sys.stderr)
                 break
-            raise ValueError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
+            if drop_bad:
+                print(f"note: {path}, line {i}: dropped ({why})", file=sys.stderr)
+                continue
+            raise ValueError(f"{path}, line {i}: {why}") from None
+        rows.append(row)
     return rows
 
 
@@ -167,3 +174,118 @@ def folder_lock(folder: str | Path):
         yield folder
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def read_json(path: str | Path, kind: type = dict, what: str = "") -> object:
+    """A JSON file whose top level must be `kind`; damage is one line naming the file (not a decoder's
+    'Expecting property name … line 1 column 2' with no file in it)."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}){what}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}){what}") from None
+    if not isinstance(obj, kind):
+        raise ValueError(f"{path}: expected a JSON {_JSON_NAMES.get(kind, kind.__name__)}, "
+                         f"got {_JSON_NAMES.get(type(obj), type(obj).__name__)}{what}")
+    return obj
+
+
+_JSON_NAMES = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+# ---- checksums of finished model and adapter folders ----
+# Checkpoints carry a manifest in state.json; a finished folder's weights carry theirs in CHECKSUMS, so a
+# flipped bit is one clear error on load, not a loss of 1e25 and a saved adapter.
+CHECKSUMS = "checksums.json"
+
+
+def write_checksums(folder: str | Path, names: list[str]) -> None:
+    folder = Path(folder)
+    atomic_write_json(folder / CHECKSUMS, {n: {"bytes": (folder / n).stat().st_size,
+                                               "sha256": sha256_file(folder / n)} for n in names})
+
+
+def verify_checksum(path: str | Path) -> None:
+    """Check `path` against its folder's checksums.json (folders written before it existed pass)."""
+    path = Path(path)
+    record = path.parent / CHECKSUMS
+    if not record.is_file():
+        return
+    want = read_json(record).get(path.name)
+    if not isinstance(want, dict):
+        return
+    size = path.stat().st_size
+    if size != want.get("bytes"):
+        raise ValueError(f"{path}: {size:,} bytes, {CHECKSUMS} says {want.get('bytes')} (truncated or "
+                         "replaced?): restore the file or retrain")
+    if sha256_file(path) != want.get("sha256"):
+        raise ValueError(f"{path}: does not match its SHA-256 in {CHECKSUMS} (damaged): restore the file "
+                         "or retrain")
+
+
+# ---- where a command may write ----
+
+def _existing(spec) -> list[Path]:
+    """The paths on disk an input names: a path, a glob's fixed part, or a list of them (hub ids: none)."""
+    specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    out = []
+    for s in specs:
+        if s is None or s == "":
+            continue
+        s = str(s)
+        for i, ch in enumerate(s):  # a glob: its folder part
+            if ch in "*?[":
+                s = s[:i].rsplit("/", 1)[0] if "/" in s[:i] else "."
+                break
+        p = Path(s)
+        if p.exists():
+            out.append(p.resolve())
+    return out
+
+
+def check_out(out: str | Path, inputs: dict[str, object]) -> None:
+    """An --out that is, contains or lies inside one of the command's inputs is an error: writing there
+    would replace or mix with what the command reads (`merge --out` into its own base, `onpolicy --out`
+    over its data)."""
+    o = Path(out).resolve()
+    for flag, spec in inputs.items():
+        for p in _existing(spec):
+            if o == p or o in p.parents or p in o.parents:
+                rel = "is" if o == p else ("lies inside" if p in o.parents else "contains")
+                raise ValueError(f"--out {out} {rel} the input {flag} {p}: choose an --out outside it, "
+                                 "so that no input is overwritten")
+
+
+# Files that say what kind of artefact a folder holds: the first kind one of whose sets is all there.
+_KINDS = (("a llmrecipe run (llmrecipe run)", (("results.json",), ("data", "base/done.json"))),
+          ("a model folder", (("model.json",),)), ("an adapter folder", (("adapter_config.json",),)),
+          ("a token shard folder (llmrecipe prepare)", (("meta.json",),)),
+          ("a Hugging Face folder", (("config.json", "model.safetensors"),)))
+
+
+def folder_kind(folder: str | Path) -> str | None:
+    """What a folder holds (None: missing or empty but for a lock file)."""
+    folder = Path(folder)
+    if not folder.is_dir() or not [p for p in folder.iterdir() if p.name != ".lock"]:
+        return None
+    for kind, sets in _KINDS:
+        if any(all((folder / m).exists() for m in names) for names in sets):
+            return kind
+    return "other files"
+
+
+def check_fresh_out(out: str | Path, allowed: str | None = None, flag: str = "--out") -> bool:
+    """An output folder must be missing or empty, or hold `allowed` (this command's own earlier output,
+    which it then replaces); returns whether it replaces one. Anything else is someone's work: an error."""
+    kind = folder_kind(out)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise FileExistsError(f"{flag} {out}: exists and is not a folder")
+    if kind is None:
+        return False
+    if allowed is not None and kind == allowed:
+        return True
+    raise FileExistsError(f"{flag} {out}: already holds {kind}; choose a new folder (nothing there is "
+                          "overwritten)")

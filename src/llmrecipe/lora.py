@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .files import atomic_write_json, load_tensors, save_tensors
+from .files import (atomic_write_json, load_tensors, read_json, save_tensors, verify_checksum,
+                    write_checksums)
 
 PEFT_PREFIX = "base_model.model."
 
@@ -156,10 +157,26 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {PEFT_PREFIX + n: p for n, p in model.named_parameters() if "lora_A" in n or "lora_B" in n}
 
 
+def relative_base(directory: Path, base: str | Path) -> str:
+    """The base as recorded in adapter_config.json: relative to the adapter folder when both lie in the same
+    run folder (runs/x/sft → ../base), so a moved or copied run keeps loading its own base; else absolute."""
+    directory, base = Path(directory).resolve(), Path(base).resolve()
+    if directory.parent == base or directory.parent in base.parents:
+        return os.path.relpath(base, directory)
+    return str(base)
+
+
+def resolve_base(directory: Path, base: str) -> str:
+    """The base folder an adapter_config.json names: a relative path is relative to the adapter folder."""
+    return base if Path(base).is_absolute() else str(Path(directory) / base)
+
+
 def save_adapter(directory: str | Path, model: nn.Module, cfg: LoRAConfig, base_path: str) -> None:
     """`adapter_model.safetensors` + `adapter_config.json`, as PEFT writes them for GPT-2."""
     directory = Path(directory)
+    base_path = relative_base(directory, base_path)
     save_tensors(directory / "adapter_model.safetensors", adapter_state_dict(model), {"format": "pt"})
+    write_checksums(directory, ["adapter_model.safetensors"])
     atomic_write_json(directory / "adapter_config.json", {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base_path),
         "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
@@ -182,6 +199,7 @@ def adapter_deltas(adapters: list[Path]) -> dict[str, torch.Tensor]:
     deltas: dict[str, torch.Tensor] = {}
     for folder in adapters:
         cfg, _ = read_adapter_config(folder)
+        verify_checksum(Path(folder) / "adapter_model.safetensors")
         sd = {k.removeprefix(PEFT_PREFIX): v
               for k, v in load_tensors(Path(folder) / "adapter_model.safetensors").items()}
         for key, a in sd.items():
@@ -196,13 +214,22 @@ def read_adapter_config(directory: str | Path) -> tuple[LoRAConfig, str]:
     path = Path(directory) / "adapter_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: not an adapter folder (no adapter_config.json)")
-    c = json.loads(path.read_text())
+    c = read_json(path)
     if c.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{path}: peft_type {c.get('peft_type')!r} is not LORA")
+    for key, ok, rule in (("r", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                           "an integer ≥ 1"),
+                          ("lora_alpha", lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
+                          ("target_modules", lambda v: isinstance(v, str) or (
+                              isinstance(v, list) and v and all(isinstance(t, str) for t in v)),
+                           "a module name or a list of them"),
+                          ("base_model_name_or_path", lambda v: isinstance(v, str) and v, "the base folder")):
+        if not ok(c.get(key)):
+            raise ValueError(f"{path}: field {key!r} must be {rule}, got {c.get(key)!r}")
     targets = c["target_modules"]
-    cfg = LoRAConfig(r=int(c["r"]), alpha=float(c["lora_alpha"]), dropout=float(c.get("lora_dropout", 0.0)),
+    cfg = LoRAConfig(r=c["r"], alpha=float(c["lora_alpha"]), dropout=float(c.get("lora_dropout") or 0.0),
                      target_modules=[targets] if isinstance(targets, str) else list(targets))
-    return cfg, c.get("base_model_name_or_path", "")
+    return cfg, resolve_base(Path(directory), c["base_model_name_or_path"])
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> LoRAConfig:
@@ -210,6 +237,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> LoRAConfig:
     cfg, _ = read_adapter_config(directory)
     inject(model, cfg)
     path = Path(directory) / "adapter_model.safetensors"
+    verify_checksum(path)
     sd = {k.removeprefix(PEFT_PREFIX).replace(".default.", "."): v for k, v in load_tensors(path).items()}
     own = dict(model.named_parameters())
     for k, v in sd.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from .data.world import (MAX_ARITHMETIC_PERCENT, write_chat_data, write_eval_set
                          write_rl_problems)
 from .eval import make_suites
 from .eval.harness import comparisons, evaluate, load_eval_model, write_table
-from .files import atomic_write_json, folder_lock
+from .files import atomic_write_json, folder_lock, read_json
 from .report import write_report
 from .train.dpo import dpo_config, run_dpo
 from .train.onpolicy import OnPolicyConfig, onpolicy_pairs
@@ -49,37 +50,109 @@ class EvalConfig:
     batch_size: int = 16
 
 
-def _hash(obj, root: Path) -> str:
-    """Hash of a stage's settings without the run folder's path (`--out runs/x` then `--out $PWD/runs/x`:
-    one run) and without the preset's name (a label: the resolved values are what the stage computes from)."""
+# Settings that change how a stage is watched, not what it computes: outside the stage's hash, so adding
+# `--log tensorboard` to a finished run redoes nothing.
+NOT_RESULTS = {"log"}
+
+
+def _key(obj, root: Path):
+    """A stage's settings as they enter its hash: without the run folder's path (`--out runs/x` then
+    `--out $PWD/runs/x`: one run), the preset's name (a label: the resolved values are what the stage
+    computes from) and the logging options."""
     if isinstance(obj, dict):
-        obj = {k: v for k, v in obj.items() if k != "preset"}
-    text = json.dumps(obj, sort_keys=True, default=str).replace(str(root), "<run>")
+        return {k: _key(v, root) for k, v in obj.items() if k != "preset" and k not in NOT_RESULTS}
+    if isinstance(obj, list):
+        return [_key(v, root) for v in obj]
+    return obj.replace(str(root), "<run>") if isinstance(obj, str) else obj
+
+
+def _hash(obj, root: Path) -> str:
+    text = json.dumps(_key(obj, root), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _matches(done: dict, key: dict, root: Path) -> bool:
+    """Whether a done.json vouches for these settings; a run finished before the logging options left the
+    hash (their `train.log` inside it) still matches when only those differ."""
+    if done.get("hash") == _hash(key, root):
+        return True
+    if "key" in done:
+        return False
+    legacy = {k: v for k, v in key.items() if k != "preset"}
+    text = json.dumps(legacy, sort_keys=True, default=str).replace(str(root), "<run>")
+    return any(done.get("hash") == hashlib.sha256(t.encode()).hexdigest()[:16]
+               for t in (text, re.sub(r'"log": "[^"]*"', '"log": ""', text)))
+
+
+def _differences(old, new, where: str = "") -> list[str]:
+    """'key: old → new' for every setting that differs (nested keys dotted)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) if k != "after"
+                for d in _differences(old.get(k), new.get(k), f"{where}{k}.")]
+    return [] if old == new else [f"{where.rstrip('.')}: {old!r} → {new!r}"]
+
+
+class StageChanged(ValueError):
+    """A finished stage's settings differ from this run's: redoing it deletes work, so it is asked for."""
+
+
+@dataclass
+class _Plan:
+    """Which finished stages this `run` redoes: those named by --redo, and every stage after one redone."""
+    redo: set[str]
+    redoing: bool = False
+
+
 def _stage(name: str, folder: Path, key: dict, work: Callable[[bool], dict], timings: dict,
-           resumable: bool = True) -> tuple[dict, str]:
+           resumable: bool = True, plan: _Plan | None = None) -> tuple[dict, str]:
     """Run `work(resume)` unless `folder/done.json` matches `key`; returns (summary, this stage's hash).
-    A stage that cannot resume (`resumable=False`) starts from an empty folder after an interruption."""
+    A stage that cannot resume (`resumable=False`) starts from an empty folder after an interruption. A
+    finished stage whose settings changed is redone only when asked (`--redo`), or after a stage that was."""
+    plan = plan or _Plan(set())
     marker, digest = folder / "done.json", _hash(key, folder.parent)
     if marker.is_file():
         done = json.loads(marker.read_text())
-        if done["hash"] == digest:
+        asked = name in plan.redo or "all" in plan.redo
+        if _matches(done, key, folder.parent) and not asked and not plan.redoing:
             print(f"[{name}] up to date, skipped")
             timings[name] = done["seconds"]
             return done["summary"], digest
-        print(f"[{name}] config changed: rerunning")
+        print(f"[{name}] " + ("redoing (--redo)" if asked else "rerunning: a stage before it was redone"
+                              if plan.redoing else "config changed: rerunning"))
         shutil.rmtree(folder)
+        plan.redoing = True
     elif folder.exists() and not resumable:
         shutil.rmtree(folder)
+    if not marker.is_file():
+        plan.redoing = True  # every stage after one that runs now runs too
     resume = has_checkpoints(folder)  # train() then resumes from the newest one that verifies
     print(f"[{name}] " + ("resuming from its last checkpoint" if resume else "running"), flush=True)
     t0 = time.time()
     summary = work(resume)
     timings[name] = round(time.time() - t0, 1)
-    atomic_write_json(marker, {"hash": digest, "seconds": timings[name], "summary": summary})
+    atomic_write_json(marker, {"hash": digest, "key": _key(key, folder.parent), "seconds": timings[name],
+                               "summary": summary})
     return summary, digest
+
+
+def check_changes(specs: list[tuple[str, Path, dict]], redo: set[str]) -> None:
+    """Before any stage runs: the first finished stage whose settings differ from this run's must be named
+    by --redo (or follow one that is); else one line naming it and the settings that differ. Stages after
+    it, or after an unfinished one, are redone as a consequence and need no flag."""
+    for name, folder, key in specs:
+        marker = folder / "done.json"
+        if name in redo or "all" in redo or not marker.is_file():
+            return  # this stage runs, and every stage after it
+        done = json.loads(marker.read_text())
+        if _matches(done, key, folder.parent):
+            continue
+        later = [n for n, _, _ in specs[specs.index((name, folder, key)) + 1:]]
+        diffs = _differences(done.get("key"), _key(key, folder.parent)) if "key" in done else []
+        what = "; ".join(diffs[:4]) + (f"; … {len(diffs) - 4} more" if len(diffs) > 4 else "") if diffs \
+            else "its settings differ from those it ran with"
+        raise StageChanged(f"[{name}] finished with other settings ({what}): pass --redo {name} to retrain "
+                           f"it{' and what follows (' + ', '.join(later) + ')' if later else ''}, or "
+                           "choose another --out")
 
 
 def split_overrides(overrides: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -96,7 +169,9 @@ def split_overrides(overrides: dict[str, str]) -> dict[str, dict[str, str]]:
 
 
 def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None,
-        data_dir: str | None = None) -> dict:
+        data_dir: str | None = None, redo: set[str] | frozenset[str] = frozenset()) -> dict:
+    """The whole recipe into `out`. `redo`: finished stages to do again (and so every stage after them),
+    or {"all"}; a finished stage whose settings changed is otherwise an error, never silently redone."""
     out, p, ov = Path(out), load_preset(preset), split_overrides(overrides or {})
     if data_dir and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
@@ -105,11 +180,11 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None,
     world, (source, sft_data, dpo_data, eval_dir) = _world_config(p, ov["world"]), _inputs(p, out, data_dir)
     # every config is resolved before anything runs: a bad key fails now, not after pre-training
     prep = PrepareConfig(**{**p.get("prepare", {}), "source": source, "out": str(out / "data")})
-    pre = apply_overrides(pretrain_config(preset), ov["pretrain"])
-    sft, dpo = apply_overrides(sft_config(preset), ov["sft"]), apply_overrides(dpo_config(preset), ov["dpo"])
-    rl = apply_overrides(rl_config(preset), ov["rl"])
-    op = apply_overrides(build(OnPolicyConfig, p.get("onpolicy", {})), ov["onpolicy"])
-    ev = apply_overrides(build(EvalConfig, p.get("eval", {})), ov["eval"])
+    pre = _apply("", pretrain_config(preset), ov["pretrain"])
+    sft, dpo = _apply("sft.", sft_config(preset), ov["sft"]), _apply("dpo.", dpo_config(preset), ov["dpo"])
+    rl = _apply("rl.", rl_config(preset), ov["rl"])
+    op = _apply("onpolicy.", build(OnPolicyConfig, p.get("onpolicy", {})), ov["onpolicy"])
+    ev = _apply("eval.", build(EvalConfig, p.get("eval", {})), ov["eval"])
     validate(prep)
     make_suites(ev.suites, eval_dir)  # unknown suite names fail now, not after pre-training
     pre.data, sft.base, dpo.sft = str(out / "data"), str(out / "base"), str(out / "sft")
@@ -125,43 +200,95 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None,
     elif data_dir:
         rl.data = str(Path(data_dir) / "eval" / "gsm8k" / "train.jsonl")  # the hub's train split, local
     with folder_lock(out):  # one `run` per folder (each training stage also locks its own sub-folder)
-        return _run(preset, out, world, source, prep, pre, sft, op, dpo, rl, ev, eval_dir)
+        _claim_run_folder(out, preset, set(redo))
+        return _run(preset, out, world, source, prep, pre, sft, op, dpo, rl, ev, eval_dir, set(redo))
+
+
+def _apply(prefix: str, cfg, overrides: dict[str, str]):
+    """apply_overrides, each key one at a time so that an error names the --set key as the user wrote it."""
+    for key, value in overrides.items():
+        try:
+            apply_overrides(cfg, {key: value})
+        except ValueError as e:
+            raise ValueError(f"--set {prefix}{key}: {e}") from None
+    return validate(cfg)
+
+
+def _preset_id(preset: str) -> str:
+    """A preset as a run records it: its name, or the absolute path of a YAML file."""
+    p = Path(preset)
+    return str(p.resolve()) if p.suffix in (".yaml", ".yml") and p.is_file() else preset
+
+
+def _claim_run_folder(out: Path, preset: str, redo: set[str]) -> None:
+    """`out` is empty, or a run of this preset (run.json), or (--redo all) any earlier run: a run folder of
+    another preset is refused, not rebuilt stage by stage over the user's work."""
+    record = out / "run.json"
+    before = None
+    if record.is_file():
+        before = read_json(record).get("preset")
+    elif (out / "results.json").is_file():  # a run from before run.json
+        before = read_json(out / "results.json").get("preset")
+    else:
+        other = sorted(p.name for p in out.iterdir()
+                       if p.name not in (".lock", "world", "data", "base", "sft", "onpolicy", "dpo", "rl",
+                                         "eval", "hf"))
+        if other:
+            raise FileExistsError(f"--out {out}: holds other files than a run's ({', '.join(other[:3])}); "
+                                  "choose a new folder")
+    if before is not None and before != _preset_id(preset) and "all" not in redo:
+        raise FileExistsError(f"--out {out} is a run of preset {before}, not {preset}: choose another --out "
+                              "(or --redo all to replace every stage in it)")
+    atomic_write_json(record, {"preset": _preset_id(preset)})
 
 
 def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareConfig, pre, sft, op, dpo, rl,
-         ev: EvalConfig, eval_dir: str | None) -> dict:
-    timings: dict[str, float] = {}
-    after = ""
-    if world:
-        _, after = _stage("world", out / "world", world, lambda _: _make_world(out / "world", world), timings,
-                          resumable=False)
-    data, after = _stage("data", out / "data", to_dict(prep) | {"after": after}, lambda _: prepare(prep),
-                         timings, resumable=False)
-    base, after = _stage("pretrain", out / "base", to_dict(pre) | {"after": after},
-                         lambda resume: run_pretrain(pre, out / "base", resume=resume), timings)
-    sft_sum, after = _stage("sft", out / "sft", to_dict(sft) | {"after": after},
-                            lambda resume: run_sft(sft, out / "sft", resume=resume), timings)
-    op_sum = None
-    if op.samples > 0:  # a minute of sampling; an interrupted one starts again
-        op_sum, after = _stage("onpolicy", out / "onpolicy", to_dict(op) | {"after": after},
-                               lambda _: onpolicy_pairs(op, out / "onpolicy"), timings, resumable=False)
-    dpo_sum, after = _stage("dpo", out / "dpo", to_dict(dpo) | {"after": after},
-                            lambda resume: run_dpo(dpo, out / "dpo", resume=resume), timings)
+         ev: EvalConfig, eval_dir: str | None, redo: set[str]) -> dict:
     # RL runs when the preset gives it steps (both presets do; `--set rl.train.max_steps=0` stops at DPO)
     stages = ["base", "sft", "dpo"] + (["rl"] if rl.train.max_steps > 0 else [])
-    rl_sum = None
+    # (name, folder, settings, work(resume), resumable), in order; each stage's hash covers the one before
+    chain: list[tuple[str, Path, dict, Callable[[bool], dict], bool]] = []
+    if world:
+        chain.append(("world", out / "world", world, lambda _: _make_world(out / "world", world), False))
+    chain += [("data", out / "data", to_dict(prep), lambda _: prepare(prep), False),
+              ("pretrain", out / "base", to_dict(pre),
+               lambda resume: run_pretrain(pre, out / "base", resume=resume), True),
+              ("sft", out / "sft", to_dict(sft), lambda resume: run_sft(sft, out / "sft", resume=resume),
+               True)]
+    if op.samples > 0:  # a minute of sampling; an interrupted one starts again
+        chain.append(("onpolicy", out / "onpolicy", to_dict(op),
+                      lambda _: onpolicy_pairs(op, out / "onpolicy"), False))
+    chain.append(("dpo", out / "dpo", to_dict(dpo), lambda resume: run_dpo(dpo, out / "dpo", resume=resume),
+                  True))
     if "rl" in stages:
-        rl_sum, after = _stage("rl", out / "rl", to_dict(rl) | {"after": after},
-                               lambda resume: run_rl(rl, out / "rl", resume=resume), timings)
-    table, _ = _stage("eval", out / "eval", to_dict(ev) | {"data_dir": eval_dir, "after": after},
-                      lambda _: _evaluate(out, ev, eval_dir, stages), timings)
-    exported, _ = _stage("export", out / "hf", {"after": after}, lambda _: _export(out, stages), timings,
-                         resumable=False)
+        chain.append(("rl", out / "rl", to_dict(rl), lambda resume: run_rl(rl, out / "rl", resume=resume),
+                      True))
+    chain += [("eval", out / "eval", to_dict(ev) | {"data_dir": eval_dir},
+               lambda _: _evaluate(out, ev, eval_dir, stages), True),
+              ("export", out / "hf", {}, lambda _: _export(out, stages), False)]
+    after, specs = "", []
+    for name, folder, settings, _, _ in chain:
+        key = settings | {"after": after}
+        specs.append((name, folder, key))
+        after = _hash(key, out)
+    unknown = redo - {n for n, _, _ in specs} - {"all"}
+    if unknown:
+        raise ValueError(f"--redo {', '.join(sorted(unknown))}: no such stage here (stages: "
+                         f"{', '.join(n for n, _, _ in specs)}, or all)")
+    check_changes(specs, redo)  # before anything runs: no finished stage is deleted unasked
+
+    timings: dict[str, float] = {}
+    plan, summaries = _Plan(redo), {}
+    for (name, folder, key), (_, _, _, work, resumable) in zip(specs, chain):
+        summaries[name], _ = _stage(name, folder, key, work, timings, resumable, plan)
+    table = summaries["eval"]
     inputs = {"pretrain": source, "sft": sft.data, "dpo": dpo.data, "rl": rl.data,
               "eval": eval_dir or "the hub"}
-    results = {"preset": preset, "timings_s": timings, "inputs": inputs, "data": data, "pretrain": base,
-               "sft": sft_sum, "onpolicy": op_sum, "dpo": dpo_sum, "rl": rl_sum, "table": table,
-               "export": exported}
+    results = {"preset": preset, "timings_s": timings, "inputs": inputs, "data": summaries["data"],
+               "pretrain": summaries["pretrain"], "sft": summaries["sft"],
+               "onpolicy": summaries.get("onpolicy"),
+               "dpo": summaries["dpo"], "rl": summaries.get("rl"), "table": table,
+               "export": summaries["export"]}
     atomic_write_json(out / "results.json", results)
     write_report(out, results)
     print(table["markdown"])

@@ -1,7 +1,6 @@
 """The run's report: report.md, and PNG plots of every stage's curves and of the base/SFT/DPO table."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

@@ -105,7 +105,10 @@ def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
     CPU)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device} but this torch ({torch.__version__}) sees no CUDA GPU; "
                          "use device=auto or device=cpu")

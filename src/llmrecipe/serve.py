@@ -16,13 +16,13 @@ import hmac
 import json
 import queue
 import secrets
+import socket
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import torch
 
@@ -117,7 +117,8 @@ class ModelServer:
                 or not 0 <= temperature <= 2):
             raise RequestError(400, "'temperature' must be a number in [0, 2]", "temperature")
         top_p = body.get("top_p")
-        if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool)
+                                  or not 0 < top_p <= 1):
             raise RequestError(400, "'top_p' must be a number in (0, 1]", "top_p")
         stop = body.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
@@ -127,7 +128,9 @@ class ModelServer:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
                                  or not 0 <= seed < 2**63):
             raise RequestError(400, "'seed' must be an integer in [0, 2^63)", "seed")
-        if body.get("n", 1) != 1:
+        if not isinstance(body.get("stream", False), bool):
+            raise RequestError(400, "'stream' must be true or false", "stream")
+        if body.get("n", 1) != 1 or isinstance(body.get("n", 1), bool):
             raise RequestError(400, "only n=1 is supported (send n requests)", "n")
         # no seed: a fresh random one per request (a fixed default would give every caller the same text)
         seed = secrets.randbelow(2**63) if seed is None else seed
@@ -169,7 +172,12 @@ class ModelServer:
 
 MAX_BODY = 4 << 20  # bytes; a chat request is kilobytes, and the context is 1,024 tokens anyway
 SOCKET_TIMEOUT = 60.0  # seconds a client may stay silent (reading its request, or not reading our reply)
-MAX_CONNECTIONS = 64  # open connections (threads) at once; beyond, a 503 and the socket closed
+MAX_CONNECTIONS = 64  # requests being answered at once (complete and authorised); beyond, a 503
+# A connection must deliver a complete request this soon after it opens (or after its previous request):
+# one that trickles a byte every 20 s is closed, so idle sockets cannot hold the server. Until then it
+# counts only against MAX_OPEN, not against the requests being answered: /health always answers.
+REQUEST_DEADLINE = 10.0
+MAX_OPEN = 512  # open sockets (threads) at once; beyond, a 503 on accept
 
 
 def _check_text(obj, depth: int = 0) -> None:
@@ -197,6 +205,29 @@ def make_handler(server: ModelServer, api_key: str | None):
         def log_message(self, fmt, *args):  # quiet; never logs headers (the API key)
             pass
 
+        def handle_one_request(self):
+            """The request (line, headers, body) must arrive within the server's deadline; the timer
+            closes the socket under a client that is still sending when it fires."""
+            deadline = getattr(self.server, "request_deadline", REQUEST_DEADLINE)
+            self._timer = threading.Timer(deadline, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+            try:
+                super().handle_one_request()
+            finally:
+                self._timer.cancel()
+
+        def _expire(self) -> None:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        def _received(self) -> None:
+            """The whole request is in: the deadline no longer applies (answering may take minutes)."""
+            self._timer.cancel()
+
         def _send(self, status: int, obj: dict, headers: dict | None = None) -> None:
             data = json.dumps(obj).encode()
             self.send_response(status)
@@ -217,6 +248,7 @@ def make_handler(server: ModelServer, api_key: str | None):
                 raise RequestError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')")
 
         def do_GET(self):
+            self._received()
             try:
                 self._auth()
                 if self.path.rstrip("/") == "/v1/models":
@@ -239,12 +271,19 @@ def make_handler(server: ModelServer, api_key: str | None):
         do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed
 
         def do_POST(self):
+            slots = getattr(self.server, "slots", None)
+            held = False
             try:
                 self._auth()
                 route = self.path.rstrip("/")
                 if route not in ("/v1/chat/completions", "/v1/completions"):
                     raise RequestError(404, f"no route {self.path}")
                 body = self._body()
+                self._received()
+                if slots is not None:  # only complete, authorised requests take one of the slots
+                    held = slots.acquire(blocking=False)
+                    if not held:
+                        raise RequestError(503, f"{MAX_CONNECTIONS} requests are being answered; retry later")
                 server.requests += 1
                 self._answer(body, chat=route.endswith("chat/completions"))
             except RequestError as e:
@@ -254,6 +293,9 @@ def make_handler(server: ModelServer, api_key: str | None):
             except Exception as e:  # a bug must not kill the server; report it in the same shape
                 self._send(500, {"error": {"message": f"internal error: {type(e).__name__}: {e}",
                                            "type": "server_error", "param": None, "code": None}})
+            finally:
+                if held:
+                    slots.release()
 
         def _body(self) -> dict:
             try:
@@ -341,16 +383,20 @@ def make_handler(server: ModelServer, api_key: str | None):
 
 
 class Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a bound on open connections and one-line logs for clients that go away."""
+    """ThreadingHTTPServer with bounds on open sockets and on requests being answered, a deadline for a
+    request to arrive, and one-line logs for clients that go away."""
 
     daemon_threads = True
 
-    def __init__(self, address, handler, max_connections: int = MAX_CONNECTIONS):
+    def __init__(self, address, handler, max_connections: int = MAX_CONNECTIONS, max_open: int = MAX_OPEN,
+                 request_deadline: float = REQUEST_DEADLINE):
         super().__init__(address, handler)
         self.slots = threading.BoundedSemaphore(max_connections)
+        self.open = threading.BoundedSemaphore(max_open)
+        self.request_deadline = request_deadline
 
     def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
+        if not self.open.acquire(blocking=False):
             body = json.dumps(RequestError(503, "too many open connections; retry later").body()).encode()
             try:
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -365,7 +411,7 @@ class Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self.open.release()
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
@@ -399,6 +445,19 @@ def chat_remote(url: str, model: str, system: str | None, sampling: dict, api_ke
 
     headers = {"Content-Type": "application/json",
                **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+
+    # the server and the model are checked before the first turn: a closed port or a wrong --model is one
+    # line now, not a traceback after the user typed a question
+    with urllib.request.urlopen(urllib.request.Request(f"{url.rstrip('/')}/models", headers=headers),
+                                timeout=30) as resp:
+        try:
+            served = [m["id"] for m in json.loads(resp.read())["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{url}/models: not an OpenAI-compatible model list (is --url right?)"
+                             ) from None
+    if model not in served:
+        raise ValueError(f"--model {model}: not served at {url} (it serves: "
+                         f"{', '.join(served) or 'nothing'})")
 
     def reply(history: list[dict]) -> str:
         body = {"model": model, "messages": history, "max_tokens": sampling["max_new_tokens"],

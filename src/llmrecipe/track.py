@@ -12,12 +12,11 @@ their timings would differ. `wandb_state.json` keeps the run id and the last ste
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from pathlib import Path
 
-from .files import atomic_write_json
+from .files import atomic_write_json, read_json
 
 KINDS = ("tensorboard", "wandb")
 
@@ -53,8 +52,11 @@ class Trackers:
                                      "pip install 'llmrecipe[track]'") from None
                 self.state_file = run_dir / "wandb_state.json"
                 # a resumed stage continues its W&B run; a fresh one (no --resume) starts a new run
-                state = (json.loads(self.state_file.read_text())
+                state = (read_json(self.state_file)
                          if resume_step is not None and self.state_file.is_file() else {})
+                if not isinstance(state.get("id", ""), str) or not isinstance(state.get("step", -1), int):
+                    raise ValueError(f"{self.state_file}: 'id' must be a string and 'step' an integer "
+                                     "(damaged): remove the file to start a new W&B run")
                 run_id = state.get("id") or secrets.token_hex(4)  # W&B ids: lowercase letters and digits
                 self.sent = int(state.get("step", -1))
                 self.state = {"id": run_id, "step": self.sent}

@@ -12,16 +12,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import read_json
 from .order import EpochOrder
 from .shards import read_header, read_shard
 from .sources import DataError
+
+
+def shard_paths(directory: Path, split: str) -> list[Path]:
+    """The shards meta.json lists (what prepare wrote); a shard it does not list is an error naming it,
+    never extra training data (a larger earlier prepare into the same folder left it). Without meta.json
+    (shards written by other tools) every `{split}_*.bin` is read."""
+    found = sorted(directory.glob(f"{split}_*.bin"))
+    if not (directory / "meta.json").is_file():
+        return found
+    meta = read_json(directory / "meta.json")
+    listed = meta.get(f"{split}_shards")
+    if not isinstance(listed, list) or not all(isinstance(n, str) and "/" not in n for n in listed):
+        raise DataError(f"{directory / 'meta.json'}: field '{split}_shards' must be a list of file names")
+    stray = sorted({p.name for p in found} - set(listed))
+    if stray:
+        raise DataError(f"{directory}: {', '.join(stray[:4])}{' …' if len(stray) > 4 else ''} not listed in "
+                        "meta.json (left by another prepare?): remove them, or prepare into a new folder")
+    missing = [n for n in listed if not (directory / n).is_file()]
+    if missing:
+        raise DataError(f"{directory}: meta.json lists {missing[0]}, which is missing: prepare again")
+    return [directory / n for n in listed]
 
 
 class TokenWindows:
     def __init__(self, directory: str | Path, split: str, seq_len: int, seed: int = 0,
                  vocab_size: int | None = None, shuffle: bool = True):
         directory = Path(directory)
-        paths = sorted(directory.glob(f"{split}_*.bin"))
+        paths = shard_paths(directory, split)
         if not paths:
             raise DataError(f"{directory}: no {split}_*.bin shards (run `llmrecipe prepare` first)")
         for p in paths:

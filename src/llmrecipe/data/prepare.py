@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from ..files import atomic_write_json
+from ..files import atomic_write_json, check_out, folder_lock
 from ..tokenizer import Tokenizer, load_tokenizer, train_bpe
 from .shards import MAX_VOCAB, ShardWriter
 from .sources import iter_rows, text_of
@@ -41,6 +41,7 @@ class PrepareConfig:
     max_val_tokens: int = 10_000_000
     workers: int = max(1, min(8, (os.cpu_count() or 1) - 1))
     chunk_docs: int = 64
+    overwrite: bool = False  # replace an earlier prepare's output in `out` (only its own files)
 
 
 _worker_tok: Tokenizer | None = None
@@ -69,10 +70,50 @@ def _chunks(it: Iterator, n: int) -> Iterator[list]:
         yield chunk
 
 
+# What prepare writes into its folder; with --overwrite exactly these are removed first.
+OWN_FILES = ("meta.json", "tokenizer.json", "tokenizer_spec.json", "train_*.bin", "val_*.bin", ".lock")
+
+
+def claim_folder(out: Path, overwrite: bool) -> None:
+    """`out` must be empty, or (with `overwrite`) hold only an earlier prepare's files, which go: shards
+    left from a larger earlier prepare would otherwise be read as training data."""
+    present = [p for p in out.iterdir()] if out.is_dir() else []
+    own = [p for p in present if any(p.match(g) for g in OWN_FILES)]
+    if all(p.name == ".lock" for p in present):
+        return
+    if not overwrite:
+        raise FileExistsError(f"--out {out}: not empty ({len(present) - 1} entries, e.g. "
+                              f"{min(p.name for p in present if p.name != '.lock')}); "
+                              "prepare writes into a new folder: choose another --out, or pass --overwrite "
+                              "to replace an earlier prepare's output there")
+    foreign = [p.name for p in present if p not in own]
+    if foreign:
+        raise FileExistsError(f"--out {out}: --overwrite replaces only an earlier prepare's files, and it "
+                              f"also holds {', '.join(sorted(foreign)[:5])}: choose another --out")
+    for p in own:
+        if p.name != ".lock":
+            p.unlink()
+
+
 def prepare(cfg: PrepareConfig) -> dict:
     """Write shards + meta.json + the tokenizer into `cfg.out`; returns the meta."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    tok_file = cfg.tokenizer.split(":", 1)[1] if cfg.tokenizer.startswith(("bpe:", "gpt2:")) else None
+    check_out(out, {"--input": cfg.source, "--tokenizer": tok_file})
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: exists and is not a folder")
+    with folder_lock(out):  # two prepares into one folder: the second is refused, not interleaved
+        claim_folder(out, cfg.overwrite)
+        try:
+            return _prepare(cfg, out)
+        except BaseException:  # a failed prepare leaves the folder empty, so the retry is not refused
+            for p in out.iterdir():
+                if p.name != ".lock" and any(p.match(g) for g in OWN_FILES):
+                    p.unlink()
+            raise
+
+
+def _prepare(cfg: PrepareConfig, out: Path) -> dict:
     if cfg.tokenizer == "bpe":
         tok: Tokenizer = train_bpe(itertools.islice(_texts(cfg), cfg.bpe_train_docs), cfg.bpe_vocab_size,
                                    out / "tokenizer.json")

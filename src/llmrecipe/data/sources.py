@@ -45,6 +45,10 @@ def resolve_files(spec: str | list[str]) -> list[Path]:
         elif any(ch in s for ch in "*?["):
             found = sorted(Path(f) for f in glob.glob(s, recursive=True) if f.endswith(LOCAL_SUFFIXES))
         elif p.is_file():
+            if not p.name.endswith(LOCAL_SUFFIXES):  # read as prose, a .csv would train on its commas
+                raise DataError(f"{s}: unsupported file type (give .parquet, .jsonl, .json or .txt files; "
+                                "a .csv converts with pandas: pd.read_csv(f).to_json(out, orient='records', "
+                                "lines=True))")
             found = [p]
         else:
             raise DataError(f"{s}: no such file or folder")
@@ -95,29 +99,36 @@ def _iter_file(path: Path) -> Iterator[Row]:
                 raise DataError(f"{path}, row {i}: expected a JSON object, got {type(r).__name__}")
             yield Row(str(path), i, r)
     else:  # .txt: the whole file is one document
-        yield Row(str(path), 1, {"text": path.read_text(encoding="utf-8", errors="replace")})
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:  # never replaced silently: the model would learn the U+FFFDs
+            line = data.count(b"\n", 0, e.start) + 1
+            raise DataError(f"{path}, line {line}: not UTF-8 text ({e.reason} at byte {e.start}); re-encode "
+                            "it as UTF-8") from None
+        yield Row(str(path), 1, {"text": text})
 
 
 def iter_jsonl(path: Path) -> Iterator[Row]:
     import gzip
 
     opener = gzip.open if path.name.endswith(".gz") else open
-    i = 0
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
-                if not isinstance(r, dict):
-                    raise DataError(f"{path}, line {i}: expected a JSON object, got {type(r).__name__}")
-                yield Row(str(path), i, r)
-    except UnicodeDecodeError as e:  # decoding runs ahead of the line count: name the file and the byte
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} near line {i + 1}); re-encode it as UTF-8"
-                        ) from None
+    with opener(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):  # bytes, decoded line by line: an error names its own line
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}, line {i}: not UTF-8 text ({e.reason} at byte {e.start} of the "
+                                "line); re-encode it as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
+            if not isinstance(r, dict):
+                raise DataError(f"{path}, line {i}: expected a JSON object, got {type(r).__name__}")
+            yield Row(str(path), i, r)
 
 
 def _iter_parquet(path: Path) -> Iterator[Row]:

@@ -16,6 +16,10 @@ ALL = ("mmlu_pro", "gsm8k", "ifeval", "mt_bench")
 def make_suites(names: str, data_dir: str | None, **options) -> list[Suite]:
     """`names`: comma-separated suite names or "all"; options are passed to the suites that take them."""
     chosen = list(ALL) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:
+        raise ValueError(f"no suite named in {names!r}: name one or more of {', '.join(SUITES)}, or all")
+    if len(set(chosen)) < len(chosen):
+        raise ValueError(f"a suite is named twice in {names!r}")
     unknown = [n for n in chosen if n not in SUITES]
     if unknown:
         raise ValueError(f"unknown suite(s) {', '.join(unknown)} (available: {', '.join(SUITES)})")

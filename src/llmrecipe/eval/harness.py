@@ -108,6 +108,9 @@ def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | N
     done: dict[str, dict] = {}
     for rec in read_jsonl(records_path):  # a torn last line (a killed run) is dropped and redone
         # an incomplete record (its judge failed) is redone: a judge outage must not become a result
+        if "id" not in rec:
+            raise ValueError(f"{records_path}: a record without 'id' (damaged): remove the file to score "
+                             "the suite again")
         if rec.get("settings") == key and not rec.get("incomplete"):
             done[str(rec["id"])] = rec
     items = suite.items(limit)

@@ -45,7 +45,10 @@ class Judge:
     def __post_init__(self):
         self.url = self.url.rstrip("/")
         self.cache_path = Path(self.cache_path)
-        for rec in read_jsonl(self.cache_path):  # only successful replies are ever written (see ask)
+        for i, rec in enumerate(read_jsonl(self.cache_path), 1):  # only successful replies are written
+            if not isinstance(rec.get("key"), str) or not isinstance(rec.get("output"), str):
+                raise ValueError(f"{self.cache_path}: record {i} lacks a string 'key' and 'output' "
+                                 "(damaged): remove that line, or pass another --judge-cache")
             self._cache[rec["key"]] = rec["output"]
 
     @property

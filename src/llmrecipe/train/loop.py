@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -95,7 +96,10 @@ class MetricsLog:
         if resume_step is None:
             path.unlink(missing_ok=True)
         elif path.exists():  # a torn last line (killed mid-write) is dropped; the rewrite is atomic
-            self.kept = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
+            # a damaged line is dropped with a note: every row after the checkpoint is redone anyway, and
+            # a log must never block a resume from valid checkpoints
+            self.kept = [r for r in read_jsonl(path, drop_bad=True)
+                         if isinstance(r.get("step", 0), int) and r.get("step", 0) <= resume_step]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.kept))
 
     def last(self) -> dict:
@@ -197,6 +201,7 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
     if ckpt is not None:
         state = load_checkpoint(ckpt, wrapped, opt)
         step, elapsed_before, tokens_seen = state["step"], state["elapsed"], state["tokens_seen"]
+        _check_resume(state.get("config"), resolved_config, ckpt, rt.is_main)
         if rt.is_main:
             print(f"resuming {stage.name} from {ckpt} (step {step})")
     if rt.is_main:
@@ -209,7 +214,23 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
     t_start = t_window = time.time()
     window_tokens, paused = 0, 0.0  # paused: evaluation and checkpoint time inside the throughput window
 
+    # the first step whose gradient norm was not finite, kept on the device (no sync per step) and read
+    # where the loop reads anyway: at a logging step, and before anything is saved. The norm is the one
+    # value every rank shares after the gradients' all-reduce, so every rank stops at the same point.
+    first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)
+
+    def check_finite() -> None:
+        bad = int(first_bad)
+        if bad >= 0:
+            kept = latest_checkpoint(run_dir, quiet=True) if has_checkpoints(run_dir) else None
+            raise NonFiniteError(
+                f"{stage.name}: the gradient norm became inf/nan at step {bad + 1} (loss "
+                f"{last.get('loss')} at the last log): training stopped before saving anything from it; "
+                + (f"the last good checkpoint is {kept} (--resume continues from it). " if kept else "")
+                + "Lower the learning rate, or check the data and the starting weights")
+
     def checkpoint(at: int) -> None:
+        check_finite()
         save_checkpoint(run_dir, at, wrapped, opt, dict(
             elapsed=elapsed_before + time.time() - t_start, tokens_seen=tokens_seen,
             data_position=at * cfg.grad_accum * cfg.batch_size, world_size=rt.world_size,
@@ -227,11 +248,14 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
                 g["lr"] = lr
             batches, units, n_tokens = loader.get(step)
             metrics = _step(stage, fwd, wrapped, opt, batches, units, cfg, rt)
+            bad_now = ~torch.isfinite(metrics["grad_norm"]) & (first_bad < 0)
+            first_bad = torch.where(bad_now, torch.full_like(first_bad, step), first_bad)
             n_tokens *= rt.world_size
             tokens_seen, window_tokens = tokens_seen + n_tokens, window_tokens + n_tokens
             step += 1
             bar.update(1)
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                check_finite()
                 metrics = rt.mean(metrics)  # the one host-device sync of a logging step
                 now = time.time()
                 tps = window_tokens / max(now - t_window - paused, 1e-9)
@@ -267,7 +291,7 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
             paused += time.time() - t_pause
     except KeyboardInterrupt:
         bar.close()
-        checkpoint(step)
+        checkpoint(step)  # (not if a step went non-finite: check_finite raises first)
         raise SystemExit(f"interrupted: saved a checkpoint at step {step}; rerun with --resume to continue")
     except RuntimeError as e:  # a peer died or hung (gloo/NCCL errors): fail clearly instead of hanging
         if not (rt.distributed and _PEER_LOST.search(str(e))):
@@ -286,6 +310,43 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
         stage.finish(final, run_dir)
     rt.barrier()
     return last
+
+
+# What a stage reads: resuming on other data (or from another model) would continue one run on two
+# inputs, a result no one could reproduce. Every other difference (a longer max_steps) is said, not refused.
+DATA_KEYS = ("data", "data_meta", "split", "anchor_data", "anchor_split", "base", "sft", "model")
+
+
+def _flat(obj, where: str = "") -> dict:
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _flat(val, f"{where}{key}.").items()}
+    return {where.rstrip("."): obj}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, str) and isinstance(b, str) and a != b and Path(a).exists() and Path(b).exists():
+        return Path(a).resolve() == Path(b).resolve()  # runs/x/data and /abs/runs/x/data: one folder
+    return a == b
+
+
+def _check_resume(saved: dict | None, now: dict, ckpt: Path, main: bool) -> None:
+    if not isinstance(saved, dict):
+        return
+    old, new = _flat(saved), _flat(now)
+    diffs = [k for k in sorted(set(old) | set(new)) if not _same(old.get(k), new.get(k))
+             and k.rsplit(".", 1)[-1] != "log"]
+    data = [k for k in diffs if k.split(".")[0] in DATA_KEYS]
+    if data:
+        k = data[0]
+        raise ValueError(f"--resume from {ckpt}: it was trained with {k} = {old.get(k)!r}, this run gives "
+                         f"{new.get(k)!r}; resume with the same inputs, or start a new --out")
+    if diffs and main:
+        print("note: resuming with changed settings: " + "; ".join(
+            f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in diffs[:6]), file=sys.stderr)
+
+
+class NonFiniteError(ValueError):
+    """Training produced an inf/nan gradient: nothing after it is saved."""
 
 
 _PEER_LOST = re.compile(r"Connection (reset|closed)[^.\n]*|[Tt]imed? ?out[^.\n]*|NCCL error[^.\n]*|"

@@ -74,6 +74,18 @@ def _checkable(row, where) -> bool:
     unknown = [i for i in ids if i not in RULES]
     if unknown:
         raise DataError(f"{where('instruction_id_list')}: unknown instruction {unknown[0]!r}")
+    chosen = d.get("chosen")
+    if (not isinstance(chosen, list) or len(chosen) < 2
+            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in chosen)
+            or chosen[-1].get("role") != "assistant"):
+        raise DataError(f"{where('chosen')}: expected the conversation as a list of {{'role', 'content'}} "
+                        "messages ending with the assistant's answer")
+    for iid, kw in zip(ids, kwargs):  # a check that cannot run on its own kwargs fails here, not mid-sampling
+        try:
+            check(iid, kw, "a probe answer")
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise DataError(f"{where('kwargs')}: the arguments of {iid!r} do not fit it ({kw!r}: {e})"
+                            ) from None
     return True
 
 

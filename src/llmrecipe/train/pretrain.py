@@ -1,7 +1,6 @@
 """Stage 1: pre-training. A batch is B windows of T+1 tokens from the shards; the loss is next-token CE."""
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +9,10 @@ import torch
 
 from ..checkpoint import save_model
 from ..config import build, load_preset, settings_line, to_dict, validate
-from ..data.loader import TokenWindows
+from ..data.loader import TokenWindows, shard_paths
 from ..data.order import item_start
 from ..engine import Engine
+from ..files import read_json
 from ..model import GPT, GPTConfig
 from ..runtime import Runtime, setup
 from ..tokenizer import load_from_dir
@@ -49,7 +49,7 @@ class PretrainStage:
         item_start(0, 0, tc.batch_size, tc.grad_accum, rt.rank, rt.world_size)  # checks accum vs ranks early
         self.train_data = TokenWindows(cfg.data, "train", T, tc.seed, cfg.model.vocab_size)
         self.val_data = None  # a corpus too small for a validation split trains without one (and says so)
-        if any(Path(cfg.data).glob("val_*.bin")):
+        if shard_paths(Path(cfg.data), "val"):
             self.val_data = TokenWindows(cfg.data, "val", T, tc.seed, cfg.model.vocab_size, shuffle=False)
         elif tc.eval_interval:
             print(f"note: {cfg.data} has no validation shard: no validation loss in this run",
@@ -115,6 +115,6 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> 
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's determinism
     stage = PretrainStage(cfg, rt)
     resolved = to_dict(cfg)
-    resolved["data_meta"] = json.loads((Path(cfg.data) / "meta.json").read_text()) \
+    resolved["data_meta"] = read_json(Path(cfg.data) / "meta.json") \
         if (Path(cfg.data) / "meta.json").is_file() else None
     return train(stage, cfg.train, rt, out, resolved, resume)

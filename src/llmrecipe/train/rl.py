@@ -31,6 +31,7 @@ times.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -91,7 +92,11 @@ def load_problems(spec: str, split: str, limit: int | None) -> list[dict]:
         q, a = row.data.get("question"), row.data.get("answer")
         if not isinstance(q, str) or not isinstance(a, str) or "####" not in a:
             raise DataError(f"{row.where('answer')}: expected 'question' and an 'answer' ending '#### N'")
-        out.append({"id": len(out), "question": q, "gold": gold_answer(a)})
+        gold = gold_answer(a)
+        if not re.fullmatch(r"-?\$?[0-9.,]*[0-9]", gold):  # GSM8K's extraction reads only numbers
+            raise DataError(f"{row.where('answer')}: the answer after '####' is {gold!r}, not a number: no "
+                            "sampled answer could ever be rewarded; fix or drop the row")
+        out.append({"id": len(out), "question": q, "gold": gold})
         if limit and len(out) >= limit:
             break
     if not out:
