@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     a = ap.parse_args()
     proc = subprocess.Popen([sys.executable, "-m", "llmrecipe", "serve", "--model", a.model, "--port", "0",
-                             "--device", "cpu"], stdout=subprocess.PIPE, text=True)
+                             "--device", "cpu", "--name", "base"], stdout=subprocess.PIPE, text=True)
     try:
         url = re.search(r"(http://127\.0\.0\.1:\d+/v1)", proc.stdout.readline()).group(1)
         call(url, a.max_tokens, -1)  # warm-up

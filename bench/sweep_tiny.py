@@ -86,7 +86,8 @@ def main() -> None:
     ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
                     help="a name, then dpo.*/rl.*/eval.*/pairs.* overrides run on each seed's SFT (or DPO) "
                     "model")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="overrides for every run")
     a = ap.parse_args()
     common = dict(kv.split("=", 1) for kv in a.set)
     variants = [("preset", {})] + [(v[0], dict(kv.split("=", 1) for kv in v[1:])) for v in a.variant]

@@ -36,6 +36,7 @@ FILES = {
     # issue 36, finding 10: tracebacks and messages that named no file
     "preset_bad.yaml": "model: [1,\n",
     "preset_list.yaml": "- 1\n- 2\n",
+    "preset_partial.yaml": "model:\n  n_layer: 2\npretrain:\n  max_steps: 20\n",
     "op_str.jsonl": json.dumps({"chosen": "an answer", "rejected": "x", "instruction_id_list": [
         "punctuation:no_comma"], "kwargs": [{}]}) + "\n",
     "op_nochosen.jsonl": json.dumps({"rejected": [], "instruction_id_list": ["punctuation:no_comma"],
@@ -232,6 +233,12 @@ CASES = [  # (command line, what its error must name)
     (["run", "--out", "x", "--set", "sft.bogus=1"],
      "--set sft.bogus: unknown config key 'bogus' in SFTConfig"),
     (["sft", "--base", MODEL, "--data", "sft_bad.jsonl", "--out", "o", "--set", "bogus=1"], "known: "),
+    # issue 35: a partial preset, preset show
+    (["run", "--preset", "preset_partial.yaml", "--out", "x"],
+     "preset_partial.yaml: no prepare, sft, dpo, rl sections: start it with `extends: tiny`"),
+    (["preset", "show"], "preset show needs a NAME"),
+    (["preset", "show", "nosuch"], "unknown preset 'nosuch'"),
+    (["chat", "--model", MODEL, "--adapter", "adapter_r0"], "field 'r' must be an integer"),
     # issue 36, finding 7: silently partial results
     (["eval", "--compare", f"a={MODEL}", f"a={MODEL}", "--suites", "gsm8k", "--data-dir", EVAL],
      "--compare names a twice"),

@@ -41,7 +41,7 @@ def adapters(tiny_base, data_dir, tmp_path_factory):
 
 def start_server(tiny_base, adapters, *extra):
     args = [sys.executable, "-m", "llmrecipe", "serve", "--model", str(tiny_base), "--port", "0",
-            "--device", "cpu", *[f"--adapter={n}={p}" for n, p in adapters.items()], *extra]
+            "--device", "cpu", "--name", "base", *[f"--adapter={n}={p}" for n, p in adapters.items()], *extra]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r"http://127.0.0.1:(\d+)/v1", line)

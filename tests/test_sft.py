@@ -162,10 +162,11 @@ def test_bad_rows_are_skipped_and_named_or_rejected_when_strict(base_dir, tmp_pa
     examples, rep = load_chat(str(f), tok, 128)
     assert (rep.rows, rep.kept, rep.skipped, len(examples)) == (6, 2, 4, 2)
     text = str(rep)
-    for why in ("line 2: no 'messages' field", "line 3, field 'messages'[0]: unknown role 'bot'",
+    for why in ("line 2: no conversation (columns: prompt); expected messages",
+                "line 3, field 'messages'[0]: unknown role 'bot'",
                 "empty assistant turn", "line 5, field 'messages': no assistant turn"):
         assert why in text.replace("row", "line"), text
-    with pytest.raises(DataError, match="chat.jsonl, row 2: no 'messages' field"):
+    with pytest.raises(DataError, match="chat.jsonl, row 2: no conversation"):
         load_chat(str(f), tok, 128, strict=True)
     lengths = sorted(len(encode_chat(m, tok).ids) for m in (CONV, CONV[1:3]))
     # the long conversation loses 2 tokens, the short one fits

@@ -91,7 +91,12 @@ def chat_loop(reply: Callable[[list[dict]], str], system: str | None, banner: st
             history = history[:1] if system else []
             continue
         history.append({"role": "user", "content": user})
-        answer = reply(history)
+        try:
+            answer = reply(history)
+        except ValueError as e:  # a message longer than the context: said, and the chat goes on
+            print(f"error: {e}")
+            history.pop()
+            continue
         print(f"assistant> {answer}")
         history.append({"role": "assistant", "content": answer})
 
@@ -99,20 +104,27 @@ def chat_loop(reply: Callable[[list[dict]], str], system: str | None, banner: st
 def chat_repl(model, tok: Tokenizer, rt, system: str | None, sampling: dict) -> None:
     """Chat with a local model: the history is re-encoded through the template each turn (oldest turns dropped
     to fit)."""
-    from .engine import Engine
+    import sys
+
+    from .engine import Engine, default_new_tokens, fit_new_tokens
 
     engine = Engine(model, tok, rt, batch_size=1)  # the one sampling path
-    budget = model.config.block_size - sampling["max_new_tokens"]
+    block = model.config.block_size
+    requested = sampling.get("max_new_tokens") or default_new_tokens(block)
+    room = min(requested, default_new_tokens(block))  # what the oldest turns are dropped to leave free
 
     def reply(history: list[dict]) -> str:
         ids = encode_chat(history, tok, add_generation_prompt=True).ids
-        while len(ids) > budget and len(history) > 1:
-            history.pop(1 if system else 0)
+        while len(ids) > block - room and len(history) > (2 if system else 1):
+            history.pop(1 if system else 0)  # the oldest turn goes; the prompt itself is never cut
             ids = encode_chat(history, tok, add_generation_prompt=True).ids
+        budget, note = fit_new_tokens(len(ids), requested, block)
+        if note:
+            print(note, file=sys.stderr)
         seed = sampling.get("seed")
         seed = secrets.randbelow(2**62) if seed is None else seed  # a fresh draw per reply unless seeded
-        out = engine.generate([ids[-budget:]], sampling["max_new_tokens"], sampling["temperature"],
-                              sampling.get("top_k"), sampling.get("top_p"), seed=seed)
+        out = engine.generate([ids], budget, sampling["temperature"], sampling.get("top_k"),
+                              sampling.get("top_p"), seed=seed)
         return tok.decode(out[0])
 
     chat_loop(reply, system, "chat")

@@ -69,8 +69,29 @@ def _add_train_common(p, default_help: str) -> None:
                    "under torchrun write --report-to")
 
 
+HELP = """The whole LLM recipe in one package: pre-train a GPT-2 from scratch, LoRA SFT, DPO, RL with
+verifiable rewards (GRPO), evaluation (MMLU-Pro, GSM8K, IFEval, MT-Bench), a report."""
+EPILOG = """start here:
+  llmrecipe run --preset tiny --out runs/demo        the whole recipe on CPU in minutes: runs/demo/report.md
+  llmrecipe chat --model runs/demo/rl                talk to a stage's model
+  llmrecipe serve --model runs/demo/base --adapter rl=runs/demo/rl     an OpenAI-compatible server
+  llmrecipe eval --compare base=runs/demo/base rl=runs/demo/rl --data-dir runs/demo/world/eval
+`llmrecipe COMMAND --help` lists a command's flags; README.md and docs/ explain each stage."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llmrecipe")
+    except PackageNotFoundError:  # run from a source tree (PYTHONPATH=src)
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="llmrecipe", description=__doc__)
+    ap = argparse.ArgumentParser(prog="llmrecipe", description=HELP, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"llmrecipe {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
     pt = sub.add_parser("pretrain", help="stage 1: pre-train a GPT-2 from scratch")
@@ -79,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample text from a model folder")
     g.add_argument("--model", required=True)
     g.add_argument("--prompt", default="")
-    g.add_argument("--max-new-tokens", type=POSITIVE, default=100)
+    g.add_argument("--max-new-tokens", type=POSITIVE,
+                   help="default: a quarter of the model's context; cut to what fits after the prompt")
     g.add_argument("--temperature", type=TEMPERATURE, default=0.8)
     g.add_argument("--top-k", type=TOP_K, default=50)
     g.add_argument("--top-p", type=TOP_P, default=None)
@@ -137,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--api-key", help="Bearer key for --url (default: $LLMRECIPE_API_KEY)")
     c.add_argument("--adapter", help="an adapter folder to apply on top of --model")
     c.add_argument("--system", help="system message")
-    c.add_argument("--max-new-tokens", type=POSITIVE, default=256)
+    c.add_argument("--max-new-tokens", type=POSITIVE,
+                   help="answer budget (default: a quarter of the model's context; cut to what fits)")
     c.add_argument("--temperature", type=TEMPERATURE, default=0.7)
     c.add_argument("--top-k", type=TOP_K, default=50)
     c.add_argument("--top-p", type=TOP_P, default=None)
@@ -159,8 +182,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", help="adapter folder applied on top of --model")
     ev.add_argument("--compare", nargs="+", metavar="NAME=PATH",
                     help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
-    ev.add_argument("--suites", default="all", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench,"
-                    "mmlu_pro_category (all: the first four)")
+    ev.add_argument("--suites", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench,mmlu_pro_category "
+                    "(all: the first four; default: the preset's, else all)")
+    ev.add_argument("--preset", help="take the evaluation settings from this preset's eval: section "
+                    "(default: the preset the model was trained with; none: the suites' own defaults)")
+    ev.add_argument("--shots", type=_number(int, 0), help="few-shot exemplars for mmlu_pro and gsm8k")
     ev.add_argument("--limit", type=POSITIVE,
                     help="first N items per suite (stratified by category where there is one)")
     ev.add_argument("--data-dir",
@@ -173,13 +199,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="rank option letters (default) or texts")
     ev.add_argument("--max-new-tokens", type=POSITIVE,
                     help="generation budget for gsm8k / ifeval (ifeval default 1280)")
-    ev.add_argument("--batch-size", type=POSITIVE, default=16)
+    ev.add_argument("--batch-size", type=POSITIVE, help="prompts per forward (default: the preset's, or 16)")
     ev.add_argument("--device", default="auto")
     sv = sub.add_parser("serve", help="OpenAI-compatible server: a base model plus named adapters")
     sv.add_argument("--model", required=True, help="model folder (or an adapter folder, served merged)")
     sv.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                     help="a named adapter, selected by the request's model field (repeatable)")
-    sv.add_argument("--name", default="base", help="the model id of --model itself (default base)")
+    sv.add_argument("--name", help="the model id of --model itself (default: its folder's name, e.g. rl)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="0: any free port")
     sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (visible in `ps`: prefer "
@@ -209,6 +235,9 @@ def _parser() -> argparse.ArgumentParser:
     isc.add_argument("--data-dir",
                      help="folder holding ifeval/input_data.jsonl (default: google/IFEval from the hub)")
     isc.add_argument("--out", help="also write per-prompt verdicts as JSONL here")
+    ps = sub.add_parser("preset", help="presets: list them, or print one resolved (to copy and edit)")
+    ps.add_argument("action", choices=["show", "list"])
+    ps.add_argument("name", nargs="?", help="a preset name or YAML file (show)")
     r = sub.add_parser("run", help="the whole recipe in one command, with a report")
     r.add_argument("--preset", default="tiny")
     r.add_argument("--out", required=True)
@@ -441,23 +470,71 @@ def cmd_generate(a) -> None:
     rt = setup(a.device)
     model, tok = load_model(a.model, rt.device)
     engine = Engine(model, tok, rt)  # the one sampling path (eval, serve, chat and RL use it too)
+    from .engine import default_new_tokens, fit_new_tokens
+
     seed = a.seed if a.seed is not None else torch.seed() % 2**62
     ids = tok.encode(a.prompt) or [tok.eot_id]
     block = model.config.block_size
-    if len(ids) + a.max_new_tokens > block:  # the engine's rule: room for the new tokens first, then prompt
-        kept = min(len(ids), block - min(a.max_new_tokens, block - 1))
-        print(f"note: the prompt ({len(ids)} tokens) and --max-new-tokens {a.max_new_tokens} exceed the "
-              f"{block}-token context: the prompt keeps its last {kept} tokens, at most {block - kept} new",
+    requested = a.max_new_tokens or default_new_tokens(block)
+    if len(ids) >= block:  # a prompt longer than the context: its end is what a continuation follows
+        keep = block - min(requested, block // 2)
+        print(f"note: the prompt is {len(ids):,} tokens, the context {block:,}: it keeps its last {keep:,}",
               file=sys.stderr)
-    outs = engine.generate([ids] * a.num_samples, a.max_new_tokens, a.temperature, a.top_k, a.top_p,
-                           seed=seed)
+        ids = ids[-keep:]
+    budget, note = fit_new_tokens(len(ids), requested, block)
+    if note and a.max_new_tokens:
+        print(note, file=sys.stderr)
+    outs = engine.generate([ids] * a.num_samples, budget, a.temperature, a.top_k, a.top_p, seed=seed)
     for i, out in enumerate(outs):
         print(("-" * 40 + "\n") if i else "", a.prompt + tok.decode(out), sep="")
 
 
-def cmd_eval(a) -> None:
-    from pathlib import Path
+def _eval_settings(a, paths: list[str]):
+    """The evaluation settings: those of the preset the models were trained with (what `run` used, so a
+    standalone eval reproduces a run's table), or --preset's (`none`: the suites' own defaults); each flag
+    given overrides its setting. Says which in one line."""
+    from .checkpoint import model_record
+    from .config import build, load_preset
+    from .files import read_json
+    from .recipe import EvalConfig
 
+    preset, why = a.preset, "--preset"
+    runs = {Path(p).resolve().parent for p in paths}
+    record = runs.pop() / "results.json" if len(runs) == 1 else None
+    if preset is None and record is not None and record.is_file():  # models of one `run`: its own settings
+        settings = dict(read_json(record).get("eval_settings") or {})
+        if settings:
+            ev = build(EvalConfig, settings)
+            if a.data_dir is None:
+                a.data_dir = ev.data_dir
+            return _eval_overrides(a, ev, f"run {record.parent} (its results.json)")
+    if preset is None:
+        recorded = {model_record(p)[1] for p in paths} - {None}
+        if len(recorded) == 1:
+            preset, why = recorded.pop(), "the preset the model was trained with"
+        elif recorded:
+            print(f"note: the models come from presets {', '.join(sorted(recorded))}: using the suites' own "
+                  "settings (pass --preset to choose)", file=sys.stderr)
+    ev = build(EvalConfig, load_preset(preset).get("eval") or {}) if preset and preset != "none" \
+        else EvalConfig()
+    source = f"preset {preset} ({why})" if preset and preset != "none" else "the suites' defaults"
+    return _eval_overrides(a, ev, source)
+
+
+def _eval_overrides(a, ev, source: str):
+    """Each evaluation flag given overrides its setting; one line says what the evaluation runs with."""
+    for flag, key in (("suites", "suites"), ("mmlu_scoring", "scoring"), ("max_new_tokens", "max_new_tokens"),
+                      ("batch_size", "batch_size"), ("limit", "limit"), ("shots", "shots")):
+        if getattr(a, flag) is not None:
+            setattr(ev, key, getattr(a, flag))
+    shown = ", ".join(f"{k} {v}" for k, v in (("suites", ev.suites), ("scoring", ev.scoring),
+                                              ("shots", ev.shots), ("max_new_tokens", ev.max_new_tokens),
+                                              ("limit", ev.limit), ("batch", ev.batch_size)) if v is not None)
+    print(f"eval: {source} — {shown}; flags override each", flush=True)
+    return ev
+
+
+def cmd_eval(a) -> None:
     from .eval import make_suites
     from .eval.harness import evaluate, load_eval_model, write_table
     from .runtime import setup
@@ -471,24 +548,26 @@ def cmd_eval(a) -> None:
     names = [n for n, _ in pairs]
     if twice := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"--compare names {', '.join(twice)} twice: each column needs its own name")
+    ev = _eval_settings(a, [a.adapter or a.model] if a.model else [p for _, p in pairs])
     rt = setup(a.device)
     chat = {"auto": None, "chat": True, "plain": False}[a.prompting]
-    suites = make_suites(a.suites, a.data_dir, scoring=a.mmlu_scoring, max_new_tokens=a.max_new_tokens,
-                         judge=_judge(a))
+    suites = make_suites(ev.suites, a.data_dir, scoring=ev.scoring, max_new_tokens=ev.max_new_tokens,
+                         shots=ev.shots, judge=_judge(a))
     if any(s.name == "mt_bench" and not s.active for s in suites):
         from .eval.mt_bench import NO_JUDGE_HINT
 
         print(f"mt_bench: n/a (no judge). {NO_JUDGE_HINT}")
     if a.model:
-        m = load_eval_model(a.model, a.adapter, chat, rt=rt, batch_size=a.batch_size)
-        evaluate(m, suites, a.out or Path(a.model) / "eval.json", a.limit)
+        m = load_eval_model(a.model, a.adapter, chat, rt=rt, batch_size=ev.batch_size)
+        evaluate(m, suites, a.out or Path(a.model) / "eval.json", ev.limit)
         return
+    table = Path(a.out or "table.md")
     results = {}
-    for name, path in pairs:
-        m = load_eval_model(path, None, chat, name=name, rt=rt, batch_size=a.batch_size)
-        results[name] = evaluate(m, suites, Path(path) / "eval.json", a.limit)
+    for name, path in pairs:  # records beside the table (table.NAME.json, …), never in a model's folder
+        m = load_eval_model(path, None, chat, name=name, rt=rt, batch_size=ev.batch_size)
+        results[name] = evaluate(m, suites, table.with_name(f"{table.stem}.{name}.json"), ev.limit)
     if rt.is_main:
-        print(write_table(results, [s.name for s in suites], a.out or "table.md"))
+        print(write_table(results, [s.name for s in suites], table))
 
 
 def _name_path(item: str, flag: str) -> tuple[str, str]:
@@ -526,12 +605,12 @@ def cmd_serve(a) -> None:
     adapters = {}
     for item in a.adapter:
         name, path = _name_path(item, "--adapter")
-        if name in adapters or name == a.name:
+        if name in adapters or name == (a.name or Path(a.model).resolve().name):
             raise ValueError(f"--adapter {item}: the name {name!r} is taken; give each model its own")
         adapters[name] = path
     key = a.api_key or (read_secret(a.api_key_file) if a.api_key_file
                         else os.environ.get("LLMRECIPE_API_KEY"))
-    serve(a.model, adapters, a.host, a.port, key, a.device)
+    serve(a.model, adapters, a.host, a.port, key, a.device, a.name or Path(a.model).resolve().name)
 
 
 def cmd_mt_bench(a) -> None:
@@ -574,6 +653,19 @@ def cmd_ifeval_score(a) -> None:
             f.writelines(json.dumps(r) + "\n" for r in records)
 
 
+def cmd_preset(a) -> None:
+    from .config import PRESET_DIR, show_preset
+
+    if a.action == "list":
+        print("\n".join(sorted(f.stem for f in PRESET_DIR.glob("*.yaml"))))
+        return
+    if not a.name:
+        raise ValueError("preset show needs a NAME (llmrecipe preset list names them)")
+    print(f"# llmrecipe preset show {a.name}: copy, edit, and run with --preset FILE.yaml\n"
+          f"# (or start a file with `extends: {a.name}` and keep only what you change)")
+    print(show_preset(a.name), end="")
+
+
 def cmd_run(a) -> None:
     from .config import parse_overrides
     from .recipe import run
@@ -590,11 +682,27 @@ COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "d
             "merge": cmd_merge, "export": cmd_export,
             "generate": cmd_generate, "eval": cmd_eval, "ifeval-score": cmd_ifeval_score,
             "serve": cmd_serve, "mt-bench": cmd_mt_bench,
-            "run": cmd_run}
+            "preset": cmd_preset, "run": cmd_run}
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    """--quiet on every command (and sub-command): no progress lines, only results and errors."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_quiet(sub)
+            return
+    parser.add_argument("--quiet", action="store_true", help="no progress lines (results and errors only)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    _add_quiet(parser)
+    args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):
+        from . import progress
+
+        progress.QUIET = True
     try:
         COMMANDS[args.command](args)
     except USER_ERRORS as e:

@@ -51,7 +51,20 @@ def load_preset(name: str) -> dict:
         if not isinstance(parent, str) or Path(parent).resolve() == path.resolve():
             raise ValueError(f"{path}: 'extends' must name another preset, got {parent!r}")
         preset = _deep_merge(load_preset(parent), preset)
+    elif path.parent != PRESET_DIR and (missing := [k for k in REQUIRED_SECTIONS if k not in preset]):
+        # a partial preset would silently take the dataclasses' defaults (gpt2-124m's: warmup 2000, ...)
+        raise ValueError(f"{path}: no {', '.join(missing)} section{'s' if len(missing) > 1 else ''}: start "
+                         "it with `extends: tiny` (or gpt2-124m) to change only what it sets; "
+                         "`llmrecipe preset show tiny` prints a whole preset to copy")
     return preset
+
+
+REQUIRED_SECTIONS = ("model", "prepare", "pretrain", "sft", "dpo", "rl")
+
+
+def show_preset(name: str) -> str:
+    """A preset as YAML, `extends` resolved: what a run with it uses."""
+    return yaml.safe_dump(load_preset(name), sort_keys=False, default_flow_style=False)
 
 
 def _deep_merge(base: dict, top: dict) -> dict:

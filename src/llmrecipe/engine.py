@@ -17,6 +17,26 @@ from .runtime import Runtime
 from .tokenizer import Tokenizer
 
 
+def default_new_tokens(block: int) -> int:
+    """Interactive commands' default budget: a quarter of the context (64 tokens on the tiny model's 256,
+    256 on GPT-2's 1,024), so a question and its history keep the rest."""
+    return max(16, block // 4)
+
+
+def fit_new_tokens(prompt_len: int, requested: int, block: int) -> tuple[int, str | None]:
+    """Interactive use's one rule (chat, generate, serve): a prompt that fits is kept whole and the budget of
+    new tokens is cut to the room left, with a note; the engine's own rule (room for the budget first, the
+    prompt cut from the left, as lm-evaluation-harness does) is for evaluation only."""
+    room = block - prompt_len
+    if room < 1:
+        raise ValueError(f"the prompt is {prompt_len:,} tokens and this model's context is {block:,}: "
+                         "shorten it")
+    if requested <= room:
+        return requested, None
+    return room, (f"note: {requested} new tokens cut to {room}: the prompt takes {prompt_len:,} of the "
+                  f"{block:,}-token context")
+
+
 @dataclass
 class Scored:
     logprob: float  # Σ log p(continuation | context)
@@ -155,6 +175,7 @@ class Engine:
         stop = stop or []
         hold = max((len(s) for s in stop), default=1) - 1
         tokens: list[int] = []
+        self.streamed = tokens  # the tokens so far (a server's usage count reads it)
         sent = 0
         finish = "length"  # the generator's return value: OpenAI's finish_reason
         for (tok,) in self._steps([prompt], max_new_tokens, temperature, top_k, top_p, g):

@@ -86,6 +86,18 @@ def fast_tokenizer(tok: Tokenizer):
     raise ValueError(f"cannot export tokenizer {tok.spec!r}")
 
 
+def _portable_tokenizer_config(directory: Path) -> None:
+    """tokenizer_config.json as every transformers from 4.40 reads it: transformers 5 writes the class as
+    "TokenizersBackend" (unknown to 4.x) and the chat template only to chat_template.jinja (which 4.46 does
+    not read). PreTrainedTokenizerFast loads tokenizer.json as it is in both; the template goes in too."""
+    import json
+
+    path = directory / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE)
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+
+
 def export_hf(directory: str | Path, model: GPT, tok: Tokenizer) -> Path:
     """Write the complete Hugging Face folder (needs `transformers`)."""
     import transformers
@@ -93,12 +105,14 @@ def export_hf(directory: str | Path, model: GPT, tok: Tokenizer) -> Path:
     from .checkpoint import save_hf
 
     directory = Path(directory)
+    transformers.utils.logging.disable_progress_bar()  # its shard-writing bar: \r-redrawn lines in a log
     save_hf(directory, model, eot_id=tok.eot_id)
     hf_tok = transformers.PreTrainedTokenizerFast(
         tokenizer_object=fast_tokenizer(tok), bos_token=EOT, eos_token=EOT, unk_token=EOT, pad_token=EOT,
         model_max_length=model.config.block_size, chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False)
     hf_tok.save_pretrained(str(directory))
+    _portable_tokenizer_config(directory)
     gen = transformers.GenerationConfig(bos_token_id=tok.eot_id, eos_token_id=tok.eot_id,
                                         pad_token_id=tok.eot_id, do_sample=False)
     gen.save_pretrained(str(directory))

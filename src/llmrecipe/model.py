@@ -357,8 +357,9 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> GPT:
 
 def hf_config(cfg: GPTConfig) -> dict:
     """Keyword arguments for `transformers.GPT2Config` matching `cfg`."""
-    return dict(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=cfg.dropout,
-                embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, tie_word_embeddings=True,
-                bos_token_id=50256 if cfg.vocab_size > 50256 else None,
+    # n_ctx: GPT-2's own name for the context, which llama.cpp's converter reads (transformers ignores it)
+    return dict(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_ctx=cfg.block_size,
+                n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu_new",
+                resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                tie_word_embeddings=True, bos_token_id=50256 if cfg.vocab_size > 50256 else None,
                 eos_token_id=50256 if cfg.vocab_size > 50256 else None)

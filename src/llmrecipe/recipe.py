@@ -19,6 +19,7 @@ from typing import Callable
 from .checkpoint import has_checkpoints
 from .config import apply_overrides, build, load_preset, to_dict, validate
 from .data.prepare import PrepareConfig, prepare
+from .data.sources import is_local, resolve_files
 from .data.world import (MAX_ARITHMETIC_PERCENT, write_chat_data, write_eval_sets, write_pretrain_corpus,
                          write_rl_problems)
 from .eval import make_suites
@@ -48,6 +49,7 @@ class EvalConfig:
     # prompts per forward. 16 bounds a 124M model's scoring logits (16 x 1,024 x 50,304 floats, 3.3 GB);
     # a tiny model's decoding is per-step overhead, so larger batches are nearly free per prompt
     batch_size: int = 16
+    data_dir: str | None = None  # the suites' files in the hub's layout (`eval.data_dir=`); None: preset's
 
 
 # Settings that change how a stage is watched, not what it computes: outside the stage's hash, so adding
@@ -78,7 +80,8 @@ def _matches(done: dict, key: dict, root: Path) -> bool:
         return True
     if "key" in done:
         return False
-    legacy = {k: v for k, v in key.items() if k != "preset"}
+    # keys added since (with the value that changes nothing) were not in the old hash
+    legacy = {k: v for k, v in key.items() if k != "preset" and not (k == "overwrite" and v is False)}
     text = json.dumps(legacy, sort_keys=True, default=str).replace(str(root), "<run>")
     return any(done.get("hash") == hashlib.sha256(t.encode()).hexdigest()[:16]
                for t in (text, re.sub(r'"log": "[^"]*"', '"log": ""', text)))
@@ -158,7 +161,7 @@ def check_changes(specs: list[tuple[str, Path, dict]], redo: set[str]) -> None:
 def split_overrides(overrides: dict[str, str]) -> dict[str, dict[str, str]]:
     """`sft.lr=1e-3` → {"sft": {"lr": "1e-3"}}; bare keys go to pre-training; `eval.limit=20` to evaluation,
     `world.sft_conversations=1000` to the generated world."""
-    out: dict[str, dict[str, str]] = {s: {} for s in (*STAGES, "eval", "world")}
+    out: dict[str, dict[str, str]] = {s: {} for s in (*STAGES, "eval", "world", "prepare")}
     for k, v in overrides.items():
         head, _, rest = k.partition(".")
         if head in out and rest:
@@ -179,26 +182,44 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None,
         print(f"note: --preset {preset} generates its own data; --data-dir {data_dir} is not used")
     world, (source, sft_data, dpo_data, eval_dir) = _world_config(p, ov["world"]), _inputs(p, out, data_dir)
     # every config is resolved before anything runs: a bad key fails now, not after pre-training
-    prep = PrepareConfig(**{**p.get("prepare", {}), "source": source, "out": str(out / "data")})
+    prep = _apply("prepare.", PrepareConfig(**{**p.get("prepare", {}), "source": source,
+                                               "out": str(out / "data")}), ov["prepare"])
     pre = _apply("", pretrain_config(preset), ov["pretrain"])
     sft, dpo = _apply("sft.", sft_config(preset), ov["sft"]), _apply("dpo.", dpo_config(preset), ov["dpo"])
     rl = _apply("rl.", rl_config(preset), ov["rl"])
     op = _apply("onpolicy.", build(OnPolicyConfig, p.get("onpolicy", {})), ov["onpolicy"])
     ev = _apply("eval.", build(EvalConfig, p.get("eval", {})), ov["eval"])
+    for key, stage_ov in (("out", ov["prepare"]), ("data", ov["pretrain"]), ("base", ov["sft"]),
+                          ("sft", ov["dpo"]), ("model", ov["rl"])):
+        if key in stage_ov:  # the chain's own wiring: each stage reads the folder of the one before
+            raise ValueError(f"--set {key}: `run` sets it (each stage reads the stage before it); give your "
+                             "data with prepare.source, sft.data, dpo.data, rl.data or eval.data_dir")
+    # the user's own data (`--set sft.data=my.jsonl`) wins over the preset's; never silently replaced
+    source = prep.source
+    eval_dir = ev.data_dir or eval_dir
     validate(prep)
     make_suites(ev.suites, eval_dir)  # unknown suite names fail now, not after pre-training
     pre.data, sft.base, dpo.sft = str(out / "data"), str(out / "base"), str(out / "sft")
     rl.model = str(out / "dpo")
-    sft.data, dpo.data = sft_data or sft.data, dpo_data or dpo.data
+    if "data" not in ov["sft"]:
+        sft.data = sft_data or sft.data
+    if "data" not in ov["dpo"]:
+        dpo.data = dpo_data or dpo.data
     if op.samples > 0:  # DPO then reads the pairs with the SFT model's own failing answers as rejections
         op.model, op.data = str(out / "sft"), dpo.data
         dpo.data = str(out / "onpolicy" / "preferences.jsonl")
     if not rl.anchor_data:  # what RL keeps where it has no reward: the conversations SFT taught
         rl.anchor_data, rl.anchor_split = sft.data, sft.split
-    if world:
+    if "data" not in ov["rl"] and world:
         rl.data = str(out / "world" / "rl_gsm8k.jsonl")
-    elif data_dir:
+    elif "data" not in ov["rl"] and data_dir:
         rl.data = str(Path(data_dir) / "eval" / "gsm8k" / "train.jsonl")  # the hub's train split, local
+    for flag, path in (("prepare.source", source if "source" in ov["prepare"] else None),
+                       ("sft.data", sft.data if "data" in ov["sft"] else None),
+                       ("dpo.data", dpo.data if "data" in ov["dpo"] else None),
+                       ("rl.data", rl.data if "data" in ov["rl"] else None), ("eval.data_dir", ev.data_dir)):
+        if path and is_local(path) and not resolve_files(path):
+            raise FileNotFoundError(f"--set {flag}={path}: no such file")
     with folder_lock(out):  # one `run` per folder (each training stage also locks its own sub-folder)
         _claim_run_folder(out, preset, set(redo))
         return _run(preset, out, world, source, prep, pre, sft, op, dpo, rl, ev, eval_dir, set(redo))
@@ -288,6 +309,8 @@ def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareC
                "pretrain": summaries["pretrain"], "sft": summaries["sft"],
                "onpolicy": summaries.get("onpolicy"),
                "dpo": summaries["dpo"], "rl": summaries.get("rl"), "table": table,
+               # what `llmrecipe eval` needs to reproduce the table (it reads them from the preset too)
+               "eval_settings": to_dict(ev) | {"data_dir": eval_dir},
                "export": summaries["export"]}
     atomic_write_json(out / "results.json", results)
     write_report(out, results)

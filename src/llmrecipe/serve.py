@@ -43,6 +43,20 @@ class RequestError(Exception):
         return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
 
 
+# OpenAI fields this server does not implement, with the values that mean "not used" (accepted): any other
+# value is a 400 naming the field, never a reply that silently lacks what was asked for.
+UNSUPPORTED = {
+    "logprobs": lambda v: v in (None, False, 0), "top_logprobs": lambda v: v in (None, 0),
+    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
+    "tools": lambda v: not v, "tool_choice": lambda v: v in (None, "none"), "functions": lambda v: not v,
+    "function_call": lambda v: v in (None, "none"), "logit_bias": lambda v: not v,
+    "presence_penalty": lambda v: v in (None, 0), "frequency_penalty": lambda v: v in (None, 0),
+    "echo": lambda v: v in (None, False), "suffix": lambda v: not v, "best_of": lambda v: v in (None, 1),
+    "stream_options": lambda v: v is None or (isinstance(v, dict) and set(v) <= {"include_usage"}
+                                              and isinstance(v.get("include_usage", False), bool)),
+}
+
+
 @dataclass
 class Sampling:
     max_tokens: int
@@ -105,6 +119,10 @@ class ModelServer:
         return self.tok.encode(prompt) or [self.tok.eot_id]
 
     def sampling(self, body: dict, prompt_len: int) -> Sampling:
+        for field, ok in UNSUPPORTED.items():  # a field we would otherwise ignore silently is a 400
+            if field in body and not ok(body[field]):
+                raise RequestError(400, f"'{field}' is not supported by this server (value {body[field]!r})",
+                                   field, "unsupported_parameter")
         block = self.model.config.block_size
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 256))
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= block:
@@ -146,9 +164,9 @@ class ModelServer:
 
     def stream(self, name: str, ids: list[int], s: Sampling) -> tuple[queue.Queue, threading.Event]:
         """Start generating on a worker thread that holds the model lock and puts ("piece", text), then
-        ("finish", reason) or ("error", message), on the queue. The handler writes to the socket from the
-        queue without the lock, so a client that reads slowly (or never) delays only itself; setting the
-        event (the client left) stops the worker at the next token."""
+        ("finish", (reason, tokens)) or ("error", message), on the queue. The handler writes to the socket
+        from the queue without the lock, so a client that reads slowly (or never) delays only itself;
+        setting the event (the client left) stops the worker at the next token."""
         out: queue.Queue = queue.Queue()
         cancel = threading.Event()
 
@@ -161,7 +179,7 @@ class ModelServer:
                         try:
                             out.put(("piece", next(gen)))
                         except StopIteration as done:
-                            out.put(("finish", done.value or "stop"))
+                            out.put(("finish", (done.value or "stop", len(self.engine.streamed))))
                             return
             except Exception as e:  # reported to the client as an error event
                 out.put(("error", f"internal error: {type(e).__name__}: {e}"))
@@ -202,8 +220,16 @@ def make_handler(server: ModelServer, api_key: str | None):
         protocol_version = "HTTP/1.1"
         timeout = SOCKET_TIMEOUT  # set on the connection: no client holds a thread forever
 
-        def log_message(self, fmt, *args):  # quiet; never logs headers (the API key)
+        def log_message(self, fmt, *args):  # http.server's own lines are replaced by the access log below
             pass
+
+        def _access_log(self, status: int) -> None:
+            """One line a request: method, path, model, status, prompt+completion tokens, milliseconds (never
+            a header: the API key stays out of logs)."""
+            ms = (time.time() - getattr(self, "_t0", time.time())) * 1000
+            p, c = getattr(self, "_tokens", (0, 0))
+            print(f"{self.client_address[0]} {self.command} {self.path} model={getattr(self, '_model', '-')} "
+                  f"{status} tokens={p}+{c} {ms:.0f}ms", file=sys.stderr, flush=True)
 
         def handle_one_request(self):
             """The request (line, headers, body) must arrive within the server's deadline; the timer
@@ -229,6 +255,8 @@ def make_handler(server: ModelServer, api_key: str | None):
             self._timer.cancel()
 
         def _send(self, status: int, obj: dict, headers: dict | None = None) -> None:
+            if self.path.rstrip("/") != "/health":  # a load balancer's probes would drown the log
+                self._access_log(status)
             data = json.dumps(obj).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -249,6 +277,7 @@ def make_handler(server: ModelServer, api_key: str | None):
 
         def do_GET(self):
             self._received()
+            self._t0 = time.time()
             try:
                 self._auth()
                 if self.path.rstrip("/") == "/v1/models":
@@ -280,6 +309,7 @@ def make_handler(server: ModelServer, api_key: str | None):
                     raise RequestError(404, f"no route {self.path}")
                 body = self._body()
                 self._received()
+                self._t0 = time.time()
                 if slots is not None:  # only complete, authorised requests take one of the slots
                     held = slots.acquire(blocking=False)
                     if not held:
@@ -323,7 +353,8 @@ def make_handler(server: ModelServer, api_key: str | None):
             return body
 
         def _answer(self, body: dict, chat: bool) -> None:
-            name = body.get("model")
+            name = body.get("model", server.base_name)  # no model: the one --model loaded
+            self._model = name
             if not isinstance(name, str) or name not in server.names:
                 raise RequestError(404, f"model {name!r} not found (available: {', '.join(server.names)})",
                                    "model", "model_not_found")
@@ -331,8 +362,10 @@ def make_handler(server: ModelServer, api_key: str | None):
             s = server.sampling(body, len(ids))
             rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
             if body.get("stream"):
-                return self._stream(*server.stream(name, ids, s), rid, created, name, chat)
+                usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                return self._stream(*server.stream(name, ids, s), rid, created, name, chat, usage, len(ids))
             text, n_out, finish = server.complete(name, ids, s)
+            self._tokens = (len(ids), n_out)
             choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
                       if chat else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
             self._send(200, {"id": rid, "object": "chat.completion" if chat else "text_completion",
@@ -341,7 +374,7 @@ def make_handler(server: ModelServer, api_key: str | None):
                                        "total_tokens": len(ids) + n_out}})
 
         def _stream(self, pieces: queue.Queue, cancel: threading.Event, rid: str, created: int, name: str,
-                    chat: bool) -> None:
+                    chat: bool, usage: bool = False, n_prompt: int = 0) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
@@ -368,7 +401,13 @@ def make_handler(server: ModelServer, api_key: str | None):
                         if value:
                             event({"content": value})
                     elif kind == "finish":
-                        event({}, finish=value)
+                        reason, n_out = value
+                        self._tokens = (n_prompt, n_out)
+                        event({}, finish=reason)
+                        if usage:  # OpenAI's stream_options.include_usage: a last chunk with no choices
+                            send({"id": rid, "object": obj, "created": created, "model": name, "choices": [],
+                                  "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out,
+                                            "total_tokens": n_prompt + n_out}})
                         break
                     else:  # headers are gone: the error travels as an event, and the stream still ends
                         send({"error": {"message": value, "type": "server_error", "param": None,
@@ -378,6 +417,7 @@ def make_handler(server: ModelServer, api_key: str | None):
                 self.wfile.flush()
             finally:
                 cancel.set()  # a client gone mid-stream (BrokenPipe) stops the generation too
+                self._access_log(200)
 
     return Handler
 
@@ -423,8 +463,8 @@ class Server(ThreadingHTTPServer):
 
 
 def serve(model: str, adapters: dict[str, str], host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, device: str = "auto") -> None:
-    server = ModelServer(model, adapters, device)
+          api_key: str | None = None, device: str = "auto", name: str = "base") -> None:
+    server = ModelServer(model, adapters, device, name)
     try:
         httpd = Server((host, port), make_handler(server, api_key))
     except OSError as e:
@@ -460,8 +500,8 @@ def chat_remote(url: str, model: str, system: str | None, sampling: dict, api_ke
                          f"{', '.join(served) or 'nothing'})")
 
     def reply(history: list[dict]) -> str:
-        body = {"model": model, "messages": history, "max_tokens": sampling["max_new_tokens"],
-                "temperature": sampling["temperature"],
+        body = {"model": model, "messages": history, "temperature": sampling["temperature"],
+                **({"max_tokens": sampling["max_new_tokens"]} if sampling["max_new_tokens"] else {}),
                 **({"top_p": sampling["top_p"]} if sampling["top_p"] else {})}
         req = urllib.request.Request(f"{url.rstrip('/')}/chat/completions", json.dumps(body).encode(),
                                      headers)

@@ -1,4 +1,9 @@
-"""Chat (SFT) data in the ultrachat_200k schema: `prompt`, `prompt_id`, `messages` = [{role, content}, ...].
+"""Chat (SFT) data, in the formats people have (each row is recognised by its columns):
+
+- `messages` = [{role, content}, ...]: ultrachat_200k, OpenAI's fine-tuning files, TRL's conversational;
+- `conversations` = [{from, value}, ...] with from = human/gpt/system: ShareGPT;
+- `instruction`, `input` (optional), `output`: Alpaca;
+- `prompt` and `completion` (strings, or message lists): TRL's prompt-completion.
 
 Bad rows are skipped and counted (the first few named), or rejected with `strict`. Conversations are
 tokenized through the one chat template; every assistant turn is trained on.
@@ -23,6 +28,8 @@ class LoadReport:
     examples: list[str] = field(default_factory=list)  # "file, row N: why" for the first few
     truncated: int = 0
     dropped_after_truncation: int = 0
+    source: str = ""  # the data as given (a hub id, files, globs)
+    formats: dict[str, int] = field(default_factory=dict)  # rows read per recognised format
 
     def skip(self, why: str, strict: bool) -> None:
         if strict:
@@ -64,18 +71,69 @@ def check_messages(row: Row, field_name: str = "messages") -> tuple[list[dict] |
     return out, ""
 
 
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bard": "assistant", "model": "assistant", "system": "system"}
+CHAT_FORMATS = ("messages [{role, content}] (ultrachat, OpenAI), conversations [{from, value}] (ShareGPT), "
+                "instruction/input/output (Alpaca), or prompt/completion (TRL)")
+
+
+def _as_messages(value, role: str) -> list[dict] | None:
+    """A string as one message of `role`, a list of messages as it is (None: neither)."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return value if isinstance(value, list) else None
+
+
+def conversation(row: Row) -> tuple[list[dict] | None, str, str]:
+    """(messages, "", format) for a row of any format above, else (None, why naming file/row/columns, "")."""
+    d = row.data
+    if "messages" in d:
+        msgs, why = check_messages(row)
+        return msgs, why, "messages"
+    if "conversations" in d:
+        turns = d["conversations"]
+        if not isinstance(turns, list) or not turns:
+            return None, f"{row.where('conversations')}: expected a non-empty list of turns", ""
+        msgs = []
+        for i, t in enumerate(turns):
+            who = t.get("from") if isinstance(t, dict) else None
+            if who not in SHAREGPT_ROLES or not isinstance(t.get("value"), str):
+                return None, (f"{row.where('conversations')}[{i}]: expected {{'from': human|gpt|system, "
+                              f"'value': str}}, got {t!r:.80}"), ""
+            msgs.append({"role": SHAREGPT_ROLES[who], "content": t["value"]})
+        msgs, why = check_messages(Row(row.source, row.index, {"conversations": msgs}), "conversations")
+        return msgs, why, "sharegpt"
+    if "instruction" in d and "output" in d:
+        if not all(isinstance(d.get(k, ""), str) for k in ("instruction", "input", "output")):
+            return None, f"{row.where()}: Alpaca's instruction, input and output must be strings", ""
+        user = d["instruction"] + (f"\n\n{d['input']}" if d.get("input", "").strip() else "")
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": d["output"]}]
+        msgs, why = check_messages(Row(row.source, row.index, {"alpaca": msgs}), "alpaca")
+        return msgs, why, "alpaca"
+    if "prompt" in d and "completion" in d:
+        prompt, reply = _as_messages(d["prompt"], "user"), _as_messages(d["completion"], "assistant")
+        if prompt is None or reply is None:
+            return None, f"{row.where()}: TRL's prompt and completion must be strings or message lists", ""
+        msgs, why = check_messages(Row(row.source, row.index, {"prompt+completion": prompt + reply}),
+                                   "prompt+completion")
+        return msgs, why, "prompt_completion"
+    columns = ", ".join(map(str, d)) or "none"
+    return None, f"{row.where()}: no conversation (columns: {columns}); expected {CHAT_FORMATS}", ""
+
+
 def load_chat(spec: str | list[str], tok: Tokenizer, max_len: int, split: str = "train_sft",
               strict: bool = False, limit: int | None = None) -> tuple[list[Encoded], LoadReport]:
     """Tokenized conversations, each cut to `max_len` + 1 tokens (inputs and shifted targets)."""
-    rep, out = LoadReport(), []
+    rep, out = LoadReport(source=str(spec)), []
     for row in iter_rows(spec, split):
         if limit is not None and rep.rows >= limit:
             break
         rep.rows += 1
-        msgs, why = check_messages(row)
+        msgs, why, fmt = conversation(row)
         if msgs is None:
             rep.skip(why, strict)
             continue
+        rep.formats[fmt] = rep.formats.get(fmt, 0) + 1
         enc = encode_chat(msgs, tok)
         if len(enc.ids) > max_len + 1:
             rep.truncated += 1
@@ -86,7 +144,8 @@ def load_chat(spec: str | list[str], tok: Tokenizer, max_len: int, split: str = 
         rep.kept += 1
         out.append(enc)
     if not out:
-        raise DataError(f"{spec}: no usable conversations ({rep})")
+        raise DataError(f"{spec}: no usable conversations in {rep.rows:,} rows; the first: {rep.examples[0]}"
+                        if rep.examples else f"{spec}: no usable conversations ({rep})")
     return out, rep
 
 

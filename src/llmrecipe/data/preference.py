@@ -4,7 +4,8 @@
   the assistant's answer (plus `score_chosen`, `score_rejected`);
 - Anthropic HH-RLHF: `chosen` and `rejected` as whole transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...")
   sharing a prefix; the prompt is everything before the final assistant turn;
-- flat pairs: `prompt`, `chosen`, `rejected` as plain strings (trl-lib's flattened exports).
+- flat pairs: `prompt`, `chosen`, `rejected` as plain strings (trl-lib's flattened exports);
+- TRL's conversational pairs: `prompt` a message list, `chosen` and `rejected` the assistant's replies.
 
 Each pair becomes (prompt messages, chosen reply, rejected reply), tokenized through the chat template.
 Pairs with identical replies, or whose prompt alone fills the context, are dropped and counted.
@@ -75,6 +76,13 @@ def to_pair(row: Row) -> Pair:
         if chosen[:-1] != rejected[:-1]:
             raise ValueError(f"{row.where()}: chosen and rejected do not share the same prompt")
         return Pair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"])
+    both = isinstance(d["chosen"], list) and isinstance(d["rejected"], list)
+    replies = d["chosen"] + d["rejected"] if both else None
+    if (isinstance(d.get("prompt"), list) and replies
+            and all(isinstance(m, dict) and m.get("role") == "assistant" for m in replies)):
+        # TRL's conversational pairs with an explicit prompt: the replies alone in chosen and rejected
+        row = Row(row.source, row.index, {"chosen": d["prompt"] + d["chosen"],
+                                          "rejected": d["prompt"] + d["rejected"]})
     c_msgs, why = check_messages(row, "chosen")
     r_msgs, why_r = check_messages(row, "rejected")
     if c_msgs is None or r_msgs is None:
@@ -88,7 +96,7 @@ def to_pair(row: Row) -> Pair:
 
 def load_pairs(spec: str | list[str], tok: Tokenizer, max_len: int, split: str = "train_prefs",
                strict: bool = False, limit: int | None = None) -> tuple[list[EncodedPair], LoadReport]:
-    rep, out = LoadReport(), []
+    rep, out = LoadReport(source=str(spec)), []
     identical = too_long = 0
     for row in iter_rows(spec, split):
         if limit is not None and rep.rows >= limit:

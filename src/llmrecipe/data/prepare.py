@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from ..files import atomic_write_json, check_out, folder_lock
+from ..progress import progress
 from ..tokenizer import Tokenizer, load_tokenizer, train_bpe
 from .shards import MAX_VOCAB, ShardWriter
 from .sources import iter_rows, text_of
@@ -126,7 +126,7 @@ def _prepare(cfg: PrepareConfig, out: Path) -> dict:
     val = ShardWriter(out, "val", cfg.max_val_tokens, tok.vocab_size)
     docs, t0 = 0, time.time()
     first = None  # document 0 (a validation document) is held until a second one shows it is not the only one
-    with tqdm(desc="tokenizing", unit="doc", dynamic_ncols=True) as bar, _encoder_pool(cfg, tok) as encode:
+    with progress(desc="tokenizing", unit="doc") as bar, _encoder_pool(cfg, tok) as encode:
         for arrays in encode(_chunks(_texts(cfg), cfg.chunk_docs)):
             for arr in arrays:
                 is_val = docs % cfg.val_every == 0 and val.total + val.fill + arr.size <= cfg.max_val_tokens

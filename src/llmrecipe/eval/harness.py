@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from tqdm import tqdm
 
 from ..checkpoint import load_model, weights_fingerprint
 from ..engine import Engine
 from ..files import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from ..progress import progress
 from ..runtime import Runtime, setup
 from ..tokenizer import Tokenizer
 from .stats import (expected_chance_flags, item_value, mean_stderr, paired, per_instruction,
@@ -117,8 +117,8 @@ def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | N
     mine = [it for it in items if str(it["id"]) not in done][rank::world]
     t0 = time.time()
     new: list[dict] = []
-    with tqdm(total=len(items), initial=len(done), desc=f"{model.name}/{suite.name}", unit="item",
-              dynamic_ncols=True, disable=rank != 0) as bar:
+    with progress(total=len(items), initial=len(done), desc=f"{model.name}/{suite.name}", unit="item",
+                  disable=rank != 0) as bar:
         for i in range(0, len(mine), chunk):
             recs = suite.evaluate(model, mine[i: i + chunk])
             for r in recs:

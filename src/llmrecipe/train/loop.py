@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from tqdm import tqdm
 
 from ..checkpoint import has_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..files import append_jsonl, atomic_write_text, folder_lock, read_jsonl
+from ..progress import progress
 from ..runtime import Runtime
 from ..track import Trackers
 
@@ -239,7 +239,7 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
         rt.barrier()
 
     loader = StepBatches(stage, accum, rt.device, cfg.max_steps)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=stage.name, dynamic_ncols=True, disable=not rt.is_main)
+    bar = progress(total=cfg.max_steps, initial=step, desc=stage.name, unit="step", disable=not rt.is_main)
     model.train()
     try:
         while step < cfg.max_steps:
