@@ -63,9 +63,10 @@ class Peak:
 
 
 def pretrain(data: Path, out: Path, steps: int, batch: int, small: bool, **settings) -> Peak:
-    sets = [f"max_steps={steps}", f"batch_size={batch}", "grad_accum=1",
-            f"log_interval={max(1, steps // 10)}", "eval_interval=0", f"save_interval={steps}",
-            "warmup_steps=10", *(SMALL if small else []), *(f"{k}={v}" for k, v in settings.items())]
+    base = dict(max_steps=steps, batch_size=batch, grad_accum=1, log_interval=max(1, steps // 10),
+                eval_interval=0, save_interval=steps, warmup_steps=10)
+    # `settings` replace the defaults above (one --set per key: a key given twice is an error)
+    sets = [f"{k}={v}" for k, v in {**base, **settings}.items()] + (SMALL if small else [])
     with Peak() as p:
         cli(["pretrain", "--preset", "gpt2-124m", "--data", str(data), "--out", str(out), "--set", *sets])
     return p

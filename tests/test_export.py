@@ -12,7 +12,8 @@ from llmrecipe.runtime import setup
 
 transformers = pytest.importorskip("transformers")
 
-EDGE = ["Hello world", " leading space", "  two  spaces\n\n\nthree newlines\tand a tab", "naïve café 日本語 🙂",
+EDGE = ["Hello world", " leading space", "  two  spaces\n\n\nthree newlines\tand a tab",
+        "naïve café 日本語 🙂",
         "numbers 1234567 and 3.14159", "it's they're we'll I'd", "", "a" * 300, "trailing spaces   "]
 
 
@@ -93,3 +94,61 @@ def test_hf_greedy_generation_equals_our_engine(exported, tiny_base):
         if tok.eot_id in out:
             out = out[: out.index(tok.eot_id)]
         assert out == ours, prompt
+
+
+# The lowest transformers the `hf` extra allows, installed beside the venv's packages (torch, numpy, …):
+# its own transformers, tokenizers and huggingface-hub shadow the newer ones through PYTHONPATH.
+LOWEST = ("transformers==4.46.3", "tokenizers==0.20.3", "huggingface-hub==0.26.5")
+LOAD = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, __version__
+tok, model = AutoTokenizer.from_pretrained(sys.argv[1]), AutoModelForCausalLM.from_pretrained(sys.argv[1])
+prompts = json.loads(sys.argv[2])
+chat = [{"role": "user", "content": prompts[0]}]
+out = {"version": __version__, "encoded": [tok.encode(p, add_special_tokens=False) for p in prompts],
+       "chat": tok.apply_chat_template(chat, add_generation_prompt=True),
+       "greedy": [model.generate(torch.tensor([tok.encode(p)]), max_new_tokens=16, do_sample=False,
+                                 pad_token_id=tok.eos_token_id)[0, len(tok.encode(p)):].tolist()
+                  for p in prompts]}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="session")
+def lowest_transformers(tmp_path_factory):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmrecipe"
+    cache = cache / LOWEST[0]
+    if not (cache / "transformers").is_dir():
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                               str(cache), *LOWEST], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot install {LOWEST[0]} from the package index: {done.stderr.strip()[-300:]}")
+    return cache
+
+
+def test_export_loads_and_generates_the_same_on_the_lowest_supported_transformers(exported, tiny_base,
+                                                                                  lowest_transformers):
+    import os
+    import subprocess
+    import sys
+
+    model, tok = load_model(tiny_base)
+    engine = Engine(model, tok, setup("cpu"), batch_size=1)
+    prompts = ["The history of", "In 1998, scientists", "Water"]
+    env = {**os.environ, "PYTHONPATH": str(lowest_transformers)}
+    done = subprocess.run([sys.executable, "-c", LOAD, str(exported), json.dumps(prompts)], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["version"] == LOWEST[0].split("==")[1]
+    assert got["encoded"] == [tok.encode(p) for p in prompts]
+    assert got["chat"] == encode_chat([{"role": "user", "content": prompts[0]}], tok,
+                                      add_generation_prompt=True).ids
+    for p, theirs in zip(prompts, got["greedy"]):
+        ours = engine.generate([tok.encode(p)], 16, temperature=0.0)[0]
+        assert theirs[: len(ours)] == ours and theirs[len(ours):] in ([], [tok.eot_id]), p

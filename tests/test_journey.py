@@ -160,3 +160,17 @@ def test_run_trains_on_the_users_own_files_in_other_formats(demo, tmp_path):
     assert json.loads((run_dir / "rl" / "config.json").read_text())["data"] == rl
     assert r["inputs"] == {"pretrain": str(mine / "corpus"), "sft": sharegpt, "dpo": trl, "rl": rl,
                            "eval": str(world / "eval")}
+
+
+def test_the_report_says_what_its_columns_are_and_where_it_ran(demo):
+    import torch
+
+    out, results, _ = demo
+    report = (out / "report.md").read_text()
+    assert "world's analogs of the suites" in report and results["analogs"] is True
+    samples = report.split("## Sample replies", 1)[1].split("## Environment", 1)[0]
+    first = json.loads((out / "world" / "eval" / "gsm8k" / "test.jsonl").read_text().splitlines()[0])
+    assert first["question"] in samples and samples.count("| rl |") >= 3  # each stage's replies, shown
+    env = results["environment"]
+    assert env["torch"] == torch.__version__ and env["command"].startswith("llmrecipe run --preset tiny")
+    assert f"| torch | {torch.__version__} |" in report

@@ -25,7 +25,7 @@ from .data.world import (MAX_ARITHMETIC_PERCENT, write_chat_data, write_eval_set
 from .eval import make_suites
 from .eval.harness import comparisons, evaluate, load_eval_model, write_table
 from .files import atomic_write_json, folder_lock, read_json
-from .report import write_report
+from .report import environment, write_report
 from .train.dpo import dpo_config, run_dpo
 from .train.onpolicy import OnPolicyConfig, onpolicy_pairs
 from .train.pretrain import pretrain_config, run_pretrain
@@ -311,6 +311,8 @@ def _run(preset: str, out: Path, world: dict | None, source: str, prep: PrepareC
                "dpo": summaries["dpo"], "rl": summaries.get("rl"), "table": table,
                # what `llmrecipe eval` needs to reproduce the table (it reads them from the preset too)
                "eval_settings": to_dict(ev) | {"data_dir": eval_dir},
+               "analogs": bool(world) and eval_dir == str(out / "world" / "eval"),
+               "environment": environment(),
                "export": summaries["export"]}
     atomic_write_json(out / "results.json", results)
     write_report(out, results)

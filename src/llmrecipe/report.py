@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from .eval.harness import comparisons_markdown
@@ -13,23 +14,38 @@ def _metrics(folder: Path) -> list[dict]:
     return read_jsonl(f)
 
 
+def _smooth(values: list[float], beta: float = 0.9) -> list[float]:
+    """An exponential moving average, bias-corrected as TensorBoard's (early points not pulled to 0)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta ** i))
+    return out
+
+
 def plot_curves(out: Path) -> list[str]:
-    """loss_<stage>.png for each training stage; DPO also reward accuracy and margin."""
+    """loss_<stage>.png for each training stage, raw and smoothed; DPO also reward accuracy and margin, RL
+    its reward, pass@G, KL to the starting model and answer length."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    extra = {"dpo": ["rewards/accuracy", "rewards/margin"], "rl": ["reward", "answer_tokens"]}
+    extra = {"dpo": ["rewards/accuracy", "rewards/margin"], "rl": ["reward", "pass@G", "kl", "answer_tokens"]}
     for stage, folder in (("pretrain", "base"), ("sft", "sft"), ("dpo", "dpo"), ("rl", "rl")):
         recs = [r for r in _metrics(out / folder) if "loss" in r]
         if not recs:
             continue
-        keys = ["loss"] + extra.get(stage, [])
+        pass_g = next((k for k in recs[-1] if k.startswith("pass@") and k != "pass@1"), None)
+        keys = [k for k in ["loss"] + [pass_g if k == "pass@G" else k for k in extra.get(stage, [])]
+                if k and k in recs[-1]]
         fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
         for ax, k in zip(axes[0], keys):
-            ax.plot([r["step"] for r in recs], [r[k] for r in recs], label=f"train {k}")
+            steps, values = [r["step"] for r in recs], [r[k] for r in recs]
+            ax.plot(steps, values, alpha=0.35 if len(recs) > 5 else 1.0, label=f"train {k}")
+            if len(recs) > 5:
+                ax.plot(steps, _smooth(values), label="smoothed (EMA 0.9)")
             val = [r for r in _metrics(out / folder) if "val_loss" in r]
             if k == "loss" and val:
                 ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
@@ -44,7 +60,7 @@ def plot_curves(out: Path) -> list[str]:
     return written
 
 
-def plot_table(out: Path, scores: dict[str, dict], suites: list[str]) -> str | None:
+def plot_table(out: Path, scores: dict[str, dict], suites: list[str], analogs: bool = False) -> str | None:
     """eval.png: one group of bars per suite (numeric headline scores only), one bar per model."""
     import matplotlib
 
@@ -61,9 +77,11 @@ def plot_table(out: Path, scores: dict[str, dict], suites: list[str]) -> str | N
     width = 0.8 / len(scores)
     for i, (model, res) in enumerate(scores.items()):
         vals = [res.get(s, {}).get(HEADLINE.get(s, ("score",))[0]) or 0 for s in numeric]
-        ax.bar([j + i * width for j in range(len(numeric))], vals, width, label=model)
-    ax.set_xticks([j + width * (len(scores) - 1) / 2 for j in range(len(numeric))], numeric)
-    ax.set_ylabel("score")
+        errs = [res.get(s, {}).get("stderr") or 0 for s in numeric]  # ± one standard error, as the table
+        ax.bar([j + i * width for j in range(len(numeric))], vals, width, yerr=errs, capsize=3, label=model)
+    ax.set_xticks([j + width * (len(scores) - 1) / 2 for j in range(len(numeric))],
+                  [f"{s} (world analog)" if analogs else s for s in numeric])
+    ax.set_ylabel("score (± 1 standard error)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "eval.png", dpi=100)
@@ -86,8 +104,65 @@ def _size(path: Path) -> str:
     return f"{_n_params(path):,} parameters, {path.stat().st_size / 2**20:.2f} MB"
 
 
+def sample_replies(out: Path, models: list[str], n: int = 3) -> str:
+    """The first `n` held-out word problems and instruction prompts, and each stage's reply to them, read
+    from the evaluation's own records (nothing is generated again)."""
+    parts = []
+    for suite, ask, said in (("gsm8k", "question", "output"), ("ifeval", "prompt", "response")):
+        recs = {m: read_jsonl(out / "eval" / f"{m}.{suite}.jsonl") for m in models}
+        if not all(recs.values()):
+            continue
+        by_id = {m: {str(r.get("id")): r for r in rows} for m, rows in recs.items()}
+        for rec in recs[models[0]][:n]:
+            rows = [f"**{suite}** item {rec.get('id')}: {_cell(rec.get(ask, ''), 300)}", "",
+                    "| stage | reply |", "|---|---|"]
+            rows += [f"| {m} | {_cell(by_id[m].get(str(rec.get('id')), {}).get(said, ''), 240)} |"
+                     for m in models]
+            parts.append("\n".join(rows) + "\n")
+    return "\n".join(parts)
+
+
+def _cell(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("|", "\\|") or "(empty)"
+
+
+def environment() -> dict:
+    """Where and how the run was made: commit, command line, machine, versions, date."""
+    import datetime
+    import platform
+    import subprocess
+    import sys
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    from .cli import _version
+
+    return {"command": " ".join(["llmrecipe", *sys.argv[1:]]) if sys.argv and "llmrecipe" in sys.argv[0]
+            else " ".join(sys.argv), "commit": commit, "llmrecipe": _version(),
+            "cpu": f"{cpu} ({os.cpu_count()} cores)",
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
 def write_report(out: Path, r: dict) -> None:
-    plots = plot_curves(out) + [p for p in [plot_table(out, r["table"]["scores"], r["table"]["suites"])] if p]
+    analogs = bool(r.get("analogs"))
+    plots = plot_curves(out) + [p for p in [plot_table(out, r["table"]["scores"], r["table"]["suites"],
+                                                       analogs)] if p]
     rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in r["timings_s"].items())
     pt, sft, dpo, src = r["pretrain"], r["sft"], r["dpo"], r["inputs"]
     rl = r.get("rl") or {}
@@ -115,12 +190,31 @@ def write_report(out: Path, r: dict) -> None:
         f"| DPO (LoRA) | {dpo.get('step')} | {dpo.get('tokens', 0):,} | {_num(dpo.get('loss'))} "
         f"(reward accuracy {_num(dpo.get('rewards/accuracy'))}, margin {_num(dpo.get('rewards/margin'))}) | "
         f"adapter: {_size(out / 'dpo' / 'adapter_model.safetensors')} |{rl_row}")
+    what = ("**These columns are the generated world's analogs of the suites** — its held-out items, in "
+            "each real benchmark's file layout, scored by that benchmark's own code (`world/eval/`) — not "
+            "the real MMLU-Pro, GSM8K or IFEval." if analogs else
+            f"The suites' own data (`{src['eval']}`).")
+    env = r.get("environment") or {}
+    env_rows = "\n".join(f"| {k} | {'`' + str(v) + '`' if k in ('command', 'commit') else v} |"
+                         for k, v in env.items() if v is not None)
+    models = list(r["table"]["scores"])
+    samples = sample_replies(out, models)
     text = f"""# llmrecipe run — preset `{r['preset']}`
 
 ## Base / SFT / DPO{' / RL' if rl else ''}
-Scores ± standard error over the items. Each stage against the one before it, paired over the same items:
+{what} Scores ± standard error over the items. Each stage against the one before it, paired over the same
+items:
 {r['table']['markdown']}
 {comparisons_markdown(r['table'].get('comparisons', {}))}
+## Sample replies
+Greedy, as evaluated (the first held-out items of each generation suite):
+
+{samples or '(no generation suite was evaluated)'}
+## Environment
+| | |
+|---|---|
+{env_rows}
+
 ## Stages
 | stage | seconds |
 |---|---:|

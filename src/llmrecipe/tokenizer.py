@@ -60,7 +60,14 @@ class GPT2Tokenizer(Tokenizer):
                                          mergeable_ranks=load_tiktoken_bpe(ranks_file),
                                          special_tokens={EOT: 50256}, explicit_n_vocab=50257)
         else:
-            self.enc = tiktoken.get_encoding("gpt2")
+            try:
+                self.enc = tiktoken.get_encoding("gpt2")
+            except Exception as e:  # tiktoken downloads the ranks once: offline, that is a requests error
+                raise ValueError(
+                    f"the gpt2 tokenizer's ranks could not be loaded ({type(e).__name__}): tiktoken "
+                    f"downloads them once into $TIKTOKEN_CACHE_DIR; offline, point ${GPT2_RANKS_ENV} at a "
+                    "copy of r50k_base.tiktoken (e.g. shared/data/tokenizer/), or train one: --tokenizer bpe"
+                ) from None
         self.spec = "gpt2"  # the ranks are identical either way; where they came from is a machine setting
         self.vocab_size = self.enc.n_vocab
         self.eot_id = self.enc.eot_token

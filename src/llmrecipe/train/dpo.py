@@ -87,6 +87,7 @@ class DPOStage(ChatSamples):
         self.pairs, self.report = load_pairs(cfg.data, self.tokenizer, self.model.config.block_size,
                                              cfg.split, cfg.strict, cfg.max_examples)
         print(f"dpo data: {self.report}")
+        self.sample_prompts = [p.prompt_ids for p in self.pairs[-3:]]
         self.ref_model = (copy.deepcopy(self.model).requires_grad_(False).eval() if cfg.reference == "copy"
                           else None)
         if cfg.reference not in ("adapter", "copy"):

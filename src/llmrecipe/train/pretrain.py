@@ -33,7 +33,6 @@ def pretrain_config(preset: str) -> PretrainConfig:
                                   "preset": preset})
 
 
-SAMPLE_PROMPTS = ("The", "Once upon a time", "In this lesson we")
 
 
 class PretrainStage:
@@ -92,9 +91,14 @@ class PretrainStage:
         generator, so the run's RNG, and exact resume, are untouched."""
         if self.rt.distributed and self.cfg.train.parallel == "fsdp":
             return ""  # sharded weights: sampling would need every rank
-        eng = Engine(model, self.tokenizer, self.rt, batch_size=len(SAMPLE_PROMPTS))
-        outs = eng.generate([self.tokenizer.encode(p) for p in SAMPLE_PROMPTS], 24, temperature=0.0)
-        return "\n".join(f"  {p!r} → {self.tokenizer.decode(o)!r}" for p, o in zip(SAMPLE_PROMPTS, outs))
+        # the first 8 tokens of three validation windows (training windows without a validation split):
+        # beginnings the corpus teaches, so the continuations show the model learning its data
+        data = self.val_data or self.train_data
+        prompts = [data.window(k)[:8].tolist() for k in range(min(3, data.num_windows))]
+        outs = Engine(model, self.tokenizer, self.rt, batch_size=len(prompts)).generate(prompts, 24,
+                                                                                       temperature=0.0)
+        return "\n".join(f"  {self.tokenizer.decode(p)!r} → {self.tokenizer.decode(o)[:120]!r}"
+                          for p, o in zip(prompts, outs))
 
     def finish(self, model, run_dir: Path) -> None:
         save_model(run_dir, model, self.tokenizer, {"stage": "pretrain", "data": str(self.cfg.data),

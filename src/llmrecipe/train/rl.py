@@ -143,6 +143,7 @@ class RLStage(ChatSamples):
         self.anchor = self._anchor_batches(cfg, rt)  # checked after the problems: inputs in order
         self.prompts = [encode_chat([{"role": "user", "content": f"Q: {p['question']}\nA:"}], self.tokenizer,
                                     add_generation_prompt=True).ids[-room:] for p in self.problems]
+        self.sample_prompts = self.prompts[:3]
 
     def _anchor_batches(self, cfg: RLConfig, rt: Runtime) -> ExampleBatches | None:
         """The anchor's conversations (module docstring) in their own order, a function of (step, micro,

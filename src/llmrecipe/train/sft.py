@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..chat import IGNORE, encode_chat
+from ..chat import IGNORE
 from ..checkpoint import load_model
 from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.chat import collate, collate_packed, load_chat, pack
@@ -55,25 +55,27 @@ def finish_adapter_run(stage, model, run_dir: Path, parent: str) -> None:
     atomic_write_json(run_dir / "data_report.json", vars(stage.report))
 
 
-CHAT_PROMPTS = ("What is 7 + 5?", "Write a title for a story about a fox.", "Name a colour.")
-
-
-def chat_samples(model, tokenizer, rt, max_new_tokens: int = 32) -> str:
-    """Greedy replies to fixed chat prompts through the one chat template and the engine: logged by the
-    LoRA stages (SFT, DPO, RL) at each evaluation and at their last step. Greedy with its own generator:
-    the run's RNG (and exact resume) is untouched."""
-    prompts = [encode_chat([{"role": "user", "content": p}], tokenizer, add_generation_prompt=True).ids
-               for p in CHAT_PROMPTS]
+def chat_samples(model, tokenizer, rt, prompts: list[list[int]], max_new_tokens: int = 32) -> str:
+    """Greedy replies to chat prompts (token ids through the one template, ending with the assistant marker)
+    from the stage's own data: logged by the LoRA stages (SFT, DPO, RL) at each evaluation and at their last
+    step, so the replies show what the data teaches. Greedy with its own generator: the run's RNG (and
+    exact resume) is untouched."""
     outs = Engine(model, tokenizer, rt, batch_size=len(prompts)).generate(prompts, max_new_tokens,
                                                                           temperature=0.0)
-    return "\n".join(f"  {p!r} → {tokenizer.decode(o)!r}" for p, o in zip(CHAT_PROMPTS, outs))
+    asked = [tokenizer.decode(p).split("<|user|>\n")[-1].split("<|endoftext|>")[0] for p in prompts]
+    return "\n".join(f"  {q[-80:]!r} → {tokenizer.decode(o)[:100]!r}" for q, o in zip(asked, outs))
 
 
 class ChatSamples:
-    """`samples()` for the LoRA stages (SFT, DPO, RL): the loop logs it at evaluations and the last step."""
+    """`samples()` for the LoRA stages (SFT, DPO, RL): the loop logs it at evaluations and the last step;
+    `sample_prompts` are three prompts of the stage's own data (held out where the stage holds some out)."""
+
+    sample_prompts: list[list[int]] = []
 
     def samples(self, model) -> str:
-        return chat_samples(model, self.tokenizer, self.rt)
+        if not self.sample_prompts:
+            return ""
+        return chat_samples(model, self.tokenizer, self.rt, self.sample_prompts)
 
 
 def steps_for(n_examples: int, epochs: float, tc: TrainConfig) -> int:
@@ -104,6 +106,7 @@ class SFTStage(ChatSamples):
         print(f"sft data: {self.report}")
         n_val = min(cfg.val_examples, len(examples) - 1)
         self.val = examples[len(examples) - n_val:] if n_val > 0 else []
+        self.sample_prompts = [e.ids[: e.response_spans[0][0]] for e in examples[-3:] if e.response_spans]
         self.train_examples = examples[: len(examples) - n_val]
         if cfg.packing:
             n = len(self.train_examples)
