@@ -33,3 +33,31 @@ def manager(folder: Path):
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(folder))
+
+
+LONG_QUESTION = "Count the words of this question. " + "word " * 1400 + "How many are there?"
+
+
+def with_long_items(eval_dir: Path, folder: Path) -> Path:
+    """A copy of the eval layout whose GSM8K and MMLU-Pro test splits start with one item longer than a
+    1,024-token context with its shots (then the real items): lm-eval and our suites must cut it the same
+    way (from the left; whole shots dropped instead would still pass on the real items, all of which fit)."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = folder / "eval_long"
+    if out.is_dir():
+        return out
+    shutil.copytree(eval_dir, out, symlinks=False, ignore=shutil.ignore_patterns("mt_bench"))
+    gsm = out / "gsm8k" / "test.jsonl"
+    rows = gsm.read_text().splitlines()
+    gsm.write_text("\n".join([json.dumps({"question": LONG_QUESTION, "answer": "#### 1402"}), *rows]) + "\n")
+    mmlu = out / "mmlu_pro" / "test-00000-of-00001.parquet"
+    table = pq.read_table(mmlu)
+    first = table.slice(0, 1).to_pylist()[0]
+    long = {**first, "question": LONG_QUESTION, "question_id": 10**7}
+    pq.write_table(pa.concat_tables([pa.Table.from_pylist([long], schema=table.schema), table]), mmlu)
+    return out

@@ -205,11 +205,15 @@ def test_gsm8k_prompts_equal_lm_evaluation_harness_gsm8k_cot(eval_dir, tmp_path)
     from lm_eval_local import local_task
     from llmrecipe.tokenizer import GPT2Tokenizer
 
+    from lm_eval_local import with_long_items
+
+    eval_dir = str(with_long_items(Path(eval_dir), tmp_path))  # its first item exceeds the context
     task = local_task("gsm8k_cot", Path(eval_dir), tmp_path)
     task.build_all_requests(limit=30, rank=0, world_size=1)
     tok = GPT2Tokenizer()
     model = EvalModel("x", SimpleNamespace(tok=tok, block=1024), chat=False)
     suite = GSM8K(data_dir=eval_dir)  # 8 shots, 256 new tokens: lm-eval's max_gen_toks
+    assert max(len(tok.encode(i.args[0])) for i in task.instances) > 1024  # the over-length item is there
     items = {it["question"]: it for it in suite.items(None)}
     assert len(task.instances) == 30
     for inst in task.instances:

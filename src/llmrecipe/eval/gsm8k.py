@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..chat import encode_chat
 from ..data.sources import DataError, iter_rows
-from .harness import EvalModel, stratified
+from .harness import EvalModel, stratified, warn_budget
 
 HUB = ("openai/gsm8k", "main")
 EXEMPLARS_FILE = "gsm8k_cot_8shot_lm_eval_harness.jsonl"
@@ -122,10 +122,16 @@ class GSM8K:
     def items(self, limit: int | None) -> list[dict]:
         return stratified(load_items(self.data_dir), limit, None)
 
+    def room(self, model: EvalModel) -> int:
+        """The prompt's share of the context: lm-eval's HF model keeps context[-(max_length - max_gen_toks):]
+        (as our engine does: the budget first, then the prompt's last tokens)."""
+        return model.engine.block - min(self.max_new_tokens, model.engine.block - 1)
+
     def prompt(self, model: EvalModel, item: dict) -> list[int]:
-        """All shots, then the question; a prompt longer than the context minus the generation budget loses
-        its oldest tokens, as lm-eval's HF model cuts it (context[-(max_length - max_gen_toks):])."""
-        room = model.engine.block - min(self.max_new_tokens, model.engine.block // 2)
+        """All shots, then the question, cut from the left to `room` (lm-eval's truncation)."""
+        return self.full_prompt(model, item)[-self.room(model):]
+
+    def full_prompt(self, model: EvalModel, item: dict) -> list[int]:
         if model.chat:
             msgs = []
             # lm-eval's --apply_chat_template --fewshot_as_multiturn: each shot's "Q: …\nA:" a user turn, its
@@ -138,12 +144,15 @@ class GSM8K:
         else:
             text = "".join(f"Q: {s['question']}\nA: {s['target']}\n\n" for s in self.exemplars)
             ids = model.tok.encode(text + f"Q: {item['question']}\nA:")
-        return ids[-room:]
+        return ids
 
     def evaluate(self, model: EvalModel, items: list[dict]) -> list[dict]:
-        prompts = [self.prompt(model, it) for it in items]
-        outs = model.engine.generate(prompts, self.max_new_tokens, temperature=0.0, stop=STOP)
-        return [self.record(it, model.tok.decode(o)) for it, o in zip(items, outs)]
+        warn_budget(self.name, self.max_new_tokens, model.engine.block)
+        full, room = [self.full_prompt(model, it) for it in items], self.room(model)
+        outs = model.engine.generate([p[-room:] for p in full], self.max_new_tokens, temperature=0.0,
+                                     stop=STOP)
+        return [self.record(it, model.tok.decode(o)) | {"prompt_tokens": len(p), "truncated": len(p) > room}
+                for it, o, p in zip(items, outs, full)]
 
     @staticmethod
     def record(item: dict, output: str) -> dict:

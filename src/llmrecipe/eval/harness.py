@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,26 @@ def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+_WARNED: set[tuple] = set()
+
+
+def warn_budget(suite: str, budget: int, block: int, capped_from: int | None = None) -> None:
+    """Once per suite and context: a generation budget that leaves the prompt less than half the context
+    (lm-eval's rule keeps context[-(max_length - max_gen_toks):]), or a budget capped to fit at all."""
+    key = (suite, budget, block, capped_from)
+    if key in _WARNED or _rank_world()[0] != 0:
+        return
+    _WARNED.add(key)
+    if capped_from is not None:
+        print(f"note: {suite}: {capped_from:,} new tokens do not fit this model's {block:,}-token context: "
+              f"capped to {budget:,} (lm-eval refuses a budget of the whole context; to compare with it, "
+              f"pass --gen_kwargs max_gen_toks={budget})", file=sys.stderr)
+    elif budget > block // 2:
+        print(f"warning: {suite}: {budget:,} new tokens leave the prompt only {block - budget:,} of the "
+              f"{block:,}-token context (cut from the left, as lm-eval does); --max-new-tokens lowers it",
+              file=sys.stderr)
+
+
 def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | None, chunk: int = 32
               ) -> tuple[dict, list[dict]]:
     """Score the suite's items (skipping those already in `records_path` for these settings); returns the
@@ -140,6 +161,8 @@ def run_suite(model: EvalModel, suite: Suite, records_path: Path, limit: int | N
     summary = suite.summarize(records)
     summary.update(items=len(records), seconds=round(time.time() - t0, 2),
                    prompting=model.source["prompting"])
+    if any("truncated" in r for r in records):  # prompts cut to fit the context: counted, never silent
+        summary["truncated"] = sum(bool(r.get("truncated")) for r in records)
     values = [v for v in map(item_value, records) if v is not None]
     if values and (err := mean_stderr(values)) is not None:
         summary["stderr"] = err  # of the headline: every score in a table carries its error bar
@@ -188,6 +211,10 @@ def compare_table(results: dict[str, dict], suites: list[str]) -> str:
     for name, res in results.items():
         cells = [headline(s, res["suites"][s]) if s in res["suites"] else "n/a" for s in suites]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cut = [f"{s} {res['suites'][s]['truncated']:,} of {res['suites'][s]['items']:,} ({name})"
+           for name, res in results.items() for s in suites if res["suites"].get(s, {}).get("truncated")]
+    if cut:
+        lines.append(f"\nPrompts cut from the left to fit the context (lm-eval's rule): {'; '.join(cut)}.")
     return "\n".join(lines) + "\n"
 
 

@@ -103,6 +103,9 @@ class MMLUPro:
 
     def _leaderboard_prompt(self, model: EvalModel, item: dict) -> list[int]:
         """Shots and question as lm-eval renders them; the prompt's last `block` tokens (left truncation)."""
+        return self._leaderboard_ids(model, item)[-model.engine.block:]
+
+    def _leaderboard_ids(self, model: EvalModel, item: dict) -> list[int]:
         shots = self.first_validation_rows()
         if model.chat:  # lm-eval's --apply_chat_template --fewshot_as_multiturn: a turn pair per shot
             msgs = []
@@ -114,7 +117,7 @@ class MMLUPro:
         else:
             text = "".join(f"{leaderboard_text(s)} {s['answer']}\n\n" for s in shots) + leaderboard_text(item)
             ids = model.tok.encode(text)
-        return ids[-model.engine.block:]
+        return ids
 
     def _letter_prefix(self, model: EvalModel) -> str:
         """" A" after "Answer:" in text; in the chat layout lm-eval drops the target delimiter: "A" opens the
@@ -126,32 +129,43 @@ class MMLUPro:
         shots = self.exemplars(item["category"])
         room = model.engine.block - 1
         while True:
-            body = (header(item["category"]) + "".join(format_question(s, True) for s in shots)
-                    + format_question(item, False))
-            if model.chat:  # the question as the user's turn; the reply starts with "Answer:"
-                user = body[: -len("Answer:")].rstrip()
-                ids = encode_chat([{"role": "user", "content": user}], model.tok,
-                                  add_generation_prompt=True).ids
-                ids += model.tok.encode("Answer:")
-            else:
-                ids = model.tok.encode(body)
+            ids = self._category_ids(model, item, shots)
             if len(ids) <= room or not shots:
                 return ids[-room:]
             shots = shots[:-1]
 
+    def _category_ids(self, model: EvalModel, item: dict, shots: list[dict]) -> list[int]:
+        body = (header(item["category"]) + "".join(format_question(s, True) for s in shots)
+                + format_question(item, False))
+        if model.chat:  # the question as the user's turn; the reply starts with "Answer:"
+            user = body[: -len("Answer:")].rstrip()
+            return encode_chat([{"role": "user", "content": user}], model.tok,
+                               add_generation_prompt=True).ids + model.tok.encode("Answer:")
+        return model.tok.encode(body)
+
     def evaluate(self, model: EvalModel, items: list[dict]) -> list[dict]:
         prompts = [self.prompt(model, it) for it in items]
+        full = [self._untruncated(model, it) for it in items]
+        # what fits uncut: the leaderboard prompt's last `block` tokens; the category layout's shots are
+        # dropped until the prompt leaves a position for the answer
+        room = model.engine.block - (self.layout != "leaderboard")
         if self.scoring == "letter":
             scores = self._letter_scores(model, items, prompts)
         else:
             scores = self._text_scores(model, items, prompts)
         recs = []
-        for it, sc in zip(items, scores):
+        for it, sc, n in zip(items, scores, full):
             pred = LETTERS[max(range(len(sc)), key=sc.__getitem__)]
             recs.append({"id": it["id"], "category": it["category"], "gold": it["answer"], "pred": pred,
                          "correct": pred == it["answer"], "scores": [round(s, 4) for s in sc],
-                         "n_options": len(it["options"])})
+                         "n_options": len(it["options"]), "prompt_tokens": n, "truncated": n > room})
         return recs
+
+    def _untruncated(self, model: EvalModel, item: dict) -> int:
+        """The prompt's length before any cut (whole shots dropped, or its oldest tokens)."""
+        if self.layout == "leaderboard":
+            return len(self._leaderboard_ids(model, item))
+        return len(self._category_ids(model, item, self.exemplars(item["category"])))
 
     def _letter_scores(self, model: EvalModel, items, prompts) -> list[list[float]]:
         letter_ids = [model.tok.encode(f"{self._letter_prefix(model)}{c}") for c in LETTERS]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ...chat import encode_chat
 from ...data.sources import DataError, iter_jsonl, iter_rows
-from ..harness import EvalModel, stratified
+from ..harness import EvalModel, stratified, warn_budget
 from .rules import RULES, verdicts
 
 HUB = "google/IFEval"
@@ -80,9 +80,14 @@ class IFEval:
         return model.tok.encode(item["prompt"])  # lm-eval's ifeval context: the prompt, nothing added
 
     def evaluate(self, model: EvalModel, items: list[dict]) -> list[dict]:
-        new = min(self.max_new_tokens, model.engine.block // 2)
-        outs = model.engine.generate([self.prompt(model, it) for it in items], new, temperature=0.0)
-        return [score(it, model.tok.decode(o)) for it, o in zip(items, outs)]
+        # IFEval's 1,280 new tokens exceed GPT-2's whole context: capped at half of it, and said
+        block = model.engine.block
+        new = min(self.max_new_tokens, block // 2)
+        warn_budget(self.name, new, block, self.max_new_tokens if new < self.max_new_tokens else None)
+        prompts = [self.prompt(model, it) for it in items]
+        outs = model.engine.generate(prompts, new, temperature=0.0)
+        return [score(it, model.tok.decode(o)) | {"prompt_tokens": len(p), "truncated": len(p) > block - new}
+                for it, o, p in zip(items, outs, prompts)]
 
     def summarize(self, records: list[dict]) -> dict:
         return summarize(records)
