@@ -119,6 +119,8 @@ def test_serve_names_the_model_it_loaded_and_defaults_to_it(demo):
         req = urllib.request.Request(url + "/chat/completions", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
             assert json.loads(r.read())["model"] == "rl"  # no model field: the one loaded
+        with pytest.raises(SystemExit, match=r"--model nope: not served at .* \(it serves: rl\)"):
+            main(["chat", "--url", url, "--model", "nope"])  # checked before the first turn is typed
     finally:
         proc.kill()
         err = proc.communicate()[1]
@@ -174,3 +176,66 @@ def test_the_report_says_what_its_columns_are_and_where_it_ran(demo):
     env = results["environment"]
     assert env["torch"] == torch.__version__ and env["command"].startswith("llmrecipe run --preset tiny")
     assert f"| torch | {torch.__version__} |" in report
+
+
+def _readme_lm_eval_lines() -> list[list[str]]:
+    """README's `lm_eval` commands, continuation lines joined, comments dropped."""
+    import shlex
+
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    lines, out = text.split("\n"), []
+    for i, line in enumerate(lines):
+        if line.startswith("lm_eval "):
+            cmd = line
+            while cmd.split("#")[0].rstrip().endswith("\\"):
+                cmd = cmd.split("#")[0].rstrip()[:-1] + " " + lines[i + 1].strip()
+                i += 1
+            out.append(shlex.split(cmd.split("#")[0]))
+    assert len(out) == 2, out
+    return out
+
+
+@pytest.mark.parametrize("context", [256, 1024])
+def test_the_readme_lm_eval_lines_run_on_an_export(demo, data_dir, tmp_path, context, monkeypatch):
+    """As written (the hub's task names swapped for the same tasks on local files, --limit 2), on the demo's
+    256-token export with the budget README gives for it, and on a GPT-2-shaped 1,024-token export."""
+    import os
+
+    import torch
+
+    from lm_eval_local import local_task
+
+    out, _, _ = demo
+    if context == 256:
+        hf = out / "hf" / "dpo"
+    else:
+        from llmrecipe.checkpoint import save_model
+        from llmrecipe.export import export_hf
+        from llmrecipe.model import GPT, GPTConfig
+        from llmrecipe.tokenizer import GPT2Tokenizer
+
+        monkeypatch.setenv("LLMRECIPE_GPT2_RANKS", str(data_dir / "tokenizer" / "r50k_base.tiktoken"))
+        torch.manual_seed(0)
+        model, tok = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32)).eval(), GPT2Tokenizer()
+        save_model(tmp_path / "ours", model, tok)
+        hf = export_hf(tmp_path / "hf", model, tok)
+    tasks = tmp_path / "tasks"
+    for name in ("gsm8k_cot", "leaderboard_mmlu_pro", "ifeval"):
+        local_task(name, data_dir / "eval", tasks)
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    for cmd in _readme_lm_eval_lines():
+        cmd = [a.replace("runs/dpo-hf", str(hf)) for a in cmd]
+        i = cmd.index("--tasks")
+        cmd[i + 1] = ",".join(f"local_{t}" for t in cmd[i + 1].split(","))
+        if context == 256:  # README's note for the tiny demo's context
+            if "--gen_kwargs" in cmd:
+                cmd[cmd.index("--gen_kwargs") + 1] = "max_gen_toks=96"
+            else:
+                cmd += ["--gen_kwargs", "max_gen_toks=96"]
+        done = subprocess.run([sys.executable, "-m", "lm_eval", *cmd[1:], "--include_path", str(tasks),
+                               "--limit", "2", "--device", "cpu", "--batch_size", "1"], env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, (cmd, done.stderr[-3000:])
+        assert "local_" in done.stdout, done.stdout[-2000:]  # its results table

@@ -278,10 +278,29 @@ def test_a_request_that_trickles_past_the_deadline_is_closed(tiny_base):
         httpd.server_close()
 
 
+def test_a_stream_with_include_usage_ends_with_the_token_counts(tiny_base):
+    httpd, url = _serve(tiny_base)
+    try:
+        body = json.dumps({"model": "base", "prompt": "The", "max_tokens": 5, "stream": True,
+                           "stream_options": {"include_usage": True}}).encode()
+        req = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            events = [json.loads(x[6:]) for x in r.read().decode().split("\n\n") if x.startswith("data: {")]
+        usage = events[-1]["usage"]  # the last chunk: no choices, the counts
+        assert events[-1]["choices"] == [] and usage["prompt_tokens"] == 1
+        assert 1 <= usage["completion_tokens"] <= 5
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_openai_fields_have_strict_types(tiny_base):
     httpd, url = _serve(tiny_base)
     try:
-        for field, value in (("top_p", True), ("stream", "yes"), ("n", True)):
+        for field, value in (("top_p", True), ("stream", "yes"), ("n", True), ("logprobs", True),
+                             ("tools", [{"type": "function"}]), ("response_format", {"type": "json_object"}),
+                             ("stream_options", {"include_usage": "yes"})):
             body = json.dumps({"model": "base", "prompt": "The", "max_tokens": 2, field: value}).encode()
             req = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
             with pytest.raises(urllib.error.HTTPError) as e:
