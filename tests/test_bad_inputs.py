@@ -325,3 +325,23 @@ def test_bad_input_is_one_line_naming_the_thing(folder, args, names, monkeypatch
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert not (where / "x").exists()  # `run` failed before creating its folder
+
+
+def test_gpt2_tokenizer_offline_is_one_line_saying_what_to_do(folder, monkeypatch, capsys):
+    """`prepare text` with the default gpt2 tokenizer and no tiktoken cache, offline: tiktoken's download
+    fails inside `requests` (an 89-line traceback before); now one line naming the ways out."""
+    import requests
+    import tiktoken
+
+    where, _ = folder
+    monkeypatch.chdir(where)
+    monkeypatch.delenv("LLMRECIPE_GPT2_RANKS", raising=False)
+    monkeypatch.delenv("LLMRECIPE_DEBUG", raising=False)
+
+    def offline(name):
+        raise requests.exceptions.ConnectionError("Max retries exceeded (no network)")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(SystemExit) as e:
+        main([*PREP[:-3], "--input", "notext.jsonl"])
+    assert str(e.value).startswith("error: the gpt2 tokenizer's ranks could not be loaded (ConnectionError)")
+    assert "LLMRECIPE_GPT2_RANKS" in str(e.value) and "--tokenizer bpe" in str(e.value)

@@ -177,6 +177,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="model or adapter folder (an adapter's base chain is merged)")
     ex.add_argument("--adapter", help="an adapter folder to merge on top of --model")
     ex.add_argument("--out", required=True)
+    ex.add_argument("--gguf", action="store_true",
+                    help="also write OUT/model.gguf for llama.cpp / Ollama (pip install 'llmrecipe[gguf]')")
+    ex.add_argument("--gguf-only", action="store_true", help="write only the GGUF (no transformers needed)")
+    ex.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], default="f32",
+                    help="the GGUF's weight type (default f32: every weight exact)")
     ev = sub.add_parser("eval", help="stage 4: evaluate one model, or compare several in a table")
     ev.add_argument("--model", help="model or adapter folder")
     ev.add_argument("--adapter", help="adapter folder applied on top of --model")
@@ -453,11 +458,27 @@ def cmd_export(a) -> None:
     from .files import check_out
 
     check_out(a.out, {"--model": _chain(a.model), "--adapter": _chain(a.adapter)})
-    _replaceable(a.out, "a Hugging Face folder", "earlier export")
+    gguf = a.gguf or a.gguf_only
+    if gguf:
+        try:
+            import gguf as _  # noqa: F401  (checked before the model loads)
+        except ImportError:
+            raise ValueError("--gguf needs ggml's gguf package: pip install 'llmrecipe[gguf]'") from None
+    folder = Path(a.out)
+    if not (folder.is_dir() and all(p.suffix == ".gguf" or p.name == ".lock" for p in folder.iterdir())):
+        _replaceable(a.out, "a Hugging Face folder", "earlier export")  # (an earlier GGUF alone: replaced)
     model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
-    export_hf(a.out, model.eval(), tok)
-    print(f"Hugging Face folder written to {a.out} "
-          "(AutoModelForCausalLM / AutoTokenizer / lm_eval --model hf)")
+    if not a.gguf_only:
+        export_hf(a.out, model.eval(), tok)
+        print(f"Hugging Face folder written to {a.out} "
+              "(AutoModelForCausalLM / AutoTokenizer / lm_eval --model hf)")
+    if gguf:
+        from .gguf_file import write_gguf
+
+        name = "model.gguf" if a.gguf_type == "f32" else f"model-{a.gguf_type}.gguf"
+        path = write_gguf(Path(a.out) / name, model.eval(), tok, a.gguf_type,
+                          name=Path(a.adapter or a.model).resolve().name)
+        print(f"GGUF written to {path} (llama-cli -m {path} -cnv; README: Run it in llama.cpp / Ollama)")
 
 
 def cmd_generate(a) -> None:
