@@ -152,3 +152,14 @@ def test_export_loads_and_generates_the_same_on_the_lowest_supported_transformer
     for p, theirs in zip(prompts, got["greedy"]):
         ours = engine.generate([tok.encode(p)], 16, temperature=0.0)[0]
         assert theirs[: len(ours)] == ours and theirs[len(ours):] in ([], [tok.eot_id]), p
+
+
+def test_config_has_what_llama_cpps_converter_reads_for_gpt2(exported, tiny_base):
+    """convert_hf_to_gguf.py's GPT2Model reads n_layer, n_ctx, n_embd, n_head and layer_norm_epsilon from
+    config.json (a KeyError on n_ctx stopped every export before)."""
+    cfg = json.loads((exported / "config.json").read_text())
+    model, _ = load_model(tiny_base)
+    assert cfg["architectures"] == ["GPT2LMHeadModel"]
+    assert [cfg[k] for k in ("n_layer", "n_ctx", "n_embd", "n_head")] == \
+        [model.config.n_layer, model.config.block_size, model.config.n_embd, model.config.n_head]
+    assert cfg["n_positions"] == cfg["n_ctx"] and cfg["layer_norm_epsilon"] == pytest.approx(1e-5)
