@@ -373,3 +373,18 @@ def test_a_stale_higher_named_checkpoint_loses_and_is_pruned(straight, tmp_path,
     names = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
     assert names == [S6, "step_0000009"], names  # the folder named 90 held step 3: pruned as the older
     assert losses(run_dir) == losses(straight[1])
+
+
+# ---- 10. a damaged W&B state names its file ----
+
+@pytest.mark.parametrize("content, why", [("[1, 2]", "expected a JSON object, got list"),
+                                          ("{bad", "not valid JSON"),
+                                          ('{"id": 5, "step": 1}', "'id' must be a string")])
+def test_a_damaged_wandb_state_is_one_line_naming_it(tmp_path, monkeypatch, content, why):
+    pytest.importorskip("wandb")
+    from llmrecipe.track import Trackers
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (tmp_path / "wandb_state.json").write_text(content)
+    with pytest.raises(ValueError, match=f"wandb_state.json: .*{why}"):
+        Trackers("wandb", tmp_path, "pretrain", {}, resume_step=5)
