@@ -44,7 +44,7 @@ def llama_cpp():
     if not (CACHE / "llama_cpp").is_dir():
         print(f"building llama.cpp (llama-cpp-python {VERSION}, CPU) into {CACHE} …", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(CACHE),
-                        f"llama-cpp-python=={VERSION}"], check=True)
+                        f"llama-cpp-python=={VERSION}", "diskcache"], check=True)
     sys.path.insert(0, str(CACHE))
     import llama_cpp as lc
 
@@ -137,6 +137,7 @@ def main() -> None:
         from llmrecipe.tokenizer import GPT2Tokenizer
 
         data = Path(a.gpt2)
+        os.environ.setdefault("LLMRECIPE_GPT2_RANKS", str(data / "tokenizer" / "r50k_base.tiktoken"))
         tok = GPT2Tokenizer(str(data / "tokenizer" / "r50k_base.tiktoken"))
         torch.manual_seed(0)
         folder = work / "gpt2-tokenizer"
