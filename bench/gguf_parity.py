@@ -147,8 +147,8 @@ def main() -> None:
                  (data / "pretrain" / "fineweb_edu_sample10BT_150.jsonl").read_text().splitlines()[:20]]
         rows.append(compare(lc, folder, [tok.encode(t[:80]) for t in texts], texts, work))
         print(rows[-1], flush=True)
-    head = (f"\n### llama.cpp vs our engine (`python bench/gguf_parity.py --run {a.run}`"
-            f"{' --gpt2 ' + a.gpt2 if a.gpt2 else ''}; {cpu_name()}, {os.cpu_count()} cores, "
+    head = (f"\n### llama.cpp vs our engine (`python bench/gguf_parity.py --run {a.run}"
+            f"{' --gpt2 ' + a.gpt2 if a.gpt2 else ''}`; {cpu_name()}, {os.cpu_count()} cores, "
             f"llama-cpp-python {VERSION}, {time.strftime('%Y-%m-%d')})\n\n"
             "| model | greedy continuations equal | logit gap where they differ | next-token argmax equal | "
             "max abs logit diff | ours tok/s | llama.cpp tok/s |\n|---|---:|---|---:|---:|---:|---:|\n")
