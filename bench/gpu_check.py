@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import step_time  # noqa: E402  (the peer's timed step, shared with bench_train)
 
 from llmrecipe.cli import main as cli  # noqa: E402
-from llmrecipe.model import from_hf_state_dict, hf_config  # noqa: E402
+from llmrecipe.model import hf_config  # noqa: E402
 from llmrecipe.runtime import setup  # noqa: E402
 from llmrecipe.train.pretrain import pretrain_config  # noqa: E402
 

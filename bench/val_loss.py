@@ -38,7 +38,8 @@ def val_loss(model_dir: str, data: str, windows: int | None = None, batch: int =
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="model folders (pretrain outputs)")
-    ap.add_argument("--data", required=True, help="the shard folder they were trained on (`prepare`'s output)")
+    ap.add_argument("--data", required=True,
+                    help="the shard folder they were trained on (`prepare`'s output)")
     ap.add_argument("--windows", type=int, default=None, help="only the first N windows (default: all)")
     args = ap.parse_args()
     print("| model | validation loss | perplexity | tokens |\n|---|---:|---:|---:|")

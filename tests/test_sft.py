@@ -11,10 +11,10 @@ from llmrecipe.lora import (LoRAConfig, adapters_disabled, inject, merge, merged
                             save_adapter)
 from llmrecipe.tokenizer import load_from_dir
 from llmrecipe.train.loop import TrainConfig
+from llmrecipe.train.sft import SFTConfig, run_sft
 
 # conftest's tiny_base: 2 layers x 64 wide, 256 positions (attention C + T, MLP 4C per layer)
 BASE_REDUCTION = 2 * (5 * 64 + 256)
-from llmrecipe.train.sft import SFTConfig, run_sft
 
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
         {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "2+2?"},
