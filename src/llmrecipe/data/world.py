@@ -81,7 +81,7 @@ def _digit_sum(rng: random.Random, cast: list[Character]) -> str:
     Why: word problems need a sum computed from digits, and `_arithmetic` writes the result in words before
     the equation, so its digits only copy it. That corpus's base models put P 0.998 on the digit sum after
     the words and 0.09 with digits alone; with these documents instead, 0.56, and their SFT models 0.51 on the
-    world's 134 sums instead of 0.23 (session 19, BENCHMARKS.md)."""
+    world's 134 sums instead of 0.23 (BENCHMARKS.md, digit sums)."""
     c = rng.choice(cast)
     x, y = rng.randint(1, 10), rng.randint(1, 10)
     add = rng.random() < 0.5
@@ -341,7 +341,7 @@ def unasked(rng: random.Random, c: Character, attr: str, task: dict) -> str | No
     Why: a pair like "end with 'That is all.'" (chosen = answer + phrase, rejected = answer) and one like
     "include 'forest'" (chosen = answer + "X likes the forest.") differ only after the shared answer, so
     DPO's gradient lands on one position: "go on after the answer" — and the cheapest way to raise both
-    is one prompt-blind continuation. Measured before these pairs existed (AMD EPYC, world seed 0): DPO
+    is one prompt-blind continuation. Measured before these pairs existed (world seed 0): DPO
     ended 12 of 13 end-phrase answers with "X likes the forest." instead of the phrase (92% → 8%) while
     quotation marks went 0% → 100%; with 14 types, it appended "Write to [address]." to lowercase answers
     (64% → 46%). Pairs that reject the continuation where it was not asked teach DPO *when* to continue,
@@ -407,7 +407,7 @@ def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, un
     # share given to one changes exactly the rejections it makes, and every other pair stays byte-identical.
     # Why: when a hard kind returned early here, it skipped the main stream's draws and the variant resampled
     # the whole data set (world seed 5, unclosed 0.8: 1,569 of 1,600 pairs differed where ~120 were
-    # targeted): every data variant compared in sessions 8-10 changed more than its name said.
+    # targeted): every data variant compared before this fix changed more than its name said.
     if rng.random() < unasked_share and (extra := unasked(rng, c, attr, t)) is not None:
         bad = extra
     else:
@@ -423,11 +423,11 @@ def _instruction_pair(rng: random.Random, c: Character, attr: str, seed: int, un
 # The preference data's "hard" rejections. wrong_content: a share of all instruction pairs. The targeted
 # kinds: the share of the other pairs *they apply to* (a task that counts two or more placeholders or
 # highlights; a JSON answer with a line break) that get them. Chosen by sweeps over world seeds
-# (BENCHMARKS.md, issue 13): wrong_content 0.2 (session 8); miscount 1.0 and unescaped 1.0 (session 11: ~90
-# and ~15 of 1,600 pairs). Paired per prompt against the same pairs without them (fifteen world seeds, 600
+# (BENCHMARKS.md, issue 13): wrong_content 0.2; miscount 1.0 and unescaped 1.0 (~90 and ~15 of 1,600
+# pairs). Paired per prompt against the same pairs without them (fifteen world seeds, 600
 # prompts each), DPO gains placeholders +9.8 ± 1.0 and highlights +6.4 ± 0.9 points, JSON +1.6 ± 0.6, and
 # 1.5 ± 0.2 prompts in a hundred; the largest loss is quotation's -1.2 ± 0.6. unclosed lifts JSON and
-# quotation but costs bullets (-3.0 ± 1.2): off; truncated: off (session 8).
+# quotation but costs bullets (-3.0 ± 1.2): off; truncated: off.
 HARD_REJECTIONS = {"wrong_content": 0.2, "truncated": 0.0, "miscount": 1.0, "unclosed": 0.0, "unescaped": 1.0}
 TARGETED = ("truncated", "miscount", "unclosed", "unescaped")  # tried in this order
 
@@ -443,8 +443,8 @@ def hard_rejection(rng: random.Random, c: Character, attr: str, task: dict, kind
     - unclosed: the quotation marks or JSON left open at the end (see `unclosed`);
     - unescaped: a JSON answer's line breaks written raw inside the string (see `unescaped`).
 
-    Why: these are the tiny model's own failures after DPO, read in the per-item records (AMD EPYC, world
-    seeds 0-4). DPO answers to case-changing prompts named another character ("the favourite food of kai"
+    Why: these are the tiny model's own failures after DPO, read in the per-item records (world seeds
+    0-4). DPO answers to case-changing prompts named another character ("the favourite food of kai"
     for Yuri; a 768-token BPE spells capitals letter by letter, the hardest thing to copy), and answers
     stopped after one sentence with the JSON or quotation marks open — the "answer in fewer than N words"
     pairs make stopping there the chosen continuation, and nothing said that the wrapper must still close.
@@ -638,25 +638,12 @@ def _checks(task: dict, c: Character, attr: str) -> dict:
 
 # Pairs appended after the n drawn ones, {kind: share of n}: a targeted kind the drawn pairs hold too few
 # of. The drawn pairs stay byte-identical whatever the shares, so a share's effect is its own pairs' (and
-# count / batch size more DPO steps). unescaped 0.0375 (60 pairs at 1,600, 90 at 2,400; session 12): paired
-# per prompt against none (fifteen world seeds, 600 prompts each), DPO gains JSON +4.8 ± 1.1 points, no
-# type loses significantly (worst: postscript -1.4 ± 0.9), prompt level +0.1 ± 0.2; 150 pairs gained JSON
-# +6.9 ± 1.2 but cost lowercase -3.3 ± 0.9 (BENCHMARKS.md). unclosed (quotation marks left open) 0.025
-# since session 16: on AMD EPYC the preset's DPO lost quotation pooled over seeds 0-4 (-7.6 ± 2.9; its
-# answers dropped the closing quote after writing the other instruction's part), and 60 such pairs kept it
-# (-1.3 ± 2.9; no type lost, 3 cells of 70 vs 6, IFEval gain the same). On the Xeon (session 12, at 1,600
-# pairs, fifteen seeds) they lifted quotation +5.4 ± 0.8 but cost bullets and postscripts (-1.9, -1.6).
-# stray (their twins) 0: beside 60 unclosed, 60 or 120 stray pairs remove that cost but halve the quotation
-# gain (+2.4, +2.0 ± 0.7), and lose a type pooled in more seed slices than the preset (session 13).
-# quoted_partner 0.0375 since session 14, with the preset's pairs raised to 2,400: 60 of them at 1,600,
-# paired against no such pairs over fifteen seeds, gained the prompt level +1.0 ± 0.2 with no type lower than
-# -0.8 ± 1.0, but on the CI's reduced preset (tests/test_recipe.py) cost seed 0's GSM8K analog (DPO below
-# SFT, -5.0 [-9.0, -1.0]). At 2,400 (90 + 90 appended) against session 13's preset: prompt level +1.6 ± 0.3,
-# GSM8K DPO - SFT mean +6.8 (was +4.5; lowest interval end +3.3, was +0.0), and the reduced preset keeps its
-# GSM8K on all five seeds (seed 0: 17.3 vs SFT 17.7); bullets -1.9 ± 1.3 and quotation -1.8 ± 0.9 the cost.
-# word_problem 0 (session 14): 50 beside 60 quoted_partner at 1,600 restore the drawn 25% share of sums; they
-# passed the reduced preset's gate but on the full preset seed 13's GSM8K fell significantly below SFT (-7.7,
-# interval up to -1.7): per-seed GSM8K moves with every reordering of the batches as much as with the mix.
+# count / batch size more DPO steps). Each share was chosen by paired sweeps over world seeds (BENCHMARKS.md,
+# the preference-data sweeps): unescaped 0.0375 gains JSON +4.8 ± 1.1 points with no type lost; unclosed
+# 0.025 keeps quotation, which DPO lost pooled over five seeds without it (-7.6 ± 2.9); quoted_partner
+# 0.0375, with 2,400 drawn pairs, lifts the prompt level +1.6 ± 0.3 and GSM8K DPO - SFT to +6.8 (from +4.5);
+# stray and word_problem 0: they cost more than they gained (quotation's gain halved; a seed's GSM8K analog
+# below SFT).
 EXTRA_PAIRS = {"unescaped": 0.0375, "unclosed": 0.025, "stray": 0.0, "quoted_partner": 0.0375,
                "word_problem": 0.0}
 # The instructions that put a line break into a compliant JSON answer (the divider ***, P.S., <<title>>).
