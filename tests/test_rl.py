@@ -1,4 +1,4 @@
-"""Stage 5, RL with verifiable rewards: the reward is the GSM8K suite's verdict, group advantages, that the
+"""RL with verifiable rewards: the reward is the GSM8K suite's verdict, group advantages, that the
 update raises the probability of rewarded answers on a toy task, exact resume, and the CLI."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 4: evaluation suites on one harness (see harness.py)."""
+"""Evaluation: the suites on one harness (see harness.py)."""
 from __future__ import annotations
 
 from .gsm8k import GSM8K

@@ -1,4 +1,4 @@
-"""Stage 3: DPO. The policy is the SFT model (adapter merged) plus a fresh LoRA; the reference is the same
+"""DPO. The policy is the SFT model (adapter merged) plus a fresh LoRA; the reference is the same
 weights with that LoRA disabled, so no second copy of the model is held. A batch is B pairs, chosen and
 rejected concatenated into one forward, both continuing their prompt, which is computed once (model.Prefix:
 prompts are ~77% of the tiny recipe's pair tokens); the loss is
@@ -32,7 +32,7 @@ class DPOConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         batch_size=4, grad_accum=1, lr=5e-6, min_lr=5e-7, warmup_steps=0, schedule="constant",
         weight_decay=0.0, log_interval=10, eval_interval=0, save_interval=500))
-    sft: str = ""  # adapter (or model) folder from stage 2; its chain is merged into the starting weights
+    sft: str = ""  # adapter (or model) folder from `sft`; its chain is merged into the starting weights
     data: str = "HuggingFaceH4/ultrafeedback_binarized"
     split: str = "train_prefs"
     beta: float = 0.1

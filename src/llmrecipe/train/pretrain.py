@@ -1,4 +1,4 @@
-"""Stage 1: pre-training. A batch is B windows of T+1 tokens from the shards; the loss is next-token CE."""
+"""Pre-training. A batch is B windows of T+1 tokens from the shards; the loss is next-token CE."""
 from __future__ import annotations
 
 import sys

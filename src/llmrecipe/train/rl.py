@@ -1,4 +1,4 @@
-"""Stage 5: reinforcement learning with verifiable rewards (GSM8K-style word problems).
+"""Reinforcement learning with verifiable rewards (GSM8K-style word problems).
 
 The variant is the on-policy one nanochat uses, which is GRPO (DeepSeekMath, Shao et al. 2024) with one
 gradient step per sampled batch: for each question, sample G answers from the current policy; reward 1

@@ -1,4 +1,4 @@
-"""Stage 2: LoRA instruction tuning. A batch is right-padded chat examples; the loss is cross-entropy on
+"""SFT: LoRA instruction tuning. A batch is right-padded chat examples; the loss is cross-entropy on
 response tokens only (assistant content + end of turn), mean over the batch's response tokens.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         batch_size=8, grad_accum=1, lr=2e-4, min_lr=2e-5, warmup_steps=0, schedule="constant",
         weight_decay=0.0, log_interval=10, eval_interval=0, save_interval=500))
-    base: str = ""  # model folder from stage 1 (or any model/adapter folder)
+    base: str = ""  # model folder from `pretrain` (or any model/adapter folder)
     data: str = "HuggingFaceH4/ultrachat_200k"  # hub id or local parquet/jsonl/json files
     split: str = "train_sft"
     epochs: float = 3.0  # used when train.max_steps is 0
