@@ -423,9 +423,9 @@ def _train_out(out: str, inputs: dict, resume: bool) -> None:
                                   "); choose a new folder (nothing there is overwritten)")
 
 
-def _replaceable(out: str, kind: str, what: str) -> None:
-    """An output folder of a kind this command writes (`kind`) is replaced with a note; any other
-    non-empty folder is an error."""
+def _replaceable(out: str, kind: str | None, what: str) -> None:
+    """An output folder of a kind this command writes (`kind`; None: none is replaceable) is replaced with
+    a note; any other non-empty folder is an error."""
     from .files import check_fresh_out
 
     if check_fresh_out(out, allowed=kind):
@@ -439,7 +439,7 @@ def cmd_merge(a) -> None:
     check_out(a.out, {"--model": _chain(a.model), "--adapter": _chain(a.adapter)})
     merged = folder_kind(a.out) == "a model folder" and \
         read_json(Path(a.out) / "model.json").get("stage") == "merged"
-    _replaceable(a.out, "a model folder" if merged else "", "earlier merge")
+    _replaceable(a.out, "a model folder" if merged else None, "earlier merge")
     if not a.adapter and (Path(a.model) / "model.json").is_file():
         raise ValueError(f"--model {a.model} is a plain model and no --adapter was given: nothing to merge")
     model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
