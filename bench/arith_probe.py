@@ -5,7 +5,7 @@
 Nearly every failure on the world's word problems, before and after RL, is a wrong sum (names and numbers are
 copied right in 98% or more of them; BENCHMARKS.md, session 18), and RL can only sharpen sums the model
 already gives some probability. So, for every fact the world's word problems ask (a + b and a - b, in the
-world's own wording, drawn with `data.world.word_problem`), this asks the model the question in the GSM8K
+world's own wording, drawn with `world.instructions`), this asks the model the question in the GSM8K
 analog's shape and teacher-forces its worked solution up to "a + b =": the probability it puts on the right
 result, whether that result is its greedy choice, and the share of facts it gives more than even odds. Prints
 one Markdown row per model. A few seconds a model; screens pre-training variants for RL without a whole run.
@@ -18,7 +18,8 @@ import random
 
 from llmrecipe.chat import encode_chat
 from llmrecipe.checkpoint import load_model
-from llmrecipe.data.world import characters, word_problem
+from llmrecipe.world.cast import characters
+from llmrecipe.world.instructions import word_problem
 from llmrecipe.engine import Engine
 from llmrecipe.runtime import setup
 
@@ -44,7 +45,7 @@ def probe(model_dir: str, items: list[tuple[str, str, str]]) -> tuple[float, flo
     eng = Engine(model, tok, setup("cpu"), batch_size=64)
     requests = []
     for q, upto, result in items:
-        # the GSM8K analog's user turn ("Q: …\nA:", data.world.problem_turn), then the worked answer so far
+        # the GSM8K analog's user turn (world.instructions.problem_turn), then the worked answer so far
         ctx = encode_chat([{"role": "user", "content": f"Q: {q}\nA:"}], tok, add_generation_prompt=True).ids
         requests.append((ctx + tok.encode(upto), tok.encode(result)))
     scored = eng.score(requests)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from llmrecipe.data.prepare import PrepareConfig, prepare
-from llmrecipe.data.world import write_pretrain_corpus
+from llmrecipe.world.corpus import write_pretrain_corpus
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from llmrecipe.data.world import write_eval_sets
+from llmrecipe.world.datasets import write_eval_sets
 from llmrecipe.eval import make_suites
 from llmrecipe.eval.harness import comparisons, evaluate, load_eval_model, trades_over_runs
 from llmrecipe.files import read_jsonl

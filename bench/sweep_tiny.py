@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from llmrecipe.config import load_preset
-from llmrecipe.data.world import EXTRA_PAIRS, HARD_REJECTIONS, TARGETED, _write_jsonl, preference_pairs
+from llmrecipe.world.rejections import HARD_REJECTIONS, TARGETED
+from llmrecipe.world.datasets import EXTRA_PAIRS, preference_pairs, _write_jsonl
 from llmrecipe.eval.harness import trades_over_runs
 from llmrecipe.files import read_jsonl
 from llmrecipe.recipe import run

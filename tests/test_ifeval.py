@@ -4,7 +4,7 @@ import pytest
 
 from llmrecipe.data.sources import DataError
 from llmrecipe.eval.ifeval import IFEval, load_items, score_file
-from llmrecipe.eval.ifeval.rules import RULES, check, detect_language, verdicts
+from llmrecipe.ifeval_rules import RULES, check, detect_language, verdicts
 
 NONDETERMINISTIC_IN_REFERENCE = {(1122, "keywords:letter_frequency"), (1129, "keywords:letter_frequency")}
 

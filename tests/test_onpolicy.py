@@ -6,7 +6,7 @@ import json
 from collections import Counter
 
 from llmrecipe.cli import main
-from llmrecipe.data.world import preference_pairs
+from llmrecipe.world.datasets import preference_pairs
 from llmrecipe.files import atomic_write_text
 from llmrecipe.train.onpolicy import OnPolicyConfig, failed_checks, onpolicy_pairs, states
 

@@ -6,10 +6,12 @@ from collections import Counter
 
 import pytest
 
-from llmrecipe.data import world
-from llmrecipe.data.world import (HARD_REJECTIONS, IFEVAL_IDS, INSTRUCTION_TYPES, characters, hard_rejection,
-                                  instruction_task, preference_pairs, sft_conversations, write_eval_sets)
-from llmrecipe.eval.ifeval.rules import RULES, check
+from llmrecipe.world import corpus, datasets, instructions, rejections
+from llmrecipe.ifeval_rules import RULES, check
+from llmrecipe.world.cast import NUMBER_WORDS, characters
+from llmrecipe.world.datasets import preference_pairs, sft_conversations, write_eval_sets
+from llmrecipe.world.instructions import IFEVAL_IDS, INSTRUCTION_TYPES, instruction_task
+from llmrecipe.world.rejections import HARD_REJECTIONS, hard_rejection
 
 
 def _rows(path):
@@ -78,8 +80,8 @@ def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):
     # wiring: each hard rejection made is a pair's rejected answer; wrong content at its share of the
     # instruction pairs, and the targeted kinds (miscount in the preset) only on pairs they apply to
     calls: list[tuple[str, str | None]] = []
-    real = world.hard_rejection
-    monkeypatch.setattr(world, "hard_rejection", lambda *a: calls.append((a[4], real(*a))) or calls[-1][1])
+    real = rejections.hard_rejection
+    monkeypatch.setattr(datasets, "hard_rejection", lambda *a: calls.append((a[4], real(*a))) or calls[-1][1])
     pairs = preference_pairs(1600, seed=7)
     rejected = {p["rejected"][1]["content"] for p in pairs}
     assert {r for _, r in calls if r is not None} <= rejected
@@ -87,7 +89,7 @@ def test_hard_rejections_keep_the_format_and_fail_the_answer(monkeypatch):
     share = sum(k == "wrong_content" for k, _ in calls) / n
     assert abs(share - HARD_REJECTIONS["wrong_content"]) < 4 * (0.25 / n) ** 0.5, (share, n)
     made = Counter(k for k, r in calls if r is not None and k != "wrong_content")
-    assert set(made) == {k for k in world.TARGETED if HARD_REJECTIONS[k] > 0}, made
+    assert set(made) == {k for k in rejections.TARGETED if HARD_REJECTIONS[k] > 0}, made
     assert made["miscount"] > 30 and made["unescaped"] > 3, made  # ~90 and ~15 of 1,600 pairs
 
 
@@ -95,9 +97,9 @@ def test_a_hard_rejection_option_changes_only_its_own_pairs():
     """Giving a share to truncated, miscount or unclosed replaces exactly the rejections that kind makes;
     every other pair, and the pairs' order, stay those of the preset (a variant compared against the
     preset must differ in what its name says and nothing else)."""
-    plain = {**HARD_REJECTIONS, **{k: 0.0 for k in world.TARGETED}}
+    plain = {**HARD_REJECTIONS, **{k: 0.0 for k in rejections.TARGETED}}
     base = preference_pairs(800, seed=3, hard=plain)
-    for kind in world.TARGETED:
+    for kind in rejections.TARGETED:
         pairs = preference_pairs(800, seed=3, hard={**plain, kind: 0.5})
         changed = [(a, b) for a, b in zip(base, pairs) if a != b]
         assert (0 if kind == "unescaped" else 20) < len(changed) < 200, (kind, len(changed))
@@ -113,7 +115,7 @@ def test_miscounted_rejection_is_off_by_one_in_one_counted_instruction_only():
     by the real IFEval rules; None where nothing can be one short."""
     made = Counter()
     for rng, _, c, t in _tasks(11, "colour", 600):
-        out = world.miscounted(rng, c, "colour", t)
+        out = rejections.miscounted(rng, c, "colour", t)
         spec = dict(zip(t["kinds"], t["kwargs"]))
         countable = (spec.get("placeholder", {}).get("num_placeholders", 0) > 1
                      or spec.get("highlight", {}).get("num_highlights", 0) > 1)
@@ -126,8 +128,8 @@ def test_miscounted_rejection_is_off_by_one_in_one_counted_instruction_only():
         kind = t["kinds"][ok.index(False)]
         made[kind] += 1
         pattern = {"placeholder": r"\[[a-zA-Z]+\]", "highlight": r"\*[^*\n]+\*"}[kind]
-        assert len(re.findall(pattern, out)) == spec[kind][world.COUNTED[kind]] - 1, (t["prompt"], out)
-    assert min(made[k] for k in world.COUNTED) >= 10, made
+        assert len(re.findall(pattern, out)) == spec[kind][rejections.COUNTED[kind]] - 1, (t["prompt"], out)
+    assert min(made[k] for k in rejections.COUNTED) >= 10, made
 
 
 def test_unclosed_rejection_leaves_only_the_wrapper_open():
@@ -135,7 +137,7 @@ def test_unclosed_rejection_leaves_only_the_wrapper_open():
     other rule still passes; None where no wrapper was asked for."""
     made = Counter()
     for _, _, _, t in _tasks(5, "home", 600):
-        out = world.unclosed(t)
+        out = rejections.unclosed(t)
         wrapper = next((k for k in ("json", "quote") if k in t["kinds"]), None)
         if wrapper is None:
             assert out is None
@@ -157,7 +159,7 @@ def test_digit_sum_documents_ask_for_the_sum_before_they_show_the_result():
     """With `digit_sums` every sum in the corpus is right and its equation comes BEFORE the story says the
     result, half the stories in digits and half in words: the model must add digits, not copy a result (with
     the result first, base models put P 0.09 on a digit sum without it; BENCHMARKS.md, session 19)."""
-    parts = _sums(world.pretrain_documents(600, seed=3, digit_sums=True))
+    parts = _sums(corpus.pretrain_documents(600, seed=3, digit_sums=True))
     assert len(parts) > 250
     in_digits = 0
     for p in parts:
@@ -173,10 +175,10 @@ def test_digit_sum_documents_ask_for_the_sum_before_they_show_the_result():
             in_digits += 1
             assert story == [str(x), str(y), str(z)], p
         else:
-            assert story == [world.NUMBER_WORDS[v] for v in (x, y, z)], p
+            assert story == [NUMBER_WORDS[v] for v in (x, y, z)], p
     assert 0.4 < in_digits / len(parts) < 0.6, in_digits / len(parts)
     # without it (the function's default, the corpus before session 19) the result comes in words first
-    for p in _sums(world.pretrain_documents(50, seed=3)):
+    for p in _sums(corpus.pretrain_documents(50, seed=3)):
         assert re.fullmatch(r".*\. Now .*\. \d+ [+-] \d+ = \d+\. The answer is \d+\.", p), p
 
 
@@ -184,12 +186,12 @@ def test_digit_sum_documents_ask_for_the_sum_before_they_show_the_result():
 def test_arithmetic_percent_sets_the_share_of_sums_in_the_corpus(percent):
     """`arithmetic_percent` moves parts between arithmetic and formats; stories (15%) keep their share, so
     sums per story is percent / 15 (both are one line each, where some formats span several)."""
-    docs = world.pretrain_documents(3000, seed=1, arithmetic_percent=percent)
+    docs = corpus.pretrain_documents(3000, seed=1, arithmetic_percent=percent)
     lines = [x for d in docs for x in d.split("\n")]
     sums, stories = len(_sums(lines)), sum(x.startswith("One morning") for x in lines)
     assert sums / stories == pytest.approx(percent / 15, rel=0.1), (sums, stories)
     with pytest.raises(ValueError, match="arithmetic_percent = 56: must be 0-55"):
-        world.pretrain_documents(1, arithmetic_percent=56)
+        corpus.pretrain_documents(1, arithmetic_percent=56)
 
 
 def test_case_copies_show_an_answer_then_the_same_answer_in_another_case():
@@ -199,12 +201,12 @@ def test_case_copies_show_an_answer_then_the_same_answer_in_another_case():
     cases = Counter()
     for _ in range(300):
         c, kinds = rng.choice(cast), rng.sample(INSTRUCTION_TYPES, k=rng.randint(1, 2))
-        spec = {k: world._instruction(k, rng)[1] for k in kinds}
+        spec = {k: instructions._instruction(k, rng)[1] for k in kinds}
         if {"lower", "upper"} <= set(spec):
             continue
-        doc = world._case_copy(c, "home", spec, rng)
-        plain = world.respond(c, "home", {k: v for k, v in spec.items() if k not in ("lower", "upper", "json",
-                                                                                          "quote")})
+        doc = corpus._case_copy(c, "home", spec, rng)
+        plain = instructions.respond(c, "home", {k: v for k, v in spec.items()
+                                                 if k not in ("lower", "upper", "json", "quote")})
         assert doc.startswith(plain + "\n") and c.name in plain
         copy = doc[len(plain) + 1:]
         core = copy[1:-1] if "quote" in spec else copy
@@ -214,7 +216,7 @@ def test_case_copies_show_an_answer_then_the_same_answer_in_another_case():
         cases[case] += 1
     assert cases["lower"] > 80 and cases["upper"] > 80, cases
     share = sum("\n" + c.name.lower() in d or "\n" + c.name.upper() in d
-                for d in world.pretrain_documents(400, seed=3) for c in cast) / 400
+                for d in corpus.pretrain_documents(400, seed=3) for c in cast) / 400
     assert share > 0.05  # the corpus carries them (about 0.5 x 0.3 x 0.3 of the parts, 2-5 parts a document)
 
 
@@ -223,7 +225,7 @@ def test_unescaped_rejection_breaks_only_the_json():
     *** paragraphs, the P.S., the title it wrote) still passes; None where the JSON holds no line break."""
     made = Counter()
     for _, _, _, t in _tasks(13, "kind", 3000):
-        out = world.unescaped(t)
+        out = rejections.unescaped(t)
         if "json" not in t["kinds"] or "\\n" not in t["good"]:
             assert out is None
             continue
@@ -236,7 +238,7 @@ def test_unescaped_rejection_breaks_only_the_json():
 
 def _appended_pairs(kind: str, seed: int) -> list[dict]:
     """The 40 pairs of `kind` appended to 400 drawn ones, which stay byte-identical."""
-    off = {k: 0.0 for k in world.EXTRA_PAIRS}
+    off = {k: 0.0 for k in datasets.EXTRA_PAIRS}
     pairs = preference_pairs(400, seed=seed, extra={**off, kind: 0.1})
     assert len(pairs) == 440 and pairs[:400] == preference_pairs(400, seed=seed, extra=off)
     return pairs[400:]
@@ -259,7 +261,7 @@ def test_extra_pairs_are_appended_and_break_only_their_instruction(kind, rule, m
     rejection fails the kind's rule only, with its partner instructions varied."""
     partners = Counter()
     for p, ids, kwargs, chosen, rejected in _appended(kind, seed=12):
-        assert not world._held_out(p["prompt"], 12) and p["chosen"][0]["content"] == p["prompt"]
+        assert not datasets._held_out(p["prompt"], 12) and p["chosen"][0]["content"] == p["prompt"]
         assert all(check(i, kw, chosen) for i, kw in zip(ids, kwargs)), p["prompt"]
         assert [check(i, kw, rejected) for i, kw in zip(ids, kwargs)] == [not i.endswith(rule) for i in ids]
         assert rejected == made_from(chosen) != chosen
@@ -278,7 +280,7 @@ def test_stray_pairs_are_the_unclosed_pairs_twins():
     for p, ids, kwargs, chosen, rejected in _appended("stray", seed=3):
         assert len(set(ids)) == 2 and not any(i.endswith(("quotation", "json_format")) for i in ids), ids
         assert all(check(i, kw, chosen) for i, kw in zip(ids, kwargs)), p["prompt"]
-        assert rejected == chosen + '"' and not world._held_out(p["prompt"], 3)
+        assert rejected == chosen + '"' and not datasets._held_out(p["prompt"], 3)
         seen.update(ids)
     assert len(seen) >= 10, seen
 
@@ -305,7 +307,7 @@ def test_word_problem_pairs_reject_a_wrong_sum_on_training_questions():
         q, chosen, rejected = p["prompt"], p["chosen"][1]["content"], p["rejected"][1]["content"]
         bare = q[3:-3] if q.startswith("Q: ") else q
         shapes[bare != q] += 1
-        assert not world._held_out(bare, 5) and "instruction_id_list" not in p
+        assert not datasets._held_out(bare, 5) and "instruction_id_list" not in p
         right, wrong = (int(a.rsplit("The answer is ", 1)[1].rstrip(".")) for a in (chosen, rejected))
         assert 1 <= abs(right - wrong) <= 2 and chosen.rsplit("=", 1)[0] == rejected.rsplit("=", 1)[0]
     assert min(shapes.values()) >= 10, shapes

@@ -20,8 +20,6 @@ from .checkpoint import has_checkpoints
 from .config import apply_overrides, build, load_preset, to_dict, validate
 from .data.prepare import PrepareConfig, prepare
 from .data.sources import is_local, resolve_files
-from .data.world import (MAX_ARITHMETIC_PERCENT, write_chat_data, write_eval_sets, write_pretrain_corpus,
-                         write_rl_problems)
 from .eval import make_suites
 from .eval.harness import comparisons, evaluate, load_eval_model, write_table
 from .files import atomic_write_json, folder_lock, read_json
@@ -31,6 +29,8 @@ from .train.onpolicy import OnPolicyConfig, onpolicy_pairs
 from .train.pretrain import pretrain_config, run_pretrain
 from .train.rl import rl_config, run_rl
 from .train.sft import run_sft, sft_config
+from .world.corpus import MAX_ARITHMETIC_PERCENT, write_pretrain_corpus
+from .world.datasets import write_chat_data, write_eval_sets, write_rl_problems
 
 STAGES = ("pretrain", "sft", "onpolicy", "dpo", "rl")
 # `run --data-dir D` for the hub presets: where each stage finds its data set's parquet files under D

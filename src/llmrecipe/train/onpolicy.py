@@ -28,7 +28,7 @@ from ..checkpoint import load_model
 from ..config import validate
 from ..data.sources import DataError, iter_rows
 from ..engine import Engine
-from ..eval.ifeval.rules import RULES, check
+from ..ifeval_rules import RULES, check
 from ..files import atomic_write_text
 from ..runtime import setup
 

@@ -5,10 +5,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...chat import encode_chat
-from ...data.sources import DataError, iter_jsonl, iter_rows
-from ..harness import EvalModel, stratified, warn_budget
-from .rules import RULES, verdicts
+from ..chat import encode_chat
+from ..data.sources import DataError, iter_jsonl, iter_rows
+from .harness import EvalModel, stratified, warn_budget
+from ..ifeval_rules import RULES, verdicts
 
 HUB = "google/IFEval"
 
