@@ -1,4 +1,7 @@
-"""`llmrecipe` command line: argument parsing only; the work happens in the stage modules."""
+"""`llmrecipe` command line: argument parsing only; the work happens in the stage modules.
+
+Each command is a pair side by side: `_add_NAME(sub)` declares its flags, `cmd_NAME(args)` handles them;
+COMMANDS at the bottom lists the pairs in the order `--help` shows them."""
 from __future__ import annotations
 
 import argparse
@@ -33,29 +36,6 @@ TOP_K = _number(int, 0, what=" (0 = off)")
 TOP_P = _number(float, 0.0, 1.0, low_open=True)
 
 
-def _add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="tokenize a corpus into training shards")
-    kinds = p.add_subparsers(dest="kind", required=True)
-    fw = kinds.add_parser("fineweb", help="stream HuggingFaceFW/fineweb-edu (sample-10BT) from the hub")
-    fw.add_argument("--name", default="sample-10BT", help="fineweb-edu config (default sample-10BT)")
-    tx = kinds.add_parser("text", help="local parquet/jsonl/json/txt files with a `text` column, or a hub id")
-    tx.add_argument("--input", nargs="+", required=True,
-                    help="files, folders or globs (or one hub data set id)")
-    tx.add_argument("--text-field", default="text")
-    tx.add_argument("--split", default="train", help="hub split (hub ids only)")
-    for k in (fw, tx):
-        k.add_argument("--out", required=True, help="folder for the shards")
-        k.add_argument("--preset", help="take tokenizer settings from a preset's `prepare` section")
-        k.add_argument("--tokenizer", help="gpt2 | gpt2:FILE.tiktoken | bpe (train one) | bpe:FILE.json")
-        k.add_argument("--vocab-size", type=int, help="vocabulary of a trained bpe tokenizer")
-        k.add_argument("--max-tokens", type=int, help="stop after this many training tokens")
-        k.add_argument("--shard-tokens", type=int, help="tokens per shard (default 100M)")
-        k.add_argument("--val-every", type=int, help="every N-th document goes to the validation shard")
-        k.add_argument("--workers", type=int, help="tokenizer processes")
-        k.add_argument("--overwrite", action="store_true",
-                       help="replace an earlier prepare's output in --out (only its own files)")
-
-
 def _add_train_common(p, default_help: str) -> None:
     p.add_argument("--preset", help=f"config preset name or YAML path (default: {default_help})")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, final model)")
@@ -88,220 +68,74 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="llmrecipe", description=HELP, epilog=EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version", action="version", version=f"llmrecipe {_version()}")
-    sub = ap.add_subparsers(dest="command", required=True)
-    _add_prepare(sub)
-    pt = sub.add_parser("pretrain", help="pre-training: a GPT-2 from scratch")
-    pt.add_argument("--data", help="shard folder from `llmrecipe prepare`")
-    _add_train_common(pt, "tiny")
-    g = sub.add_parser("generate", help="sample text from a model folder")
-    g.add_argument("--model", required=True)
-    g.add_argument("--prompt", default="")
-    g.add_argument("--max-new-tokens", type=POSITIVE,
-                   help="default: a quarter of the model's context; cut to what fits after the prompt")
-    g.add_argument("--temperature", type=TEMPERATURE, default=0.8)
-    g.add_argument("--top-k", type=TOP_K, default=50)
-    g.add_argument("--top-p", type=TOP_P, default=None)
-    g.add_argument("--num-samples", type=POSITIVE, default=1)
-    g.add_argument("--seed", type=_number(int, 0, 2**63 - 1), default=None)
-    g.add_argument("--device", default="auto")
-    sf = sub.add_parser("sft", help="SFT: LoRA instruction tuning on chat data")
-    sf.add_argument("--base", help="model folder from `llmrecipe pretrain`")
-    sf.add_argument("--data", help="hub id (HuggingFaceH4/ultrachat_200k) or local parquet/jsonl/json files")
-    sf.add_argument("--split", help="hub split (default train_sft)")
-    sf.add_argument("--epochs", type=float)
-    sf.add_argument("--lr", type=float)
-    sf.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
-    _add_train_common(sf, "the preset --base was trained with")
-    dp = sub.add_parser("dpo", help="DPO: preference tuning, a fresh LoRA on the SFT model")
-    dp.add_argument("--sft", help="adapter folder from `llmrecipe sft` (or any model folder)")
-    dp.add_argument("--data",
-                    help="hub id (HuggingFaceH4/ultrafeedback_binarized) or local files (UFB or HH format)")
-    dp.add_argument("--split", help="hub split (default train_prefs)")
-    dp.add_argument("--beta", type=float)
-    dp.add_argument("--epochs", type=float)
-    dp.add_argument("--lr", type=float)
-    dp.add_argument("--reference", choices=["adapter", "copy"], help="reference = policy with LoRA disabled "
-                    "(default, no extra memory) or a frozen copy")
-    dp.add_argument("--precompute-reference", action="store_true", help="score the reference once, cache it")
-    dp.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
-    _add_train_common(dp, "the preset --sft was trained with")
-    op = sub.add_parser("onpolicy", help="between SFT and DPO: replace rejections by the SFT model's own "
-                        "failing samples (rows with IFEval-style checks)")
-    op.add_argument("--sft", required=True, help="the SFT folder to sample from")
-    op.add_argument("--data", required=True, help="preference pairs (.jsonl) whose rows carry "
-                    "instruction_id_list + kwargs (and optionally must_state)")
-    op.add_argument("--out", required=True, help="folder for preferences.jsonl (then: dpo --data it)")
-    op.add_argument("--samples", type=int, default=4, help="answers sampled per checkable prompt")
-    op.add_argument("--temperature", type=float, default=1.0)
-    op.add_argument("--max-new-tokens", type=int, default=96)
-    op.add_argument("--seed", type=int, default=0)
-    op.add_argument("--device", default="auto")
-    rl = sub.add_parser("rl", help="RL with verifiable rewards (GRPO) on word problems, a fresh LoRA")
-    rl.add_argument("--model", help="model or adapter folder to start from (e.g. runs/dpo)")
-    rl.add_argument("--data", help="hub id (openai/gsm8k) or local .jsonl/.parquet files in its schema")
-    rl.add_argument("--data-dir", help="a folder holding gsm8k/train.jsonl (the layout of shared/data/eval)")
-    rl.add_argument("--split", help="hub split (default train)")
-    rl.add_argument("--group-size", type=int, help="answers sampled per question (G)")
-    rl.add_argument("--max-new-tokens", type=int)
-    rl.add_argument("--lr", type=float)
-    rl.add_argument("--anchor-data", help="chat conversations (ultrachat schema) whose replies RL keeps "
-                    "close to the starting model, e.g. the SFT data (`run` passes it; needed when "
-                    "anchor_beta > 0)")
-    _add_train_common(rl, "the preset --model was trained with")
-    c = sub.add_parser("chat", help="interactive chat in the terminal")
-    c.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is "
-                   "loaded); with --url, the served model's name")
-    c.add_argument("--url", help="chat with a served model instead (e.g. http://127.0.0.1:8000/v1)")
-    c.add_argument("--api-key", help="Bearer key for --url (default: $LLMRECIPE_API_KEY)")
-    c.add_argument("--adapter", help="an adapter folder to apply on top of --model")
-    c.add_argument("--system", help="system message")
-    c.add_argument("--max-new-tokens", type=POSITIVE,
-                   help="answer budget (default: a quarter of the model's context; cut to what fits)")
-    c.add_argument("--temperature", type=TEMPERATURE, default=0.7)
-    c.add_argument("--top-k", type=TOP_K, default=50)
-    c.add_argument("--top-p", type=TOP_P, default=None)
-    c.add_argument("--device", default="auto")
-    m = sub.add_parser("merge", help="fold an adapter into its base and save a plain model folder")
-    m.add_argument("--model", required=True)
-    m.add_argument("--adapter", help="adapter folder (omit when --model is itself an adapter folder)")
-    m.add_argument("--out", required=True)
-    m.add_argument("--hf", action="store_true",
-                   help="also write a Hugging Face GPT2LMHeadModel folder in OUT/hf")
-    ex = sub.add_parser("export", help="a complete Hugging Face folder: weights, config, tokenizer, "
-                        "chat template")
-    ex.add_argument("--model", required=True,
-                    help="model or adapter folder (an adapter's base chain is merged)")
-    ex.add_argument("--adapter", help="an adapter folder to merge on top of --model")
-    ex.add_argument("--out", required=True)
-    ex.add_argument("--gguf", action="store_true",
-                    help="also write OUT/model.gguf for llama.cpp / Ollama (pip install 'llmrecipe[gguf]')")
-    ex.add_argument("--gguf-only", action="store_true", help="write only the GGUF (no transformers needed)")
-    ex.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], default="f32",
-                    help="the GGUF's weight type (default f32: every weight exact)")
-    ev = sub.add_parser("eval", help="evaluation: one model, or several compared in a table")
-    ev.add_argument("--model", help="model or adapter folder")
-    ev.add_argument("--adapter", help="adapter folder applied on top of --model")
-    ev.add_argument("--compare", nargs="+", metavar="NAME=PATH",
-                    help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
-    ev.add_argument("--suites", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench,mmlu_pro_category "
-                    "(all: the first four; default: the preset's, else all)")
-    ev.add_argument("--preset", help="take the evaluation settings from this preset's eval: section "
-                    "(default: the preset the model was trained with; none: the suites' own defaults)")
-    ev.add_argument("--shots", type=_number(int, 0), help="few-shot exemplars for mmlu_pro and gsm8k")
-    ev.add_argument("--limit", type=POSITIVE,
-                    help="first N items per suite (stratified by category where there is one)")
-    ev.add_argument("--data-dir",
-                    help="local copies in the hub's schema (e.g. ../shared/data/eval); default: the hub")
-    ev.add_argument("--out",
-                    help="summary JSON (single model; default MODEL/eval.json) or table path (--compare)")
-    ev.add_argument("--prompting", choices=["auto", "chat", "plain"], default="auto",
-                    help="force the chat template or plain few-shot text (default: chat for SFT/DPO models)")
-    ev.add_argument("--mmlu-scoring", choices=["letter", "text"],
-                    help="rank option letters (default) or texts")
-    ev.add_argument("--max-new-tokens", type=POSITIVE,
-                    help="generation budget for gsm8k / ifeval (ifeval default 1280)")
-    ev.add_argument("--batch-size", type=POSITIVE, help="prompts per forward (default: the preset's, or 16)")
-    ev.add_argument("--device", default="auto")
-    sv = sub.add_parser("serve", help="OpenAI-compatible server: a base model plus named adapters")
-    sv.add_argument("--model", required=True, help="model folder (or an adapter folder, served merged)")
-    sv.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                    help="a named adapter, selected by the request's model field (repeatable)")
-    sv.add_argument("--name", help="the model id of --model itself (default: its folder's name, e.g. rl)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="0: any free port")
-    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (visible in `ps`: prefer "
-                    "--api-key-file or $LLMRECIPE_API_KEY)")
-    sv.add_argument("--api-key-file", help="file holding the key (first line)")
-    sv.add_argument("--device", default="auto")
-    mt = sub.add_parser("mt-bench", help="MT-Bench pairwise comparison of two models")
-    mt.add_argument("mode", choices=["pairwise"])
-    mt.add_argument("--a", required=True, metavar="NAME=PATH")
-    mt.add_argument("--b", required=True, metavar="NAME=PATH")
-    mt.add_argument("--data-dir", required=True,
-                    help="folder holding mt_bench/ (question.jsonl, judge_prompts.jsonl)")
-    mt.add_argument("--limit", type=POSITIVE)
-    mt.add_argument("--max-new-tokens", type=POSITIVE, default=1024)
-    mt.add_argument("--out", help="write the verdicts as JSON here")
-    mt.add_argument("--device", default="auto")
-    for q in (ev, mt):
-        q.add_argument("--judge-model", help="judge model name (OpenAI's API unless --judge-url)")
-        q.add_argument("--judge-url", help="any OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
-        q.add_argument("--judge-api-key-file", help="file holding the --judge-url server's key (default: "
-                       "$LLMRECIPE_JUDGE_API_KEY; $OPENAI_API_KEY is only ever sent to OpenAI)")
-        q.add_argument("--judge-cache", help="verdict cache file (default ~/.cache/llmrecipe/judge.jsonl)")
-        q.add_argument("--judge-concurrency", type=POSITIVE, default=8)
-        q.add_argument("--judge-timeout", type=_number(float, 0.0, low_open=True), default=120.0)
-    isc = sub.add_parser("ifeval-score", help="score any model's IFEval responses (official JSONL format)")
-    isc.add_argument("--responses", required=True, help='JSONL lines {"prompt": ..., "response": ...}')
-    isc.add_argument("--data-dir",
-                     help="folder holding ifeval/input_data.jsonl (default: google/IFEval from the hub)")
-    isc.add_argument("--out", help="also write per-prompt verdicts as JSONL here")
-    ps = sub.add_parser("preset", help="presets: list them, or print one resolved (to copy and edit)")
-    ps.add_argument("action", choices=["show", "list"])
-    ps.add_argument("name", nargs="?", help="a preset name or YAML file (show)")
-    r = sub.add_parser("run", help="the whole recipe in one command, with a report")
-    r.add_argument("--preset", default="tiny")
-    r.add_argument("--out", required=True)
-    r.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override config keys: max_steps=100 (pre-training), sft.epochs=1, dpo.beta=0.2, "
-                   "eval.limit=20")
-    r.add_argument("--data-dir",
-                   help="local copies of every data set in the hub's schema (e.g. ../shared/data)")
-    r.add_argument("--log", help="live trackers for every stage: tensorboard, wandb or tensorboard,wandb")
-    r.add_argument("--redo", nargs="+", action="extend", default=[], metavar="STAGE",
-                   help="finished stages to do again, and every stage after them (world, data, pretrain, "
-                   "sft, onpolicy, dpo, rl, eval, export, or all); a finished stage whose settings changed "
-                   "is otherwise an error, never silently redone")
-    return ap
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="tokenize a corpus into training shards")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    fw = kinds.add_parser("fineweb", help="stream HuggingFaceFW/fineweb-edu (sample-10BT) from the hub")
+    fw.add_argument("--name", default="sample-10BT", help="fineweb-edu config (default sample-10BT)")
+    tx = kinds.add_parser("text", help="local parquet/jsonl/json/txt files with a `text` column, or a hub id")
+    tx.add_argument("--input", nargs="+", required=True,
+                    help="files, folders or globs (or one hub data set id)")
+    tx.add_argument("--text-field", default="text")
+    tx.add_argument("--split", default="train", help="hub split (hub ids only)")
+    for k in (fw, tx):
+        k.add_argument("--out", required=True, help="folder for the shards")
+        k.add_argument("--preset", help="take tokenizer settings from a preset's `prepare` section")
+        k.add_argument("--tokenizer", help="gpt2 | gpt2:FILE.tiktoken | bpe (train one) | bpe:FILE.json")
+        k.add_argument("--vocab-size", type=int, help="vocabulary of a trained bpe tokenizer")
+        k.add_argument("--max-tokens", type=int, help="stop after this many training tokens")
+        k.add_argument("--shard-tokens", type=int, help="tokens per shard (default 100M)")
+        k.add_argument("--val-every", type=int, help="every N-th document goes to the validation shard")
+        k.add_argument("--workers", type=int, help="tokenizer processes")
+        k.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier prepare's output in --out (only its own files)")
 
 
-def cmd_prepare(a) -> None:
-    from .config import load_preset
+def cmd_prepare(args) -> None:
+    from .config import build, load_preset, validate
     from .data.prepare import FINEWEB, PrepareConfig, prepare
 
-    settings = dict(load_preset(a.preset).get("prepare", {})) if a.preset else {}
-    if a.kind == "fineweb":
-        settings.update(FINEWEB, config=a.name)
+    settings = dict(load_preset(args.preset).get("prepare", {})) if args.preset else {}
+    if args.kind == "fineweb":
+        settings.update(FINEWEB, config=args.name)
     else:
-        settings.update(source=a.input if len(a.input) > 1 else a.input[0], text_field=a.text_field,
-                        split=a.split)
-    for key, val in dict(tokenizer=a.tokenizer, bpe_vocab_size=a.vocab_size, max_tokens=a.max_tokens,
-                         shard_tokens=a.shard_tokens, val_every=a.val_every, workers=a.workers,
-                         overwrite=a.overwrite or None).items():
+        settings.update(source=args.input if len(args.input) > 1 else args.input[0],
+                        text_field=args.text_field, split=args.split)
+    for key, val in dict(tokenizer=args.tokenizer, bpe_vocab_size=args.vocab_size, max_tokens=args.max_tokens,
+                         shard_tokens=args.shard_tokens, val_every=args.val_every, workers=args.workers,
+                         overwrite=args.overwrite or None).items():
         if val is not None:
             settings[key] = val
-    from .config import build
-
-    from .config import validate
-
-    meta = prepare(validate(build(PrepareConfig, {**settings, "out": a.out})))
+    meta = prepare(validate(build(PrepareConfig, {**settings, "out": args.out})))
     print(f"wrote {meta['train_tokens']:,} training + {meta['val_tokens']:,} validation tokens from "
-          f"{meta['documents']:,} documents to {a.out} ({len(meta['train_shards'])} train shards)")
+          f"{meta['documents']:,} documents to {args.out} ({len(meta['train_shards'])} train shards)")
 
 
-def cmd_pretrain(a) -> None:
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="pre-training: a GPT-2 from scratch")
+    p.add_argument("--data", help="shard folder from `llmrecipe prepare`")
+    _add_train_common(p, "tiny")
+
+
+def cmd_pretrain(args) -> None:
     from .config import apply_overrides, parse_overrides
     from .train.pretrain import pretrain_config, run_pretrain
 
-    if not a.preset:
+    if not args.preset:
         print("pretrain: no --preset given, using tiny (the CPU-sized model); "
               "--preset gpt2-124m is GPT-2 small")
-    cfg = pretrain_config(a.preset or "tiny")
-    if a.data:
-        cfg.data = a.data
-    if a.log:
-        cfg.train.log = a.log
-    apply_overrides(cfg, parse_overrides(a.set))
-    _train_out(a.out, {"--data": cfg.data}, a.resume)
-    last = run_pretrain(cfg, a.out, resume=a.resume)
-    print(f"done: {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
+    cfg = pretrain_config(args.preset or "tiny")
+    if args.data:
+        cfg.data = args.data
+    if args.log:
+        cfg.train.log = args.log
+    apply_overrides(cfg, parse_overrides(args.set))
+    _train_out(args.out, {"--data": cfg.data}, args.resume)
+    last = run_pretrain(cfg, args.out, resume=args.resume)
+    print(f"done: {args.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
 
 
-def _tune(a, make_config, run, fields: tuple[str, ...], parent: str | None, stage: str) -> None:
+def _tune(args, make_config, run, fields: tuple[str, ...], parent: str | None, stage: str) -> None:
     """Shared by sft and dpo: preset (by default the one `parent` was trained with) → flags → --set → run."""
     from .checkpoint import model_record
     from .config import apply_overrides, choose_preset, parse_overrides
@@ -310,80 +144,154 @@ def _tune(a, make_config, run, fields: tuple[str, ...], parent: str | None, stag
         flag = {"sft": "--base", "dpo": "--sft", "rl": "--model"}[stage]
         raise ValueError(f"{stage} needs {flag}: the model folder it starts from")
     model, recorded = model_record(parent)
-    preset, why = choose_preset(a.preset, model, recorded, parent)
+    preset, why = choose_preset(args.preset, model, recorded, parent)
     print(f"{stage}: preset {preset} ({why})")
     cfg = make_config(preset)
     for key in fields:
-        val = getattr(a, key, None)
+        val = getattr(args, key, None)
         if val is not None and val is not False:
             setattr(cfg, key, val)
-    if a.lr is not None:
-        cfg.train.lr = a.lr
-    if a.log:
-        cfg.train.log = a.log
-    apply_overrides(cfg, parse_overrides(a.set))
+    if args.lr is not None:
+        cfg.train.lr = args.lr
+    if args.log:
+        cfg.train.log = args.log
+    apply_overrides(cfg, parse_overrides(args.set))
     flag = {"sft": "--base", "dpo": "--sft", "rl": "--model"}[stage]
-    _train_out(a.out, {flag: _chain(parent), "--data": cfg.data,
-                       "--anchor-data": getattr(cfg, "anchor_data", None)}, a.resume)
-    last = run(cfg, a.out, resume=a.resume)
-    print(f"done: adapter in {a.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
+    _train_out(args.out, {flag: _chain(parent), "--data": cfg.data,
+                       "--anchor-data": getattr(cfg, "anchor_data", None)}, args.resume)
+    last = run(cfg, args.out, resume=args.resume)
+    print(f"done: adapter in {args.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
 
 
-def cmd_sft(a) -> None:
+def _add_sft(sub) -> None:
+    p = sub.add_parser("sft", help="SFT: LoRA instruction tuning on chat data")
+    p.add_argument("--base", help="model folder from `llmrecipe pretrain`")
+    p.add_argument("--data", help="hub id (HuggingFaceH4/ultrachat_200k) or local parquet/jsonl/json files")
+    p.add_argument("--split", help="hub split (default train_sft)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
+    _add_train_common(p, "the preset --base was trained with")
+
+
+def cmd_sft(args) -> None:
     from .train.sft import run_sft, sft_config
 
-    _tune(a, sft_config, run_sft, ("base", "data", "split", "epochs", "strict"), a.base, "sft")
+    _tune(args, sft_config, run_sft, ("base", "data", "split", "epochs", "strict"), args.base, "sft")
 
 
-def cmd_dpo(a) -> None:
+def _add_dpo(sub) -> None:
+    p = sub.add_parser("dpo", help="DPO: preference tuning, a fresh LoRA on the SFT model")
+    p.add_argument("--sft", help="adapter folder from `llmrecipe sft` (or any model folder)")
+    p.add_argument("--data",
+                   help="hub id (HuggingFaceH4/ultrafeedback_binarized) or local files (UFB or HH format)")
+    p.add_argument("--split", help="hub split (default train_prefs)")
+    p.add_argument("--beta", type=float)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--reference", choices=["adapter", "copy"], help="reference = policy with LoRA disabled "
+                   "(default, no extra memory) or a frozen copy")
+    p.add_argument("--precompute-reference", action="store_true", help="score the reference once, cache it")
+    p.add_argument("--strict", action="store_true", help="reject bad rows instead of skipping them")
+    _add_train_common(p, "the preset --sft was trained with")
+
+
+def cmd_dpo(args) -> None:
     from .train.dpo import dpo_config, run_dpo
 
-    _tune(a, dpo_config, run_dpo, ("sft", "data", "split", "beta", "epochs", "reference",
-                                   "precompute_reference", "strict"), a.sft, "dpo")
+    _tune(args, dpo_config, run_dpo, ("sft", "data", "split", "beta", "epochs", "reference",
+                                   "precompute_reference", "strict"), args.sft, "dpo")
 
 
-def cmd_onpolicy(a) -> None:
+def _add_onpolicy(sub) -> None:
+    p = sub.add_parser("onpolicy", help="between SFT and DPO: replace rejections by the SFT model's own "
+                       "failing samples (rows with IFEval-style checks)")
+    p.add_argument("--sft", required=True, help="the SFT folder to sample from")
+    p.add_argument("--data", required=True, help="preference pairs (.jsonl) whose rows carry "
+                   "instruction_id_list + kwargs (and optionally must_state)")
+    p.add_argument("--out", required=True, help="folder for preferences.jsonl (then: dpo --data it)")
+    p.add_argument("--samples", type=int, default=4, help="answers sampled per checkable prompt")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def cmd_onpolicy(args) -> None:
     from .train.onpolicy import OnPolicyConfig, onpolicy_pairs
 
     from .files import check_out
 
-    cfg = OnPolicyConfig(samples=a.samples, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
-                         seed=a.seed, model=a.sft, data=a.data, device=a.device)
-    check_out(a.out, {"--sft": _chain(a.sft), "--data": a.data})
-    folder = Path(a.out)
+    cfg = OnPolicyConfig(samples=args.samples, temperature=args.temperature,
+                         max_new_tokens=args.max_new_tokens, seed=args.seed, model=args.sft, data=args.data,
+                         device=args.device)
+    check_out(args.out, {"--sft": _chain(args.sft), "--data": args.data})
+    folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)  # an --out that cannot be written fails now, not after sampling
     if folder.is_dir() and {p.name for p in folder.iterdir()} - {"preferences.jsonl", ".lock"}:
-        raise FileExistsError(f"--out {a.out}: holds other files than an earlier onpolicy's "
+        raise FileExistsError(f"--out {args.out}: holds other files than an earlier onpolicy's "
                               "preferences.jsonl; choose a new folder")
-    summary = onpolicy_pairs(cfg, a.out)
-    print(f"done: {Path(a.out) / 'preferences.jsonl'} ({summary['replaced']:,} of {summary['rows']:,} "
+    summary = onpolicy_pairs(cfg, args.out)
+    print(f"done: {Path(args.out) / 'preferences.jsonl'} ({summary['replaced']:,} of {summary['rows']:,} "
           "rejections sampled)")
 
 
-def cmd_rl(a) -> None:
+def _add_rl(sub) -> None:
+    p = sub.add_parser("rl", help="RL with verifiable rewards (GRPO) on word problems, a fresh LoRA")
+    p.add_argument("--model", help="model or adapter folder to start from (e.g. runs/dpo)")
+    p.add_argument("--data", help="hub id (openai/gsm8k) or local .jsonl/.parquet files in its schema")
+    p.add_argument("--data-dir", help="a folder holding gsm8k/train.jsonl (the layout of shared/data/eval)")
+    p.add_argument("--split", help="hub split (default train)")
+    p.add_argument("--group-size", type=int, help="answers sampled per question (G)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--anchor-data", help="chat conversations (ultrachat schema) whose replies RL keeps "
+                   "close to the starting model, e.g. the SFT data (`run` passes it; needed when "
+                   "anchor_beta > 0)")
+    _add_train_common(p, "the preset --model was trained with")
+
+
+def cmd_rl(args) -> None:
     from .train.rl import rl_config, run_rl
 
-    if a.data_dir:
-        a.data = str(Path(a.data_dir) / "gsm8k" / "train.jsonl")
-    _tune(a, rl_config, run_rl, ("model", "data", "split", "group_size", "max_new_tokens", "anchor_data"),
-          a.model, "rl")
+    if args.data_dir:
+        args.data = str(Path(args.data_dir) / "gsm8k" / "train.jsonl")
+    _tune(args, rl_config, run_rl, ("model", "data", "split", "group_size", "max_new_tokens", "anchor_data"),
+          args.model, "rl")
 
 
-def cmd_chat(a) -> None:
-    if a.url:
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="interactive chat in the terminal")
+    p.add_argument("--model", required=True, help="model folder or adapter folder (its base chain is "
+                   "loaded); with --url, the served model's name")
+    p.add_argument("--url", help="chat with a served model instead (e.g. http://127.0.0.1:8000/v1)")
+    p.add_argument("--api-key", help="Bearer key for --url (default: $LLMRECIPE_API_KEY)")
+    p.add_argument("--adapter", help="an adapter folder to apply on top of --model")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--max-new-tokens", type=POSITIVE,
+                   help="answer budget (default: a quarter of the model's context; cut to what fits)")
+    p.add_argument("--temperature", type=TEMPERATURE, default=0.7)
+    p.add_argument("--top-k", type=TOP_K, default=50)
+    p.add_argument("--top-p", type=TOP_P, default=None)
+    p.add_argument("--device", default="auto")
+
+
+def cmd_chat(args) -> None:
+    if args.url:
         from .serve import chat_remote
 
-        sampling = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
-        key = a.api_key or os.environ.get("LLMRECIPE_API_KEY")
-        return chat_remote(a.url, a.model, a.system, sampling, key)
+        sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+        key = args.api_key or os.environ.get("LLMRECIPE_API_KEY")
+        return chat_remote(args.url, args.model, args.system, sampling, key)
     from .chat import chat_repl
     from .checkpoint import load_model
     from .runtime import setup
 
-    rt = setup(a.device)
-    model, tok = load_model(a.model, rt.device, adapter=a.adapter)
-    chat_repl(model.eval(), tok, rt, a.system,
-              dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p))
+    rt = setup(args.device)
+    model, tok = load_model(args.model, rt.device, adapter=args.adapter)
+    chat_repl(model.eval(), tok, rt, args.system,
+              dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p))
 
 
 def _chain(path: str | None) -> list[str]:
@@ -432,85 +340,125 @@ def _replaceable(out: str, kind: str | None, what: str) -> None:
         print(f"note: replacing the {what} in {out}", file=sys.stderr)
 
 
-def cmd_merge(a) -> None:
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="fold an adapter into its base and save a plain model folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--adapter", help="adapter folder (omit when --model is itself an adapter folder)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--hf", action="store_true",
+                   help="also write a Hugging Face GPT2LMHeadModel folder in OUT/hf")
+
+
+def cmd_merge(args) -> None:
     from .checkpoint import load_model, model_record, save_model
     from .files import check_out, folder_kind, read_json
 
-    check_out(a.out, {"--model": _chain(a.model), "--adapter": _chain(a.adapter)})
-    merged = folder_kind(a.out) == "a model folder" and \
-        read_json(Path(a.out) / "model.json").get("stage") == "merged"
-    _replaceable(a.out, "a model folder" if merged else None, "earlier merge")
-    if not a.adapter and (Path(a.model) / "model.json").is_file():
-        raise ValueError(f"--model {a.model} is a plain model and no --adapter was given: nothing to merge")
-    model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
-    preset = model_record(a.adapter or a.model)[1]
-    save_model(a.out, model, tok, {"stage": "merged", "from": [a.model, a.adapter], "preset": preset})
-    if a.hf:
+    check_out(args.out, {"--model": _chain(args.model), "--adapter": _chain(args.adapter)})
+    merged = folder_kind(args.out) == "a model folder" and \
+        read_json(Path(args.out) / "model.json").get("stage") == "merged"
+    _replaceable(args.out, "a model folder" if merged else None, "earlier merge")
+    if not args.adapter and (Path(args.model) / "model.json").is_file():
+        raise ValueError(f"--model {args.model} is a plain model and no --adapter was given: "
+                         "nothing to merge")
+    model, tok = load_model(args.model, adapter=args.adapter, merge_adapters=True)
+    preset = model_record(args.adapter or args.model)[1]
+    save_model(args.out, model, tok,
+               {"stage": "merged", "from": [args.model, args.adapter], "preset": preset})
+    if args.hf:
         from .export import export_hf
 
-        export_hf(f"{a.out}/hf", model, tok)
-    print(f"merged model written to {a.out}")
+        export_hf(f"{args.out}/hf", model, tok)
+    print(f"merged model written to {args.out}")
 
 
-def cmd_export(a) -> None:
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="a complete Hugging Face folder: weights, config, tokenizer, "
+                       "chat template")
+    p.add_argument("--model", required=True,
+                   help="model or adapter folder (an adapter's base chain is merged)")
+    p.add_argument("--adapter", help="an adapter folder to merge on top of --model")
+    p.add_argument("--out", required=True)
+    p.add_argument("--gguf", action="store_true",
+                   help="also write OUT/model.gguf for llama.cpp / Ollama (pip install 'llmrecipe[gguf]')")
+    p.add_argument("--gguf-only", action="store_true", help="write only the GGUF (no transformers needed)")
+    p.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], default="f32",
+                   help="the GGUF's weight type (default f32: every weight exact)")
+
+
+def cmd_export(args) -> None:
     from .checkpoint import load_model
     from .export import export_hf
     from .files import check_out
 
-    check_out(a.out, {"--model": _chain(a.model), "--adapter": _chain(a.adapter)})
-    gguf = a.gguf or a.gguf_only
+    check_out(args.out, {"--model": _chain(args.model), "--adapter": _chain(args.adapter)})
+    gguf = args.gguf or args.gguf_only
     if gguf:
         try:
             import gguf as _  # noqa: F401  (checked before the model loads)
         except ImportError:
             raise ValueError("--gguf needs ggml's gguf package: pip install 'llmrecipe[gguf]'") from None
-    folder = Path(a.out)
+    folder = Path(args.out)
     if not (folder.is_dir() and all(p.suffix == ".gguf" or p.name == ".lock" for p in folder.iterdir())):
-        _replaceable(a.out, "a Hugging Face folder", "earlier export")  # (an earlier GGUF alone: replaced)
-    model, tok = load_model(a.model, adapter=a.adapter, merge_adapters=True)
-    if not a.gguf_only:
-        export_hf(a.out, model.eval(), tok)
-        print(f"Hugging Face folder written to {a.out} "
+        _replaceable(args.out, "a Hugging Face folder", "earlier export")  # (an earlier GGUF alone: replaced)
+    model, tok = load_model(args.model, adapter=args.adapter, merge_adapters=True)
+    if not args.gguf_only:
+        export_hf(args.out, model.eval(), tok)
+        print(f"Hugging Face folder written to {args.out} "
               "(AutoModelForCausalLM / AutoTokenizer / lm_eval --model hf)")
     if gguf:
         from .gguf_file import write_gguf
 
-        name = "model.gguf" if a.gguf_type == "f32" else f"model-{a.gguf_type}.gguf"
-        path = write_gguf(Path(a.out) / name, model.eval(), tok, a.gguf_type,
-                          name=Path(a.adapter or a.model).resolve().name)
+        name = "model.gguf" if args.gguf_type == "f32" else f"model-{args.gguf_type}.gguf"
+        path = write_gguf(Path(args.out) / name, model.eval(), tok, args.gguf_type,
+                          name=Path(args.adapter or args.model).resolve().name)
         print(f"GGUF written to {path} (llama-cli -m {path} -cnv; README: Run it in llama.cpp / Ollama)")
 
 
-def cmd_generate(a) -> None:
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="sample text from a model folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=POSITIVE,
+                   help="default: a quarter of the model's context; cut to what fits after the prompt")
+    p.add_argument("--temperature", type=TEMPERATURE, default=0.8)
+    p.add_argument("--top-k", type=TOP_K, default=50)
+    p.add_argument("--top-p", type=TOP_P, default=None)
+    p.add_argument("--num-samples", type=POSITIVE, default=1)
+    p.add_argument("--seed", type=_number(int, 0, 2**63 - 1), default=None)
+    p.add_argument("--device", default="auto")
+
+
+def cmd_generate(args) -> None:
     import torch
 
     from .checkpoint import load_model
     from .engine import Engine
     from .runtime import setup
 
-    rt = setup(a.device)
-    model, tok = load_model(a.model, rt.device)
+    rt = setup(args.device)
+    model, tok = load_model(args.model, rt.device)
     engine = Engine(model, tok, rt)  # the one sampling path (eval, serve, chat and RL use it too)
     from .engine import default_new_tokens, fit_new_tokens
 
-    seed = a.seed if a.seed is not None else torch.seed() % 2**62
-    ids = tok.encode(a.prompt) or [tok.eot_id]
+    seed = args.seed if args.seed is not None else torch.seed() % 2**62
+    ids = tok.encode(args.prompt) or [tok.eot_id]
     block = model.config.block_size
-    requested = a.max_new_tokens or default_new_tokens(block)
+    requested = args.max_new_tokens or default_new_tokens(block)
     if len(ids) >= block:  # a prompt longer than the context: its end is what a continuation follows
         keep = block - min(requested, block // 2)
         print(f"note: the prompt is {len(ids):,} tokens, the context {block:,}: it keeps its last {keep:,}",
               file=sys.stderr)
         ids = ids[-keep:]
     budget, note = fit_new_tokens(len(ids), requested, block)
-    if note and a.max_new_tokens:
+    if note and args.max_new_tokens:
         print(note, file=sys.stderr)
-    outs = engine.generate([ids] * a.num_samples, budget, a.temperature, a.top_k, a.top_p, seed=seed)
+    outs = engine.generate([ids] * args.num_samples, budget, args.temperature, args.top_k, args.top_p,
+                           seed=seed)
     for i, out in enumerate(outs):
-        print(("-" * 40 + "\n") if i else "", a.prompt + tok.decode(out), sep="")
+        print(("-" * 40 + "\n") if i else "", args.prompt + tok.decode(out), sep="")
 
 
-def _eval_settings(a, paths: list[str]):
+def _eval_settings(args, paths: list[str]):
     """The evaluation settings: those of the preset the models were trained with (what `run` used, so a
     standalone eval reproduces a run's table), or --preset's (`none`: the suites' own defaults); each flag
     given overrides its setting. Says which in one line."""
@@ -519,16 +467,16 @@ def _eval_settings(a, paths: list[str]):
     from .files import read_json
     from .recipe import EvalConfig
 
-    preset, why = a.preset, "--preset"
+    preset, why = args.preset, "--preset"
     runs = {Path(p).resolve().parent for p in paths}
     record = runs.pop() / "results.json" if len(runs) == 1 else None
     if preset is None and record is not None and record.is_file():  # models of one `run`: its own settings
         settings = dict(read_json(record).get("eval_settings") or {})
         if settings:
             ev = build(EvalConfig, settings)
-            if a.data_dir is None:
-                a.data_dir = ev.data_dir
-            return _eval_overrides(a, ev, f"run {record.parent} (its results.json)")
+            if args.data_dir is None:
+                args.data_dir = ev.data_dir
+            return _eval_overrides(args, ev, f"run {record.parent} (its results.json)")
     if preset is None:
         recorded = {model_record(p)[1] for p in paths} - {None}
         if len(recorded) == 1:
@@ -539,15 +487,15 @@ def _eval_settings(a, paths: list[str]):
     ev = build(EvalConfig, load_preset(preset).get("eval") or {}) if preset and preset != "none" \
         else EvalConfig()
     source = f"preset {preset} ({why})" if preset and preset != "none" else "the suites' defaults"
-    return _eval_overrides(a, ev, source)
+    return _eval_overrides(args, ev, source)
 
 
-def _eval_overrides(a, ev, source: str):
+def _eval_overrides(args, ev, source: str):
     """Each evaluation flag given overrides its setting; one line says what the evaluation runs with."""
     for flag, key in (("suites", "suites"), ("mmlu_scoring", "scoring"), ("max_new_tokens", "max_new_tokens"),
                       ("batch_size", "batch_size"), ("limit", "limit"), ("shots", "shots")):
-        if getattr(a, flag) is not None:
-            setattr(ev, key, getattr(a, flag))
+        if getattr(args, flag) is not None:
+            setattr(ev, key, getattr(args, flag))
     shown = ", ".join(f"{k} {v}" for k, v in (("suites", ev.suites), ("scoring", ev.scoring),
                                               ("shots", ev.shots), ("max_new_tokens", ev.max_new_tokens),
                                               ("limit", ev.limit), ("batch", ev.batch_size)) if v is not None)
@@ -555,34 +503,73 @@ def _eval_overrides(a, ev, source: str):
     return ev
 
 
-def cmd_eval(a) -> None:
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluation: one model, or several compared in a table")
+    p.add_argument("--model", help="model or adapter folder")
+    p.add_argument("--adapter", help="adapter folder applied on top of --model")
+    p.add_argument("--compare", nargs="+", metavar="NAME=PATH",
+                   help="e.g. base=runs/base sft=runs/sft dpo=runs/dpo")
+    p.add_argument("--suites", help="comma-separated: mmlu_pro,gsm8k,ifeval,mt_bench,mmlu_pro_category "
+                   "(all: the first four; default: the preset's, else all)")
+    p.add_argument("--preset", help="take the evaluation settings from this preset's eval: section "
+                   "(default: the preset the model was trained with; none: the suites' own defaults)")
+    p.add_argument("--shots", type=_number(int, 0), help="few-shot exemplars for mmlu_pro and gsm8k")
+    p.add_argument("--limit", type=POSITIVE,
+                   help="first N items per suite (stratified by category where there is one)")
+    p.add_argument("--data-dir",
+                   help="local copies in the hub's schema (e.g. ../shared/data/eval); default: the hub")
+    p.add_argument("--out",
+                   help="summary JSON (single model; default MODEL/eval.json) or table path (--compare)")
+    p.add_argument("--prompting", choices=["auto", "chat", "plain"], default="auto",
+                   help="force the chat template or plain few-shot text (default: chat for SFT/DPO models)")
+    p.add_argument("--mmlu-scoring", choices=["letter", "text"],
+                   help="rank option letters (default) or texts")
+    p.add_argument("--max-new-tokens", type=POSITIVE,
+                   help="generation budget for gsm8k / ifeval (ifeval default 1280)")
+    p.add_argument("--batch-size", type=POSITIVE, help="prompts per forward (default: the preset's, or 16)")
+    p.add_argument("--device", default="auto")
+    _add_judge(p)
+
+
+def _add_judge(p) -> None:
+    """The LLM judge's flags (eval's mt_bench suite, mt-bench)."""
+    p.add_argument("--judge-model", help="judge model name (OpenAI's API unless --judge-url)")
+    p.add_argument("--judge-url", help="any OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
+    p.add_argument("--judge-api-key-file", help="file holding the --judge-url server's key (default: "
+                   "$LLMRECIPE_JUDGE_API_KEY; $OPENAI_API_KEY is only ever sent to OpenAI)")
+    p.add_argument("--judge-cache", help="verdict cache file (default ~/.cache/llmrecipe/judge.jsonl)")
+    p.add_argument("--judge-concurrency", type=POSITIVE, default=8)
+    p.add_argument("--judge-timeout", type=_number(float, 0.0, low_open=True), default=120.0)
+
+
+def cmd_eval(args) -> None:
     from .eval import make_suites
     from .eval.harness import evaluate, load_eval_model, write_table
     from .runtime import setup
 
-    if bool(a.model) == bool(a.compare):
+    if bool(args.model) == bool(args.compare):
         raise ValueError("eval needs either --model or --compare NAME=PATH ...")
-    if a.out and Path(a.out).is_dir():  # found now, not after the evaluation ran
-        raise FileExistsError(f"--out {a.out} is a folder: give a file path ("
-                              + ("summary JSON)" if a.model else "the table, e.g. table.md)"))
-    pairs = [_name_path(item, "--compare") for item in a.compare or []]
+    if args.out and Path(args.out).is_dir():  # found now, not after the evaluation ran
+        raise FileExistsError(f"--out {args.out} is a folder: give a file path ("
+                              + ("summary JSON)" if args.model else "the table, e.g. table.md)"))
+    pairs = [_name_path(item, "--compare") for item in args.compare or []]
     names = [n for n, _ in pairs]
     if twice := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"--compare names {', '.join(twice)} twice: each column needs its own name")
-    ev = _eval_settings(a, [a.adapter or a.model] if a.model else [p for _, p in pairs])
-    rt = setup(a.device)
-    chat = {"auto": None, "chat": True, "plain": False}[a.prompting]
-    suites = make_suites(ev.suites, a.data_dir, scoring=ev.scoring, max_new_tokens=ev.max_new_tokens,
-                         shots=ev.shots, judge=_judge(a))
+    ev = _eval_settings(args, [args.adapter or args.model] if args.model else [p for _, p in pairs])
+    rt = setup(args.device)
+    chat = {"auto": None, "chat": True, "plain": False}[args.prompting]
+    suites = make_suites(ev.suites, args.data_dir, scoring=ev.scoring, max_new_tokens=ev.max_new_tokens,
+                         shots=ev.shots, judge=_judge(args))
     if any(s.name == "mt_bench" and not s.active for s in suites):
         from .eval.mt_bench import NO_JUDGE_HINT
 
         print(f"mt_bench: n/a (no judge). {NO_JUDGE_HINT}")
-    if a.model:
-        m = load_eval_model(a.model, a.adapter, chat, rt=rt, batch_size=ev.batch_size)
-        evaluate(m, suites, a.out or Path(a.model) / "eval.json", ev.limit)
+    if args.model:
+        m = load_eval_model(args.model, args.adapter, chat, rt=rt, batch_size=ev.batch_size)
+        evaluate(m, suites, args.out or Path(args.model) / "eval.json", ev.limit)
         return
-    table = Path(a.out or "table.md")
+    table = Path(args.out or "table.md")
     results = {}
     for name, path in pairs:  # records beside the table (table.NAME.json, …), never in a model's folder
         m = load_eval_model(path, None, chat, name=name, rt=rt, batch_size=ev.batch_size)
@@ -610,100 +597,183 @@ def read_secret(path: str) -> str:
     return key[0].strip()
 
 
-def _judge(a):
+def _judge(args):
     from .eval.judge import DEFAULT_CACHE, OPENAI_URL, Judge
 
-    if not a.judge_model:
+    if not args.judge_model:
         return None
-    key = read_secret(a.judge_api_key_file) if a.judge_api_key_file else None
-    return Judge(a.judge_model, a.judge_url or OPENAI_URL, timeout=a.judge_timeout,
-                 concurrency=a.judge_concurrency, cache_path=a.judge_cache or DEFAULT_CACHE, api_key=key)
+    key = read_secret(args.judge_api_key_file) if args.judge_api_key_file else None
+    return Judge(args.judge_model, args.judge_url or OPENAI_URL, timeout=args.judge_timeout,
+                 concurrency=args.judge_concurrency, cache_path=args.judge_cache or DEFAULT_CACHE,
+                 api_key=key)
 
 
-def cmd_serve(a) -> None:
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible server: a base model plus named adapters")
+    p.add_argument("--model", required=True, help="model folder (or an adapter folder, served merged)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="a named adapter, selected by the request's model field (repeatable)")
+    p.add_argument("--name", help="the model id of --model itself (default: its folder's name, e.g. rl)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="0: any free port")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (visible in `ps`: prefer "
+                   "--api-key-file or $LLMRECIPE_API_KEY)")
+    p.add_argument("--api-key-file", help="file holding the key (first line)")
+    p.add_argument("--device", default="auto")
+
+
+def cmd_serve(args) -> None:
     from .serve import serve
 
     adapters = {}
-    for item in a.adapter:
+    for item in args.adapter:
         name, path = _name_path(item, "--adapter")
-        if name in adapters or name == (a.name or Path(a.model).resolve().name):
+        if name in adapters or name == (args.name or Path(args.model).resolve().name):
             raise ValueError(f"--adapter {item}: the name {name!r} is taken; give each model its own")
         adapters[name] = path
-    key = a.api_key or (read_secret(a.api_key_file) if a.api_key_file
+    key = args.api_key or (read_secret(args.api_key_file) if args.api_key_file
                         else os.environ.get("LLMRECIPE_API_KEY"))
-    serve(a.model, adapters, a.host, a.port, key, a.device, a.name or Path(a.model).resolve().name)
+    serve(args.model, adapters, args.host, args.port, key, args.device,
+          args.name or Path(args.model).resolve().name)
 
 
-def cmd_mt_bench(a) -> None:
+def _add_mt_bench(sub) -> None:
+    p = sub.add_parser("mt-bench", help="MT-Bench pairwise comparison of two models")
+    p.add_argument("mode", choices=["pairwise"])
+    p.add_argument("--a", required=True, metavar="NAME=PATH")
+    p.add_argument("--b", required=True, metavar="NAME=PATH")
+    p.add_argument("--data-dir", required=True,
+                   help="folder holding mt_bench/ (question.jsonl, judge_prompts.jsonl)")
+    p.add_argument("--limit", type=POSITIVE)
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=1024)
+    p.add_argument("--out", help="write the verdicts as JSON here")
+    p.add_argument("--device", default="auto")
+    _add_judge(p)
+
+
+def cmd_mt_bench(args) -> None:
     import json
 
     from .eval.harness import load_eval_model
     from .eval.mt_bench import NO_JUDGE_HINT, pairwise
     from .runtime import setup
 
-    judge = _judge(a)
+    judge = _judge(args)
     if judge is None or not judge.configured:
         raise ValueError(NO_JUDGE_HINT)
-    rt = setup(a.device)
+    rt = setup(args.device)
     models = []
-    for spec, flag in ((a.a, "--a"), (a.b, "--b")):
+    for spec, flag in ((args.a, "--a"), (args.b, "--b")):
         name, path = _name_path(spec, flag)
         models.append(load_eval_model(path, None, True, name=name, rt=rt))
-    res = pairwise(models[0], models[1], judge, a.data_dir, a.limit, a.max_new_tokens)
+    res = pairwise(models[0], models[1], judge, args.data_dir, args.limit, args.max_new_tokens)
     print(f"{res['a']} vs {res['b']} (judge {res['judge']}, {res['comparisons']} comparisons, both orders): "
           f"win {res['win']}, tie {res['tie']}, loss {res['loss']} "
           f"({res['inconsistent']} inconsistent, {res['unparseable']} unparseable counted as ties"
           + (f"; the judge failed on {res['judge_failed']}, not counted: rerun to judge them"
              if res["judge_failed"] else "") + ")")
-    if a.out:
-        with open(a.out, "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             json.dump(res, f, indent=2)
 
 
-def cmd_ifeval_score(a) -> None:
+def _add_ifeval_score(sub) -> None:
+    p = sub.add_parser("ifeval-score", help="score any model's IFEval responses (official JSONL format)")
+    p.add_argument("--responses", required=True, help='JSONL lines {"prompt": ..., "response": ...}')
+    p.add_argument("--data-dir",
+                   help="folder holding ifeval/input_data.jsonl (default: google/IFEval from the hub)")
+    p.add_argument("--out", help="also write per-prompt verdicts as JSONL here")
+
+
+def cmd_ifeval_score(args) -> None:
     import json
 
     from .eval.ifeval import report, score_file
 
-    summary, records = score_file(a.responses, a.data_dir)
+    summary, records = score_file(args.responses, args.data_dir)
     print(report(summary))
     for iid, acc in summary["per_instruction_strict"].items():
         print(f"  {iid:48s} {acc:.2%}")
-    if a.out:
-        with open(a.out, "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
 
 
-def cmd_preset(a) -> None:
+def _add_preset(sub) -> None:
+    p = sub.add_parser("preset", help="presets: list them, or print one resolved (to copy and edit)")
+    p.add_argument("action", choices=["show", "list"])
+    p.add_argument("name", nargs="?", help="a preset name or YAML file (show)")
+
+
+def cmd_preset(args) -> None:
     from .config import PRESET_DIR, show_preset
 
-    if a.action == "list":
+    if args.action == "list":
         print("\n".join(sorted(f.stem for f in PRESET_DIR.glob("*.yaml"))))
         return
-    if not a.name:
+    if not args.name:
         raise ValueError("preset show needs a NAME (llmrecipe preset list names them)")
-    print(f"# llmrecipe preset show {a.name}: copy, edit, and run with --preset FILE.yaml\n"
-          f"# (or start a file with `extends: {a.name}` and keep only what you change)")
-    print(show_preset(a.name), end="")
+    print(f"# llmrecipe preset show {args.name}: copy, edit, and run with --preset FILE.yaml\n"
+          f"# (or start a file with `extends: {args.name}` and keep only what you change)")
+    print(show_preset(args.name), end="")
 
 
-def cmd_run(a) -> None:
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="the whole recipe in one command, with a report")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config keys: max_steps=100 (pre-training), sft.epochs=1, dpo.beta=0.2, "
+                   "eval.limit=20")
+    p.add_argument("--data-dir",
+                   help="local copies of every data set in the hub's schema (e.g. ../shared/data)")
+    p.add_argument("--log", help="live trackers for every stage: tensorboard, wandb or tensorboard,wandb")
+    p.add_argument("--redo", nargs="+", action="extend", default=[], metavar="STAGE",
+                   help="finished stages to do again, and every stage after them (world, data, pretrain, "
+                   "sft, onpolicy, dpo, rl, eval, export, or all); a finished stage whose settings changed "
+                   "is otherwise an error, never silently redone")
+
+
+def cmd_run(args) -> None:
     from .config import parse_overrides
     from .recipe import run
 
-    overrides = parse_overrides(a.set)
-    if a.log:  # every training stage logs to the trackers
-        overrides = {"log": a.log, **{f"{s}.train.log": a.log for s in ("sft", "dpo", "rl")}, **overrides}
-    run(a.preset, a.out, overrides, a.data_dir, redo=set(a.redo))
+    overrides = parse_overrides(args.set)
+    if args.log:  # every training stage logs to the trackers
+        trackers = {f"{s}.train.log": args.log for s in ("sft", "dpo", "rl")}
+        overrides = {"log": args.log, **trackers, **overrides}
+    run(args.preset, args.out, overrides, args.data_dir, redo=set(args.redo))
 
 
-COMMANDS = {"prepare": cmd_prepare, "pretrain": cmd_pretrain, "sft": cmd_sft, "dpo": cmd_dpo, "rl": cmd_rl,
-            "onpolicy": cmd_onpolicy,
-            "chat": cmd_chat,
-            "merge": cmd_merge, "export": cmd_export,
-            "generate": cmd_generate, "eval": cmd_eval, "ifeval-score": cmd_ifeval_score,
-            "serve": cmd_serve, "mt-bench": cmd_mt_bench,
-            "preset": cmd_preset, "run": cmd_run}
+# name -> (adds its sub-parser and flags, handles it); --help lists them in this order
+COMMANDS = {
+    "prepare": (_add_prepare, cmd_prepare),
+    "pretrain": (_add_pretrain, cmd_pretrain),
+    "generate": (_add_generate, cmd_generate),
+    "sft": (_add_sft, cmd_sft),
+    "dpo": (_add_dpo, cmd_dpo),
+    "onpolicy": (_add_onpolicy, cmd_onpolicy),
+    "rl": (_add_rl, cmd_rl),
+    "chat": (_add_chat, cmd_chat),
+    "merge": (_add_merge, cmd_merge),
+    "export": (_add_export, cmd_export),
+    "eval": (_add_eval, cmd_eval),
+    "serve": (_add_serve, cmd_serve),
+    "mt-bench": (_add_mt_bench, cmd_mt_bench),
+    "ifeval-score": (_add_ifeval_score, cmd_ifeval_score),
+    "preset": (_add_preset, cmd_preset),
+    "run": (_add_run, cmd_run),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llmrecipe", description=HELP, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"llmrecipe {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return ap
 
 
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
@@ -725,7 +795,7 @@ def main(argv: list[str] | None = None) -> None:
 
         progress.QUIET = True
     try:
-        COMMANDS[args.command](args)
+        COMMANDS[args.command][1](args)
     except USER_ERRORS as e:
         if os.environ.get("LLMRECIPE_DEBUG"):
             raise
