@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from llmrecipe.train import stage_config
 from llmrecipe.data.chat import collate
 from llmrecipe.data.preference import collate_pairs
 from llmrecipe.runtime import setup
-from llmrecipe.train.dpo import DPOStage, dpo_config
-from llmrecipe.train.sft import SFTStage, sft_config
+from llmrecipe.train.dpo import DPOStage
+from llmrecipe.train.sft import SFTStage
 
 
 def timed_steps(stage, batches: list, warmup: int = 3) -> float:
@@ -66,7 +67,7 @@ def main() -> None:
     rt = setup("cpu", "float32")
     rows = []
 
-    cfg = sft_config("tiny")
+    cfg = stage_config("sft", "tiny")
     cfg.base, cfg.data = base, sft_data
     stage = SFTStage(cfg, rt)
     examples = [stage.batches(s, 0) for s in range(a.steps)]
@@ -82,7 +83,7 @@ def main() -> None:
                  timed_steps(stage, packed),
                  real / sum(computed(b[0]) for b in padded), real / sum(computed(b[0]) for b in packed)))
 
-    cfg = dpo_config("tiny")
+    cfg = stage_config("dpo", "tiny")
     cfg.sft, cfg.data = sft, pairs
     stage = DPOStage(cfg, rt, Path("."))  # run_dir only holds a precomputed reference: off here
     shared = [stage.batch(s, 0) for s in range(a.steps)]  # the stage's choice, batch by batch

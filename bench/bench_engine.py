@@ -12,13 +12,13 @@ import time
 
 import torch
 
+from llmrecipe.train import stage_config
 from llmrecipe.engine import Engine
 from llmrecipe.eval.harness import EvalModel
 from llmrecipe.eval.mmlu_pro import LETTERS, MMLUPro
 from llmrecipe.model import GPT, hf_config, to_hf_state_dict
 from llmrecipe.runtime import setup
 from llmrecipe.tokenizer import load_tokenizer
-from llmrecipe.train.pretrain import pretrain_config
 
 
 def timed(fn) -> float:
@@ -43,7 +43,7 @@ def main() -> None:
 
     rt = setup()
     tok = load_tokenizer(a.tokenizer)
-    cfg = pretrain_config(a.preset).model
+    cfg = stage_config("pretrain", a.preset).model
     cfg.vocab_size = max(cfg.vocab_size, tok.vocab_size)
     torch.manual_seed(0)
     ours = GPT(cfg).to(rt.device).eval()

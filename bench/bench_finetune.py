@@ -18,13 +18,14 @@ import time
 
 import torch
 
+from llmrecipe.train import stage_config
 from llmrecipe.chat import IGNORE
 from llmrecipe.lora import LoRAConfig, adapters_disabled, inject
 from llmrecipe.model import GPT
 from llmrecipe.runtime import setup
 from llmrecipe.train.dpo import dpo_loss, sequence_logps
 from llmrecipe.train.loop import TrainConfig, make_optimizer
-from llmrecipe.train.pretrain import pretrain_config
+
 
 MODES = ["model-only", "sft-lora", "sft-full", "dpo-adapter", "dpo-copy"]
 
@@ -38,7 +39,7 @@ def peak_mb(rt) -> float:
 def one(mode: str, preset: str, B: int, T: int, steps: int) -> dict:
     rt = setup()
     torch.manual_seed(0)
-    model = GPT(pretrain_config(preset).model).to(rt.device)
+    model = GPT(stage_config("pretrain", preset).model).to(rt.device)
     V = model.config.vocab_size
     if mode == "model-only":
         return {"mode": mode, "peak_mb": peak_mb(rt)}

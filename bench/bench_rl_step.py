@@ -21,13 +21,14 @@ import time
 import torch
 import torch.nn.functional as F
 
+from llmrecipe.train import stage_config
 from llmrecipe.data.chat import collate, expand_shared
 from llmrecipe.engine import Engine
 from llmrecipe.eval.gsm8k import STOP
 from llmrecipe.lora import LoRALinear, merged_copy, refresh_merged
 from llmrecipe.model import sample
 from llmrecipe.runtime import setup
-from llmrecipe.train.rl import RLStage, rl_config
+from llmrecipe.train.rl import RLStage
 
 
 def timed(fn, steps: int) -> float:
@@ -80,7 +81,7 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    cfg = rl_config(args.preset)
+    cfg = stage_config("rl", args.preset)
     cfg.model, cfg.data = args.model, args.data
     cfg.anchor_beta = 0.0  # the answers' rows alone: what each speed-up replaced (the anchor came after them)
     rt = setup("cpu", "float32")

@@ -12,10 +12,10 @@ import time
 
 import torch
 
+from llmrecipe.train import stage_config
 from llmrecipe.model import from_hf_state_dict, hf_config
 from llmrecipe.runtime import setup
 from llmrecipe.train.loop import TrainConfig, make_optimizer
-from llmrecipe.train.pretrain import pretrain_config
 
 
 def train_step(model, loss_fn, x, y, rt, opt) -> None:
@@ -59,7 +59,7 @@ def main() -> None:
     print("| preset | B | T | ours tok/s | HF tok/s | ours/HF |" + (" MFU |" if not cpu else ""))
     print("|---|---:|---:|---:|---:|---:|" + ("---:|" if not cpu else ""))
     for preset in a.presets.split(","):
-        cfg = pretrain_config(preset).model
+        cfg = stage_config("pretrain", preset).model
         B = a.batch or (16 if preset == "tiny" or not cpu else 1)
         T = a.seq or (256 if cpu and cfg.block_size > 256 else cfg.block_size)
         torch.manual_seed(0)

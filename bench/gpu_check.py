@@ -29,10 +29,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import step_time  # noqa: E402  (the peer's timed step, shared with bench_train)
 
+from llmrecipe.train import stage_config  # noqa: E402
 from llmrecipe.cli import main as cli  # noqa: E402
 from llmrecipe.model import hf_config  # noqa: E402
 from llmrecipe.runtime import setup  # noqa: E402
-from llmrecipe.train.pretrain import pretrain_config  # noqa: E402
+
 
 TOKENS_124M = 100_000 * 524_288  # the preset's run: 100k steps of 16 x 32 x 1024 tokens
 BUDGET_GIB = 24.0  # the seed scopes the recipe to one 24 GB GPU
@@ -77,7 +78,7 @@ def hf_peer(batch: int, seq: int, small: bool, compiled: bool, steps: int) -> fl
     import transformers
 
     rt = setup()
-    cfg = pretrain_config("gpt2-124m").model
+    cfg = stage_config("pretrain", "gpt2-124m").model
     if small:
         cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size = 2, 2, 64, 64
     torch.manual_seed(0)

@@ -18,10 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import step_time, train_step  # noqa: E402
 
+from llmrecipe.train import stage_config  # noqa: E402
 from llmrecipe.model import GPT  # noqa: E402
 from llmrecipe.runtime import setup  # noqa: E402
 from llmrecipe.train.loop import TrainConfig, make_optimizer  # noqa: E402
-from llmrecipe.train.pretrain import pretrain_config  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     rt = setup()
     if a.no_cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(False)
-    cfg = pretrain_config(a.preset).model
+    cfg = stage_config("pretrain", a.preset).model
     if a.decode:
         decode(cfg, rt, a.decode, a.top)
     cfg.block_size = max(cfg.block_size, a.seq)

@@ -122,13 +122,12 @@ def test_settings_that_would_train_nonsense_are_one_line_errors(tmp_path, key, v
 def test_stage_and_run_settings_are_validated_before_anything_runs(tmp_path):
     from llmrecipe.config import apply_overrides
     from llmrecipe.recipe import run
-    from llmrecipe.train.dpo import dpo_config
-    from llmrecipe.train.sft import sft_config
+    from llmrecipe.train import stage_config
 
-    for make, key, value in ((dpo_config, "beta", "0"), (dpo_config, "epochs", "-1"), (sft_config, "r", "0"),
-                             (sft_config, "epochs", "0")):
+    for stage, key, value in (("dpo", "beta", "0"), ("dpo", "epochs", "-1"), ("sft", "r", "0"),
+                              ("sft", "epochs", "0")):
         with pytest.raises(ValueError, match=f"config key '(lora.)?{key}'"):
-            apply_overrides(make("tiny"), {key: value})
+            apply_overrides(stage_config(stage, "tiny"), {key: value})
     for overrides, match in (({"eval.suites": "gsm8kk"}, "unknown suite"),
                              ({"eval.max_new_tokens": "0"}, "max_new_tokens"), ({"dpo.beta": "-0.1"}, "beta"),
                              ({"sft.train.grad_accum": "0"}, "grad_accum")):

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from fp32 import assert_adam_weights_close, assert_fp32_close, fp32_atol
 from llmrecipe.checkpoint import load_model
 from llmrecipe.model import GPTConfig
+from llmrecipe.train import stage_config
 from llmrecipe.train.loop import TrainConfig, lr_at
-from llmrecipe.train.pretrain import PretrainConfig, pretrain_config, run_pretrain
+from llmrecipe.train.pretrain import PretrainConfig, run_pretrain
 
 
 def small_cfg(corpus, **train) -> PretrainConfig:
@@ -115,12 +116,12 @@ def test_schedule_warmup_then_cosine_to_min_lr():
 
 
 def test_presets_resolve():
-    big = pretrain_config("gpt2-124m")
+    big = stage_config("pretrain", "gpt2-124m")
     m, t = big.model, big.train
     assert (m.n_layer, m.n_embd, t.batch_size, t.grad_accum) == (12, 768, 16, 32)
     assert (t.lr, t.min_lr, t.warmup_steps, t.max_steps) == (6e-4, 6e-5, 2000, 100000)
     from llmrecipe.config import apply_overrides
-    tiny = apply_overrides(pretrain_config("tiny"),
+    tiny = apply_overrides(stage_config("pretrain", "tiny"),
                            {"max_steps": "300", "n_layer": "2", "model.dropout": "0.1"})
     assert (tiny.train.max_steps, tiny.model.n_layer, tiny.model.dropout) == (300, 2, 0.1)
     with pytest.raises(ValueError, match="unknown config key 'n_layers'"):
@@ -234,10 +235,7 @@ def test_compile_auto_is_on_only_for_cuda_pretraining():
 
 def test_real_preset_divides_over_eight_gpus():
     """README's `torchrun --nproc_per_node 8` commands: every stage's grad_accum splits over 8 ranks."""
-    from llmrecipe.train.dpo import dpo_config
-    from llmrecipe.train.sft import sft_config
-
-    for cfg in (pretrain_config("gpt2-124m"), sft_config("gpt2-124m"), dpo_config("gpt2-124m")):
+    for cfg in (stage_config(s, "gpt2-124m") for s in ("pretrain", "sft", "dpo")):
         assert cfg.train.grad_accum % 8 == 0, cfg
 
 

@@ -119,12 +119,13 @@ def _add_pretrain(sub) -> None:
 
 def cmd_pretrain(args) -> None:
     from .config import apply_overrides, parse_overrides
-    from .train.pretrain import pretrain_config, run_pretrain
+    from .train import stage_config
+    from .train.pretrain import run_pretrain
 
     if not args.preset:
         print("pretrain: no --preset given, using tiny (the CPU-sized model); "
               "--preset gpt2-124m is GPT-2 small")
-    cfg = pretrain_config(args.preset or "tiny")
+    cfg = stage_config("pretrain", args.preset or "tiny")
     if args.data:
         cfg.data = args.data
     if args.log:
@@ -135,10 +136,11 @@ def cmd_pretrain(args) -> None:
     print(f"done: {args.out} (last: " + ", ".join(f"{k}={v}" for k, v in last.items()) + ")")
 
 
-def _tune(args, make_config, run, fields: tuple[str, ...], parent: str | None, stage: str) -> None:
+def _tune(args, run, fields: tuple[str, ...], parent: str | None, stage: str) -> None:
     """Shared by sft and dpo: preset (by default the one `parent` was trained with) → flags → --set → run."""
     from .checkpoint import model_record
     from .config import apply_overrides, choose_preset, parse_overrides
+    from .train import stage_config
 
     if not parent:
         flag = {"sft": "--base", "dpo": "--sft", "rl": "--model"}[stage]
@@ -146,7 +148,7 @@ def _tune(args, make_config, run, fields: tuple[str, ...], parent: str | None, s
     model, recorded = model_record(parent)
     preset, why = choose_preset(args.preset, model, recorded, parent)
     print(f"{stage}: preset {preset} ({why})")
-    cfg = make_config(preset)
+    cfg = stage_config(stage, preset)
     for key in fields:
         val = getattr(args, key, None)
         if val is not None and val is not False:
@@ -175,9 +177,9 @@ def _add_sft(sub) -> None:
 
 
 def cmd_sft(args) -> None:
-    from .train.sft import run_sft, sft_config
+    from .train.sft import run_sft
 
-    _tune(args, sft_config, run_sft, ("base", "data", "split", "epochs", "strict"), args.base, "sft")
+    _tune(args, run_sft, ("base", "data", "split", "epochs", "strict"), args.base, "sft")
 
 
 def _add_dpo(sub) -> None:
@@ -197,9 +199,9 @@ def _add_dpo(sub) -> None:
 
 
 def cmd_dpo(args) -> None:
-    from .train.dpo import dpo_config, run_dpo
+    from .train.dpo import run_dpo
 
-    _tune(args, dpo_config, run_dpo, ("sft", "data", "split", "beta", "epochs", "reference",
+    _tune(args, run_dpo, ("sft", "data", "split", "beta", "epochs", "reference",
                                    "precompute_reference", "strict"), args.sft, "dpo")
 
 
@@ -252,11 +254,11 @@ def _add_rl(sub) -> None:
 
 
 def cmd_rl(args) -> None:
-    from .train.rl import rl_config, run_rl
+    from .train.rl import run_rl
 
     if args.data_dir:
         args.data = str(Path(args.data_dir) / "gsm8k" / "train.jsonl")
-    _tune(args, rl_config, run_rl, ("model", "data", "split", "group_size", "max_new_tokens", "anchor_data"),
+    _tune(args, run_rl, ("model", "data", "split", "group_size", "max_new_tokens", "anchor_data"),
           args.model, "rl")
 
 

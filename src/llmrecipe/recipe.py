@@ -24,11 +24,12 @@ from .eval import make_suites
 from .eval.harness import comparisons, evaluate, load_eval_model, write_table
 from .files import atomic_write_json, folder_lock, read_json
 from .report import environment, write_report
-from .train.dpo import dpo_config, run_dpo
+from .train import stage_config
+from .train.dpo import run_dpo
 from .train.onpolicy import OnPolicyConfig, onpolicy_pairs
-from .train.pretrain import pretrain_config, run_pretrain
-from .train.rl import rl_config, run_rl
-from .train.sft import run_sft, sft_config
+from .train.pretrain import run_pretrain
+from .train.rl import run_rl
+from .train.sft import run_sft
 from .world.corpus import MAX_ARITHMETIC_PERCENT, write_pretrain_corpus
 from .world.datasets import write_chat_data, write_eval_sets, write_rl_problems
 
@@ -184,9 +185,9 @@ def run(preset: str, out: str | Path, overrides: dict[str, str] | None = None,
     # every config is resolved before anything runs: a bad key fails now, not after pre-training
     prep = _apply("prepare.", PrepareConfig(**{**p.get("prepare", {}), "source": source,
                                                "out": str(out / "data")}), ov["prepare"])
-    pre = _apply("", pretrain_config(preset), ov["pretrain"])
-    sft, dpo = _apply("sft.", sft_config(preset), ov["sft"]), _apply("dpo.", dpo_config(preset), ov["dpo"])
-    rl = _apply("rl.", rl_config(preset), ov["rl"])
+    pre = _apply("", stage_config("pretrain", preset, p), ov["pretrain"])  # the preset is read once (p)
+    sft, dpo = (_apply(f"{s}.", stage_config(s, preset, p), ov[s]) for s in ("sft", "dpo"))
+    rl = _apply("rl.", stage_config("rl", preset, p), ov["rl"])
     op = _apply("onpolicy.", build(OnPolicyConfig, p.get("onpolicy", {})), ov["onpolicy"])
     ev = _apply("eval.", build(EvalConfig, p.get("eval", {})), ov["eval"])
     for key, stage_ov in (("out", ov["prepare"]), ("data", ov["pretrain"]), ("base", ov["sft"]),

@@ -16,14 +16,13 @@ from safetensors.torch import save_file
 
 from ..chat import IGNORE
 from ..checkpoint import load_model
-from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.preference import EncodedPair, collate_pairs, load_pairs
 from ..files import atomic_write, load_tensors
 from ..lora import LoRAConfig, adapters_disabled, inject, trainable_summary
 from ..model import Prefix
-from ..runtime import Runtime, setup
-from .loop import TrainConfig, to_device, train
-from .sft import ChatSamples, ExampleBatches, finish_adapter_run, steps_for
+from ..runtime import Runtime
+from .common import ChatSamples, ExampleBatches, finish_adapter_run, steps_for
+from .loop import TrainConfig, launch, to_device
 
 
 @dataclass
@@ -48,12 +47,6 @@ class DPOConfig:
     max_examples: int | None = None
     strict: bool = False
     preset: str = ""  # the preset these settings came from (recorded in the run folder's config.json)
-
-
-def dpo_config(preset: str) -> DPOConfig:
-    p = load_preset(preset).get("dpo", {})
-    return build(DPOConfig, {"lora": p.get("lora", {}), "train": p.get("train", {}),
-                             **{k: v for k, v in p.items() if k not in ("lora", "train")}, "preset": preset})
 
 
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -172,15 +165,5 @@ class DPOStage(ChatSamples):
 
 
 def run_dpo(cfg: DPOConfig, out: str | Path, resume: bool = False) -> dict:
-    validate(cfg)
-    if not cfg.sft:
-        raise ValueError("dpo needs --sft: the adapter folder from `llmrecipe sft`")
-    rt = setup(cfg.train.device, cfg.train.dtype)
-    torch.manual_seed(cfg.train.seed)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    stage = DPOStage(cfg, rt, Path(out))
-    if cfg.train.max_steps <= 0:
-        cfg.train.max_steps = steps_for(len(stage.pairs), cfg.epochs, cfg.train)
-    if rt.is_main:
-        print(settings_line("dpo", cfg))
-    return train(stage, cfg.train, rt, out, to_dict(cfg), resume)
+    return launch("dpo", cfg, out, resume, DPOStage, ("sft", "the adapter folder from `llmrecipe sft`"),
+                  steps_from=lambda stage: steps_for(len(stage.pairs), cfg.epochs, cfg.train))

@@ -13,14 +13,15 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
 from ..checkpoint import has_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import settings_line, to_dict, validate
 from ..files import append_jsonl, atomic_write_text, folder_lock, read_jsonl
 from ..progress import progress
-from ..runtime import Runtime
+from ..runtime import Runtime, setup
 from ..track import Trackers
 
 
@@ -170,6 +171,30 @@ def _map_tensors(batch: Any, fn) -> Any:
 
 def to_device(batch: Any, device: torch.device) -> Any:
     return _map_tensors(batch, lambda t: t.to(device))
+
+
+def launch(name: str, cfg, out: str | Path, resume: bool, make_stage: Callable[[Any, Runtime, Path], Stage],
+           needs: tuple[str, str], steps_from: Callable[[Any], int] | None = None, note: str = "",
+           resolved_extra: dict | None = None) -> dict:
+    """The opening every training stage shares: check the settings, require the input it builds on
+    (`needs`: the config field and what it is), set up the device, seed (the initial weights and LoRA
+    matrices are part of the run's determinism), build the stage, print one settings line, run the loop.
+    `steps_from(stage)` gives the step count when max_steps is 0 (epochs over the stage's data)."""
+    validate(cfg)
+    field, what = needs
+    if not getattr(cfg, field):
+        raise ValueError(f"{name} needs --{field}: {what}")
+    if cfg.train.max_steps <= 0 and steps_from is None:
+        raise ValueError(f"{name} needs train.max_steps > 0: --set max_steps=100")
+    rt = setup(cfg.train.device, cfg.train.dtype)
+    torch.manual_seed(cfg.train.seed)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    stage = make_stage(cfg, rt, Path(out))
+    if cfg.train.max_steps <= 0:
+        cfg.train.max_steps = steps_from(stage)
+    if rt.is_main:
+        print(settings_line(name, cfg) + note)
+    return train(stage, cfg.train, rt, out, {**to_dict(cfg), **(resolved_extra or {})}, resume)
 
 
 def train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: str | Path, resolved_config: dict,

@@ -8,15 +8,14 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_model
-from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.loader import TokenWindows, shard_paths
 from ..data.order import item_start
 from ..engine import Engine
 from ..files import read_json
 from ..model import GPT, GPTConfig
-from ..runtime import Runtime, setup
+from ..runtime import Runtime
 from ..tokenizer import load_from_dir
-from .loop import TrainConfig, train
+from .loop import TrainConfig, launch
 
 
 @dataclass
@@ -25,14 +24,6 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: str = ""  # a folder written by `llmrecipe prepare`
     preset: str = ""  # recorded in the model folder: later stages default to the same preset
-
-
-def pretrain_config(preset: str) -> PretrainConfig:
-    p = load_preset(preset)
-    return build(PretrainConfig, {"model": p.get("model", {}), "train": p.get("pretrain", {}),
-                                  "preset": preset})
-
-
 
 
 class PretrainStage:
@@ -106,19 +97,10 @@ class PretrainStage:
 
 
 def run_pretrain(cfg: PretrainConfig, out: str | Path, resume: bool = False) -> dict:
-    validate(cfg)
-    if not cfg.data:
-        raise ValueError("pretrain needs --data: a folder written by `llmrecipe prepare`")
-    if cfg.train.max_steps <= 0:
-        raise ValueError("pretrain needs max_steps > 0")
-    if not Path(cfg.data).is_dir():
+    if cfg.data and not Path(cfg.data).is_dir():
         raise FileNotFoundError(f"--data {cfg.data}: no such folder")
-    rt = setup(cfg.train.device, cfg.train.dtype)
-    if rt.is_main:
-        print(settings_line("pretrain", cfg) + f"; model {cfg.model.n_layer} layers x {cfg.model.n_embd}")
-    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's determinism
-    stage = PretrainStage(cfg, rt)
-    resolved = to_dict(cfg)
-    resolved["data_meta"] = read_json(Path(cfg.data) / "meta.json") \
-        if (Path(cfg.data) / "meta.json").is_file() else None
-    return train(stage, cfg.train, rt, out, resolved, resume)
+    meta = Path(cfg.data) / "meta.json"
+    return launch("pretrain", cfg, out, resume, lambda cfg, rt, _: PretrainStage(cfg, rt),
+                  ("data", "a folder written by `llmrecipe prepare`"),
+                  note=f"; model {cfg.model.n_layer} layers x {cfg.model.n_embd}",
+                  resolved_extra={"data_meta": read_json(meta) if cfg.data and meta.is_file() else None})

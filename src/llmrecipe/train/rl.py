@@ -40,16 +40,15 @@ import torch
 
 from ..chat import IGNORE, encode_chat
 from ..checkpoint import load_model
-from ..config import build, load_preset, settings_line, to_dict, validate
 from ..data.chat import collate, collate_shared, load_chat
 from ..data.sources import DataError, iter_rows
 from ..engine import Engine
 from ..eval.gsm8k import GSM8K, INVALID, STOP, extract_strict, gold_answer
 from ..lora import (LoRAConfig, adapters_disabled, inject, merged_copy, refresh_merged,
                     trainable_summary)
-from ..runtime import Runtime, setup
-from .loop import TrainConfig, train
-from .sft import ChatSamples, ExampleBatches, finish_adapter_run
+from ..runtime import Runtime
+from .common import ChatSamples, ExampleBatches, finish_adapter_run
+from .loop import TrainConfig, launch
 
 HUB = ("openai/gsm8k", "main")
 
@@ -76,12 +75,6 @@ class RLConfig:
     anchor_split: str = "train_sft"
     anchor_batch: int = 8  # conversations per micro-batch, beside batch_size × group_size answers
     preset: str = ""
-
-
-def rl_config(preset: str) -> RLConfig:
-    p = load_preset(preset).get("rl", {})
-    return build(RLConfig, {"lora": p.get("lora", {}), "train": p.get("train", {}),
-                            **{k: v for k, v in p.items() if k not in ("lora", "train")}, "preset": preset})
 
 
 def load_problems(spec: str, split: str, limit: int | None) -> list[dict]:
@@ -278,15 +271,5 @@ class RLStage(ChatSamples):
 
 
 def run_rl(cfg: RLConfig, out: str | Path, resume: bool = False) -> dict:
-    validate(cfg)
-    if not cfg.model:
-        raise ValueError("rl needs --model: the model or adapter folder to start from (e.g. runs/dpo)")
-    if cfg.train.max_steps <= 0:
-        raise ValueError("rl needs train.max_steps > 0: --set max_steps=100")
-    rt = setup(cfg.train.device, cfg.train.dtype)
-    torch.manual_seed(cfg.train.seed)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    stage = RLStage(cfg, rt)
-    if rt.is_main:
-        print(settings_line("rl", cfg))
-    return train(stage, cfg.train, rt, out, to_dict(cfg), resume)
+    return launch("rl", cfg, out, resume, lambda cfg, rt, _: RLStage(cfg, rt),
+                  ("model", "the model or adapter folder to start from (e.g. runs/dpo)"))
