@@ -179,12 +179,12 @@ def test_the_report_says_what_its_columns_are_and_where_it_ran(demo):
 
 
 def _readme_lm_eval_lines() -> list[list[str]]:
-    """README's `lm_eval` commands, continuation lines joined, comments dropped."""
+    """The documented `lm_eval` commands (docs/commands.md), continuation lines joined, comments dropped."""
     import shlex
 
     from conftest import ROOT
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "commands.md").read_text()
     lines, out = text.split("\n"), []
     for i, line in enumerate(lines):
         if line.startswith("lm_eval "):
@@ -200,7 +200,7 @@ def _readme_lm_eval_lines() -> list[list[str]]:
 @pytest.mark.parametrize("context", [256, 1024])
 def test_the_readme_lm_eval_lines_run_on_an_export(demo, data_dir, tmp_path, context, monkeypatch):
     """As written (the hub's task names swapped for the same tasks on local files, --limit 2), on the demo's
-    256-token export with the budget README gives for it, and on a GPT-2-shaped 1,024-token export."""
+    256-token export with the budget the docs give for it, and on a GPT-2-shaped 1,024-token export."""
     import os
 
     import torch
@@ -229,7 +229,7 @@ def test_the_readme_lm_eval_lines_run_on_an_export(demo, data_dir, tmp_path, con
         cmd = [a.replace("runs/dpo-hf", str(hf)) for a in cmd]
         i = cmd.index("--tasks")
         cmd[i + 1] = ",".join(f"local_{t}" for t in cmd[i + 1].split(","))
-        if context == 256:  # README's note for the tiny demo's context
+        if context == 256:  # the docs' note for the tiny demo's context
             if "--gen_kwargs" in cmd:
                 cmd[cmd.index("--gen_kwargs") + 1] = "max_gen_toks=96"
             else:

@@ -1,10 +1,11 @@
-"""README's gpt2-124m commands, taken from README.md itself and run through the real CLI, shrunk with `--set`.
+"""The documented gpt2-124m commands, taken from docs/commands.md itself and run through the real CLI,
+shrunk with `--set`.
 
-What a user would type for the seed's recipe must work as written: the stage commands come out of README's
-command block (so editing README changes what this test runs), and only two things are changed, both forced
-by CI being offline and on a CPU: hub data set ids become the local files in the hub's own schema from
-$LLMRECIPE_DATA, and `--set` shrinks the model and the step counts. The presets themselves are not touched:
-the test checks that `sft` and `dpo` pick up gpt2-124m's settings from the model folder (issue 14, item 1).
+What a user would type for the seed's recipe must work as written: the stage commands come out of the docs'
+command block (so editing docs/commands.md changes what this test runs), and only two things are changed,
+both forced by CI being offline and on a CPU: hub data set ids become the local files in the hub's own
+schema from $LLMRECIPE_DATA, and `--set` shrinks the model and the step counts. The presets themselves are
+not touched: the test checks that `sft` and `dpo` pick up gpt2-124m's settings from the model folder.
 """
 from __future__ import annotations
 
@@ -26,13 +27,13 @@ SHRINK = {  # per command: --set settings that make a 124M command a CPU-seconds
 
 
 def readme_command(prefix: str) -> list[str]:
-    """The first line of README's command block that starts with `prefix`, comment removed, split."""
-    block = re.search(r"## Commands\n+```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert block, "README.md lost its ## Commands block"
+    """The first line of docs/commands.md's command block starting with `prefix`, comment removed, split."""
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "docs" / "commands.md").read_text(), re.S)
+    assert block, "docs/commands.md lost its command block"
     for line in block.group(1).splitlines():
         if line.startswith(prefix):
             return shlex.split(line.split("#", 1)[0])
-    raise AssertionError(f"README.md no longer has a command starting {prefix!r}")
+    raise AssertionError(f"docs/commands.md no longer has a command starting {prefix!r}")
 
 
 def cli(args: list[str], cwd, env) -> str:
@@ -53,7 +54,7 @@ def test_readme_gpt2_124m_commands_run_as_written(data_dir, tmp_path):
     def local(args: list[str]) -> list[str]:
         return [hub.get(a, a) for a in args]
 
-    # data/fineweb: README's `prepare text` form on the local FineWeb-Edu sample (`prepare fineweb` streams)
+    # data/fineweb: the docs' `prepare text` form on the local FineWeb-Edu sample (`prepare fineweb` streams)
     sample = data_dir / "pretrain" / "fineweb_edu_sample10BT_150.jsonl"
     cli(["llmrecipe", "prepare", "text", "--input", str(sample), "--out", "data/fineweb",
          "--tokenizer", "gpt2", "--val-every", "10", "--workers", "1"], tmp_path, env)

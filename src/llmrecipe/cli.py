@@ -413,7 +413,7 @@ def cmd_export(args) -> None:
         name = "model.gguf" if args.gguf_type == "f32" else f"model-{args.gguf_type}.gguf"
         path = write_gguf(Path(args.out) / name, model.eval(), tok, args.gguf_type,
                           name=Path(args.adapter or args.model).resolve().name)
-        print(f"GGUF written to {path} (llama-cli -m {path} -cnv; README: Run it in llama.cpp / Ollama)")
+        print(f"GGUF written to {path} (llama-cli -m {path} -cnv; docs/export.md)")
 
 
 def _add_generate(sub) -> None:
@@ -824,7 +824,7 @@ def _os_error(e: OSError) -> str:
         return f"cannot reach the server ({e.reason}): is it running, and is the --url right?"
     if isinstance(e, ConnectionError) or "connect" in type(e).__name__.lower():
         return (f"{e} — no network? Give local files instead: a path for --data/--input, or --data-dir "
-                "with copies in the hub's layout (see README)")
+                "with copies in the hub's layout (docs/data.md)")
     where = f"{e.filename}: " if e.filename else ""
     return f"{where}{e.strerror or e}"
 

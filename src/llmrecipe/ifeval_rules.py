@@ -3,7 +3,7 @@ google-research `instruction_following_eval`), with their kwargs exactly as in `
 
 Each rule is `fn(response, **kwargs) -> bool`. Counting follows the reference: words are `\\w+` runs,
 sentences come from NLTK's English Punkt model, capital words from `nltk.word_tokenize`, languages from
-`langdetect`. Deviations, both deliberate and documented in the README:
+`langdetect`. Deviations, both deliberate and documented in docs/evaluation.md:
 - `langdetect` is seeded (DetectorFactory.seed = 0), so verdicts are reproducible; the reference is not.
 - letter_frequency counts the given character literally; the reference replaces a non-letter (two prompts
   ask about '#' and '!') with a *random* letter, which makes its verdict vary from run to run.

@@ -26,9 +26,10 @@ PEFT_PREFIX = "base_model.model."
 
 @dataclass
 class LoRAConfig:
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
+    r: int = 16  # rank of each adapter's A (r x in) and B (out x r)
+    alpha: float = 32.0  # the update is scaled by alpha / r
+    dropout: float = 0.05  # on the LoRA path's input
+    # GPT-2 linear layers that get adapters
     target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
 
 

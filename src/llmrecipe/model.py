@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    vocab_size: int = 50257
-    block_size: int = 1024
-    dropout: float = 0.0
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block (n_embd must divide by it)
+    n_embd: int = 768  # width of the residual stream
+    vocab_size: int = 50257  # tokens the model predicts (the tokenizer's; must hold all its ids)
+    block_size: int = 1024  # context length in tokens (learned positions)
+    dropout: float = 0.0  # on attention, MLP and embeddings; 0 for pre-training at this scale
     # The embedding / LM head get vocab_size rounded up to a multiple of this many rows (50,257 → 50,304, as
     # nanoGPT and llm.c do): matmul kernels tile dimensions in multiples of 64, and an odd 50,257 costs the
     # largest matmul of the model ~25% of its speed on tensor cores. The extra rows are never a target nor an

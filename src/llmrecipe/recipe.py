@@ -42,6 +42,7 @@ DATA_DIR_LAYOUT = {"pretrain": "pretrain/*.parquet", "sft": "sft/*.parquet",
 
 @dataclass
 class EvalConfig:
+    # comma-separated: mmlu_pro, gsm8k, ifeval, mt_bench, mmlu_pro_category; all = first four
     suites: str = "all"
     limit: int | None = None  # items per suite (stratified for MMLU-Pro)
     max_new_tokens: int | None = None  # None: each suite's own default

@@ -27,20 +27,20 @@ FINEWEB = dict(source="HuggingFaceFW/fineweb-edu", config="sample-10BT", split="
 
 @dataclass
 class PrepareConfig:
-    source: str | list[str]
-    out: str
+    source: str | list[str]  # documents: files, folders, globs, or one hub id
+    out: str  # the shard folder
     tokenizer: str = "gpt2"  # a tokenizer spec, or "bpe" to train a byte-level BPE of `bpe_vocab_size`
-    bpe_vocab_size: int = 2048
-    bpe_train_docs: int = 20_000
-    split: str = "train"
-    config: str | None = None
-    text_field: str = "text"
-    max_tokens: int | None = None
-    shard_tokens: int = 100_000_000
-    val_every: int = 100
-    max_val_tokens: int = 10_000_000
-    workers: int = max(1, min(8, (os.cpu_count() or 1) - 1))
-    chunk_docs: int = 64
+    bpe_vocab_size: int = 2048  # vocabulary of a trained BPE (tokenizer: bpe)
+    bpe_train_docs: int = 20_000  # documents the BPE is trained on
+    split: str = "train"  # hub split (hub ids only)
+    config: str | None = None  # hub data set config (fineweb-edu: sample-10BT)
+    text_field: str = "text"  # the column holding each document
+    max_tokens: int | None = None  # stop after this many training tokens
+    shard_tokens: int = 100_000_000  # tokens per shard file
+    val_every: int = 100  # every N-th document goes to the validation shard
+    max_val_tokens: int = 10_000_000  # cap on the validation shard
+    workers: int = max(1, min(8, (os.cpu_count() or 1) - 1))  # tokenizer processes
+    chunk_docs: int = 64  # documents per task sent to a worker
     overwrite: bool = False  # replace an earlier prepare's output in `out` (only its own files)
 
 

@@ -32,9 +32,9 @@ class DPOConfig:
         batch_size=4, grad_accum=1, lr=5e-6, min_lr=5e-7, warmup_steps=0, schedule="constant",
         weight_decay=0.0, log_interval=10, eval_interval=0, save_interval=500))
     sft: str = ""  # adapter (or model) folder from `sft`; its chain is merged into the starting weights
-    data: str = "HuggingFaceH4/ultrafeedback_binarized"
-    split: str = "train_prefs"
-    beta: float = 0.1
+    data: str = "HuggingFaceH4/ultrafeedback_binarized"  # hub id or local files (ultrafeedback, HH, TRL)
+    split: str = "train_prefs"  # hub split (hub ids only)
+    beta: float = 0.1  # DPO's temperature: how far the policy may move from the reference
     # RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's `rpo_alpha`): add
     # rpo_alpha x the chosen answers' mean per-token negative log-likelihood. DPO alone only asks that chosen
     # rise *relative to* rejected; when the two share all but a suffix it can satisfy that with a continuation
@@ -44,8 +44,8 @@ class DPOConfig:
     epochs: float = 2.0  # used when train.max_steps is 0
     reference: str = "adapter"  # adapter: the policy with its LoRA disabled | copy: a frozen deep copy
     precompute_reference: bool = False  # one pass over the data, cached in the run folder
-    max_examples: int | None = None
-    strict: bool = False
+    max_examples: int | None = None  # use only the first N pairs
+    strict: bool = False  # a bad row is an error instead of skipped and counted
     preset: str = ""  # the preset these settings came from (recorded in the run folder's config.json)
 
 

@@ -27,24 +27,24 @@ from ..track import Trackers
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 16
-    grad_accum: int = 32
+    batch_size: int = 16  # sequences (pairs for DPO, questions for RL) per micro-batch and rank
+    grad_accum: int = 32  # micro-batches per optimizer step, over all ranks (each rank does grad_accum / W)
     max_steps: int = 0  # pre-training: required; SFT/DPO: 0 means derive from epochs
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 2000
+    lr: float = 6e-4  # peak learning rate, reached after warmup_steps
+    min_lr: float = 6e-5  # the cosine schedule's floor at max_steps
+    warmup_steps: int = 2000  # linear warm-up from 0 to lr
     schedule: str = "cosine"  # cosine | constant (both after linear warmup)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    log_interval: int = 10
-    eval_interval: int = 1000
-    eval_batches: int = 20
-    save_interval: int = 5000
-    keep_checkpoints: int = 2
-    seed: int = 1337
-    device: str = "auto"
+    weight_decay: float = 0.1  # AdamW's, on ≥ 2-D weights only
+    beta1: float = 0.9  # AdamW
+    beta2: float = 0.95  # AdamW
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0: off)
+    log_interval: int = 10  # steps between metrics.jsonl records (and the only host syncs)
+    eval_interval: int = 1000  # steps between validation losses and samples (0: only at the end)
+    eval_batches: int = 20  # validation micro-batches per evaluation
+    save_interval: int = 5000  # steps between checkpoints (and at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept; older ones are pruned
+    seed: int = 1337  # initial weights, data order, sampling: a run is a function of its seed
+    device: str = "auto"  # auto (CUDA if present, else CPU) / cuda / cuda:N / cpu
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: str = "auto"  # auto: on for pre-training on CUDA (see use_compile) | true | false
     parallel: str = "ddp"  # with several ranks (torchrun): ddp | fsdp

@@ -37,12 +37,12 @@ from ..runtime import setup
 class OnPolicyConfig:
     samples: int = 0  # answers sampled per checkable prompt; 0: off (the pairs are used as they are)
     temperature: float = 1.0  # the model's own distribution: its typical mistakes, not only its greedy one
-    max_new_tokens: int = 96
-    batch_size: int = 64
-    seed: int = 0
+    max_new_tokens: int = 96  # budget of each sampled answer
+    batch_size: int = 64  # prompts sampled per batch
+    seed: int = 0  # sampling seed
     model: str = ""  # the SFT folder (its adapter chain is merged)
     data: str = ""  # the preference pairs (ultrafeedback_binarized's schema, with the checks above)
-    device: str = "auto"
+    device: str = "auto"  # auto / cuda / cpu
 
 
 def _words(text: str) -> str:

@@ -62,17 +62,17 @@ class RLConfig:
         weight_decay=0.0, max_steps=200, log_interval=5, eval_interval=0, save_interval=50))
     model: str = ""  # the starting model: a model or adapter folder (its chain is merged), usually DPO's
     data: str = "openai/gsm8k"  # hub id, or local .jsonl/.parquet files in GSM8K's schema (question, answer)
-    split: str = "train"
-    group_size: int = 8
-    max_new_tokens: int = 256
-    temperature: float = 1.0
+    split: str = "train"  # hub split (hub ids only)
+    group_size: int = 8  # answers sampled per question (GRPO's G); advantages are relative to the group
+    max_new_tokens: int = 256  # answer budget per sample
+    temperature: float = 1.0  # sampling temperature of the answers
     scale_rewards: bool = False  # divide advantages by the group's std (DeepSeekMath) or not (Dr. GRPO)
     kl_beta: float = 0.0  # weight of the KL penalty to the starting model (0: none, as nanochat)
-    max_examples: int | None = None
+    max_examples: int | None = None  # use only the first N problems
     # the anchor (module docstring): KL to the starting model on chat conversations; 0 turns it off
     anchor_beta: float = 0.0
     anchor_data: str = ""  # conversations in ultrachat's schema; `llmrecipe run` passes the recipe's SFT data
-    anchor_split: str = "train_sft"
+    anchor_split: str = "train_sft"  # hub split of anchor_data (hub ids only)
     anchor_batch: int = 8  # conversations per micro-batch, beside batch_size × group_size answers
     preset: str = ""
 

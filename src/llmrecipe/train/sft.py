@@ -24,9 +24,9 @@ class SFTConfig:
         weight_decay=0.0, log_interval=10, eval_interval=0, save_interval=500))
     base: str = ""  # model folder from `pretrain` (or any model/adapter folder)
     data: str = "HuggingFaceH4/ultrachat_200k"  # hub id or local parquet/jsonl/json files
-    split: str = "train_sft"
+    split: str = "train_sft"  # hub split (hub ids only)
     epochs: float = 3.0  # used when train.max_steps is 0
-    max_examples: int | None = None
+    max_examples: int | None = None  # use only the first N conversations
     val_examples: int = 0  # held out from the end of the data for validation loss
     strict: bool = False  # reject bad rows instead of skipping them
     preset: str = ""  # the preset these settings came from (recorded in the run folder's config.json)

@@ -1,0 +1,146 @@
+"""Print docs/config.md: every key a preset (or `--set`) can hold, generated from the config dataclasses, so
+the reference cannot go stale (tests/test_docs.py compares the file with this script's output).
+
+    python scripts/config_reference.py > docs/config.md
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import sys
+import textwrap
+import typing
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from llmrecipe.config import load_preset  # noqa: E402
+from llmrecipe.data.prepare import PrepareConfig  # noqa: E402
+from llmrecipe.recipe import EvalConfig  # noqa: E402
+from llmrecipe.train import CONFIGS, stage_config  # noqa: E402
+from llmrecipe.train.onpolicy import OnPolicyConfig  # noqa: E402
+
+PRESETS = ("tiny", "gpt2-124m")
+# fields a preset never sets: the folder each stage reads from the stage before it (the command's flags or
+# `run` fill them in; `run --set sft.base=...` is an error) and the preset's own name
+# defaults computed from the machine: the page says how, so it is the same on every machine
+MACHINE = {"prepare.workers": "CPUs − 1 (1 to 8)"}
+WIRED = {"prepare.out", "sft.base", "dpo.sft", "rl.model", "onpolicy.model", "onpolicy.data"}
+
+
+def comments(cls) -> dict[str, str]:
+    """Each field's comment in the class's source: the one on its line, else the block right above it."""
+    src = textwrap.dedent(inspect.getsource(cls))
+    lines = src.splitlines()
+    out = {}
+    for node in ast.parse(src).body[0].body:
+        if not isinstance(node, ast.AnnAssign):
+            continue
+        line = lines[node.lineno - 1]
+        # a trailing comment: the text after the last '#' outside the value (values here hold no '#')
+        text = line.split("#", 1)[1].strip() if "#" in line else ""
+        if not text:
+            above, i = [], node.lineno - 2
+            while i >= 0 and lines[i].strip().startswith("#"):
+                above.insert(0, lines[i].strip().lstrip("#").strip())
+                i -= 1
+            text = " ".join(above)
+        end = lines[node.end_lineno - 1]
+        if not text and node.end_lineno != node.lineno and "#" in end:
+            text = end.split("#", 1)[1].strip()
+        out[node.target.id] = text
+    return out
+
+
+def type_name(tp) -> str:
+    s = tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+    return s.replace("typing.", "").replace(" | ", " or ")
+
+
+def instance(cls):
+    """The dataclass with its defaults (a field without one, like prepare's `out`, left empty)."""
+    return cls(**{f.name: "" for f in dataclasses.fields(cls)
+                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
+
+
+def rows(prefix: str, cls, values: dict[str, object], default=None):
+    """(key, type, dataclass default, per-preset values, comment) for every leaf field of `cls`."""
+    hints = typing.get_type_hints(cls)
+    notes = comments(cls)
+    default = instance(cls) if default is None else default
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if key in WIRED or f.name == "preset":
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from rows(key + ".", hints[f.name], {p: getattr(v, f.name) for p, v in values.items()},
+                            getattr(default, f.name))
+            continue
+        here = getattr(default, f.name)
+        per = [getattr(values[p], f.name) for p in PRESETS] if values else None
+        if key in MACHINE:
+            per = [MACHINE[key] if v == here else v for v in per] if per else None
+            here = MACHINE[key]
+        yield key, type_name(f.type), here, per, notes.get(f.name, "")
+
+
+def sections():
+    """(section, dataclass, the presets' resolved values) for every section a preset can hold."""
+    for stage in ("pretrain", "sft", "dpo", "rl"):
+        resolved = {p: stage_config(stage, p) for p in PRESETS}
+        if stage == "pretrain":
+            yield "model", type(resolved["tiny"].model), {p: c.model for p, c in resolved.items()}
+            yield "pretrain", type(resolved["tiny"].train), {p: c.train for p, c in resolved.items()}
+        else:
+            yield stage, CONFIGS[stage], resolved
+    for name, cls in (("prepare", PrepareConfig), ("onpolicy", OnPolicyConfig), ("eval", EvalConfig)):
+        values = {}
+        for p in PRESETS:
+            values[p] = instance(cls)
+            for k, v in (load_preset(p).get(name) or {}).items():
+                setattr(values[p], k, v)
+        yield name, cls, values
+
+
+def fmt(v) -> str:
+    if v in MACHINE.values():
+        return v
+    if isinstance(v, str):
+        return f'"{v}"' if v else '""'
+    return repr(v).replace("|", "\\|")
+
+
+INTRO = """Every key a preset YAML (`src/llmrecipe/configs/`, or your own with `extends: tiny`) or `--set` can
+hold. Generated by `python scripts/config_reference.py > docs/config.md` from the config dataclasses;
+`tests/test_docs.py` fails when this page and the code disagree. Columns: the dataclass default, then the
+value each shipped preset resolves to. `--set KEY=VALUE` takes the key as written here (`run` also takes
+pre-training's keys bare: `max_steps=300`, `n_layer=2`). The folder each stage starts from (`sft.base`,
+`dpo.sft`, `rl.model`) is set by the command's flags or by `run`, never by a preset; the data keys
+(`prepare.source`, `sft.data`, `dpo.data`, `rl.data`, `eval.data_dir`) take your own files
+([data formats](data.md)).
+"""
+
+
+def main() -> None:
+    print("# Configuration reference\n")
+    print(INTRO)
+    for name, cls, values in sections():
+        print(f"## `{name}:` ({cls.__name__})\n")
+        print(f"| key | type | default | {' | '.join(PRESETS)} | what |")
+        print("|---|---|---|" + "---|" * len(PRESETS) + "---|")
+        prefix = "" if name == "pretrain" else f"{name}."
+        for key, tp, default, per, note in rows(prefix if name != "pretrain" else "pretrain.", cls, values):
+            cells = [fmt(v) for v in per] if per else [""] * len(PRESETS)
+            print(f"| `{key}` | {tp} | {fmt(default)} | {' | '.join(cells)} | {note.replace('|', '/')} |")
+        print()
+    world = load_preset("tiny")["world"]
+    print("## `world:` (the tiny preset's generated data)\n")
+    print("Integers only; `run` checks each before anything runs. What each count makes: "
+          "[the tiny world](recipe.md#the-tiny-world).\n")
+    for key, v in world.items():
+        print(f"- `world.{key}` = {v}")
+
+
+if __name__ == "__main__":
+    main()
