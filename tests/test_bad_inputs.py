@@ -172,6 +172,9 @@ CASES = [  # (command line, what its error must name)
     (["serve", "--model", MODEL, "--adapter", "noequals"], "--adapter expects NAME=PATH"),
     (["serve", "--model", MODEL, "--adapter", "x=missing"], "x=missing"),
     (["serve", "--model", MODEL, "--port", "70000"], "argument --port"),
+    (["serve"], "serve needs --model MODEL (with any --adapter NAME=PATH) or --run RUN"),
+    (["serve", "--model", MODEL, "--run", "emptydir"], "not both"),
+    (["serve", "--run", "emptydir"], "--run emptydir: no base/model.json"),
     # mt-bench
     (["mt-bench", "pairwise", "--a", f"x={MODEL}", "--b", f"y={MODEL}", "--data-dir", "emptydir", *JUDGE],
      "emptydir/mt_bench"),

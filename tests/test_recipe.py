@@ -18,12 +18,8 @@ from llmrecipe.eval.harness import trades_over_runs
 from llmrecipe.files import read_jsonl
 from llmrecipe.recipe import run
 
-# A reduced `tiny` (≈2.5 minutes on 2 AMD EPYC cores): a smaller world, half the pre-training, the preset's
-# preference pairs; the eval analogs keep their 300 items each, so the differences asserted below are
-# resolved (±3 points), not noise.
-REDUCED = {"world.pretrain_docs": "10000", "world.sft_conversations": "2000",
-           "world.preference_pairs": "2400",
-           "max_steps": "500", "eval_interval": "0", "rl.train.max_steps": "60"}
+from conftest import REDUCED, SEEDS
+
 # RL runs 60 of the preset's 450 steps here (its artifacts and mechanics); its gain is measured on the full
 # preset over five seeds by bench/sweep_tiny.py (BENCHMARKS.md), not asserted on these weaker models.
 # A much smaller run for the kill/resume and rerun tests: only determinism matters there.
@@ -34,24 +30,8 @@ SMALL = {"world.pretrain_docs": "400", "world.sft_conversations": "120", "world.
          "rl.group_size": "4", "rl.train.save_interval": "3", "eval.max_new_tokens": "12",
          "eval.suites": "mmlu_pro_category,gsm8k,ifeval"}
 PNG = b"\x89PNG\r\n\x1a\n"
-SEEDS = (0, 1)  # the headline must hold on more than one world (bench/sweep_tiny.py: all five of 0-4)
 
 
-@pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory) -> dict[int, tuple[Path, dict]]:
-    cache: dict[int, tuple[Path, dict]] = {}
-
-    def get(seed: int) -> tuple[Path, dict]:
-        if seed not in cache:
-            out = tmp_path_factory.mktemp(f"tiny_run{seed}")
-            cache[seed] = out, run("tiny", out, {**REDUCED, "world.seed": str(seed)})
-        return cache[seed]
-    return get
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_runs) -> tuple[Path, dict]:
-    return tiny_runs(SEEDS[0])
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -471,3 +471,45 @@ def test_a_judge_outage_is_never_a_result(tiny_base, data_dir, tmp_path):
     finally:
         _Outage.down = True
         httpd.shutdown()
+
+
+def test_the_page_and_a_runs_files_are_served_and_nothing_else(tiny_base, tmp_path):
+    """GET / is the page (no key needed, a strict CSP); GET /run/NAME only the run folder's own top-level
+    results and plots, looked up by name: no request path reaches the file system."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "base").symlink_to(tiny_base, target_is_directory=True)
+    (run / "results.json").write_text('{"table": {}}')
+    (run / "eval.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (run / "run.json").write_text("{}")
+    (tmp_path / "key").write_text("k3y\n")
+    args = [sys.executable, "-m", "llmrecipe", "serve", "--run", str(run), "--port", "0", "--device", "cpu",
+            "--api-key-file", str(tmp_path / "key")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        root = re.search(r"(http://127.0.0.1:\d+)/v1", line).group(1)
+
+        def get(path: str, key: str | None = "k3y") -> tuple[int, bytes, dict]:
+            auth = {"Authorization": f"Bearer {key}"} if key else {}
+            req = urllib.request.Request(root + path, headers=auth)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, r.read(), dict(r.headers)
+            except urllib.error.HTTPError as e:
+                return e.code, e.read(), dict(e.headers)
+
+        status, body, headers = get("/", key=None)
+        assert status == 200 and b'<script src="/app.js"' in body
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert "connect-src 'self'" in headers["Content-Security-Policy"]
+        assert get("/app.js", key=None)[0] == 200 and get("/run/", key=None)[0] == 401
+        status, body, _ = get("/run/")
+        assert status == 200 and json.loads(body) == {"files": ["eval.png", "results.json"]}
+        assert get("/run/results.json")[1] == b'{"table": {}}'
+        for path in ("/run/run.json", "/run/base/model.json", "/run/../run.json", "/run/%2e%2e/run.json",
+                     "/run/..%2fbase%2fmodel.json", "/run//etc/passwd", "/run/eval.png/", "/index.html"):
+            assert get(path)[0] == 404, path
+        assert json.loads(get("/v1/models")[1])["data"][0]["id"] == "base"
+    finally:
+        proc.kill()

@@ -611,8 +611,10 @@ def _judge(args):
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="OpenAI-compatible server: a base model plus named adapters")
-    p.add_argument("--model", required=True, help="model folder (or an adapter folder, served merged)")
+    p = sub.add_parser("serve", help="OpenAI-compatible server and chat page: a model plus named adapters")
+    p.add_argument("--model", help="model folder (or an adapter folder, served merged)")
+    p.add_argument("--run", help="a run folder: serve its stages as base, sft, dpo, rl, and its results on "
+                   "the page's run tab")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                    help="a named adapter, selected by the request's model field (repeatable)")
     p.add_argument("--name", help="the model id of --model itself (default: its folder's name, e.g. rl)")
@@ -625,18 +627,23 @@ def _add_serve(sub) -> None:
 
 
 def cmd_serve(args) -> None:
-    from .serve import serve
+    from .serve import run_models, serve
 
-    adapters = {}
+    if bool(args.model) == bool(args.run):
+        raise ValueError("serve needs --model MODEL (with any --adapter NAME=PATH) or --run RUN, not both")
+    adapters, model, name = {}, args.model, args.name
+    if args.run:
+        model, adapters = run_models(args.run)
+        name = name or "base"
+    name = name or Path(model).resolve().name
     for item in args.adapter:
-        name, path = _name_path(item, "--adapter")
-        if name in adapters or name == (args.name or Path(args.model).resolve().name):
-            raise ValueError(f"--adapter {item}: the name {name!r} is taken; give each model its own")
-        adapters[name] = path
+        alias, path = _name_path(item, "--adapter")
+        if alias in adapters or alias == name:
+            raise ValueError(f"--adapter {item}: the name {alias!r} is taken; give each model its own")
+        adapters[alias] = path
     key = args.api_key or (read_secret(args.api_key_file) if args.api_key_file
                         else os.environ.get("LLMRECIPE_API_KEY"))
-    serve(args.model, adapters, args.host, args.port, key, args.device,
-          args.name or Path(args.model).resolve().name)
+    serve(model, adapters, args.host, args.port, key, args.device, name, run_dir=args.run)
 
 
 def _add_mt_bench(sub) -> None:

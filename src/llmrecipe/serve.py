@@ -1,6 +1,8 @@
 """`llmrecipe serve`: an OpenAI-compatible HTTP server for a base model and any number of named adapters.
 
-GET /v1/models, POST /v1/chat/completions and /v1/completions (with `stream: true` as server-sent events).
+GET /v1/models, POST /v1/chat/completions and /v1/completions (with `stream: true` as server-sent events);
+GET / is a chat page (web/: plain HTML, CSS and JavaScript, no request to any other host) that compares the
+served models side by side, and with `--run` GET /run/... reads that run's results and plots.
 One model is held in memory; a request's `model` field picks "base" or an adapter, whose low-rank deltas
 are written into the weights (W = W₀ + Σ scale·B·A over the adapter's chain) when it is switched in.
 Requests are served one at a time under a lock — no continuous batching, but concurrent clients never see
@@ -23,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import torch
 
@@ -188,6 +191,31 @@ class ModelServer:
         return out, cancel
 
 
+WEB = Path(__file__).parent / "web"
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8", ".json": "application/json",
+         ".md": "text/markdown; charset=utf-8", ".png": "image/png"}
+# The page runs only its own script and style, talks only to this server, and cannot be framed: model output
+# that somehow became markup would still run nothing and reach no other host.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                "img-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                "frame-ancestors 'none'", "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
+def page_files() -> dict[str, Path]:
+    """URL path → file, fixed when the server starts: a request's path is looked up, never joined."""
+    return {"/": WEB / "index.html", "/app.js": WEB / "app.js", "/style.css": WEB / "style.css"}
+
+
+def run_files(run_dir: str | None) -> dict[str, Path]:
+    """The run tab's files: the run folder's own results.json, report.md and plots (its top level only)."""
+    if not run_dir:
+        return {}
+    return {f"/run/{f.name}": f for f in sorted(Path(run_dir).iterdir())
+            if f.is_file() and f.suffix in (".json", ".md", ".png") and f.name != "run.json"}
+
+
 MAX_BODY = 4 << 20  # bytes; a chat request is kilobytes, and the context is 1,024 tokens anyway
 SOCKET_TIMEOUT = 60.0  # seconds a client may stay silent (reading its request, or not reading our reply)
 MAX_CONNECTIONS = 64  # requests being answered at once (complete and authorised); beyond, a 503
@@ -215,7 +243,9 @@ def _check_text(obj, depth: int = 0) -> None:
             _check_text(v, depth + 1)
 
 
-def make_handler(server: ModelServer, api_key: str | None):
+def make_handler(server: ModelServer, api_key: str | None, run_dir: str | None = None):
+    page, run = page_files(), run_files(run_dir)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = SOCKET_TIMEOUT  # set on the connection: no client holds a thread forever
@@ -275,12 +305,36 @@ def make_handler(server: ModelServer, api_key: str | None):
             if scheme.lower() != "bearer" or not good:
                 raise RequestError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')")
 
+        def _file(self, path: Path, headers: dict | None = None) -> None:
+            data = path.read_bytes()
+            self._access_log(200)
+            self.send_response(200)
+            self.send_header("Content-Type", TYPES[path.suffix])
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
         def do_GET(self):
             self._received()
             self._t0 = time.time()
             try:
+                route = self.path.split("?", 1)[0]
+                if route in page:  # the page itself carries no secret: the user types the key into it
+                    return self._file(page[route], PAGE_HEADERS)
+                if route == "/favicon.ico":  # browsers ask on their own; no icon, no error in the console
+                    self.send_response(204)
+                    self.send_header("Content-Length", "0")
+                    return self.end_headers()
                 self._auth()
-                if self.path.rstrip("/") == "/v1/models":
+                if route in ("/run", "/run/"):  # the run tab's index: which files this run has
+                    if not run:
+                        raise RequestError(404, "not serving a run (start with `llmrecipe serve --run RUN`)")
+                    self._send(200, {"files": [k.removeprefix("/run/") for k in run]})
+                elif route in run:
+                    self._file(run[route], {"X-Content-Type-Options": "nosniff"})
+                elif self.path.rstrip("/") == "/v1/models":
                     now = int(time.time())
                     self._send(200, {"object": "list", "data": [
                         {"id": n, "object": "model", "created": now, "owned_by": "llmrecipe"}
@@ -462,15 +516,27 @@ class Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def run_models(run_dir: str) -> tuple[str, dict[str, str]]:
+    """A run folder's stage models: base, and the adapters sft, dpo, rl that it holds (each on the one
+    before it, so all share base's weights)."""
+    root = Path(run_dir)
+    if not (root / "base" / "model.json").is_file():
+        raise FileNotFoundError(f"--run {run_dir}: no base/model.json (a folder written by `llmrecipe run`)")
+    return str(root / "base"), {s: str(root / s) for s in ("sft", "dpo", "rl")
+                                if (root / s / "adapter_config.json").is_file()}
+
+
 def serve(model: str, adapters: dict[str, str], host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, device: str = "auto", name: str = "base") -> None:
+          api_key: str | None = None, device: str = "auto", name: str = "base",
+          run_dir: str | None = None) -> None:
     server = ModelServer(model, adapters, device, name)
     try:
-        httpd = Server((host, port), make_handler(server, api_key))
+        httpd = Server((host, port), make_handler(server, api_key, run_dir))
     except OSError as e:
         raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}): another process holds the port? "
                          "choose another --port") from None
-    print(f"serving {', '.join(server.names)} on http://{host}:{httpd.server_address[1]}/v1", flush=True)
+    url = f"http://{host}:{httpd.server_address[1]}"
+    print(f"serving {', '.join(server.names)} on {url}/v1; the chat page: {url}/", flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:
