@@ -89,6 +89,8 @@ class DPOStage(ChatSamples):
         print(trainable_summary(self.model))
         self.index = {id(p): i for i, p in enumerate(self.pairs)}
         self.batches = ExampleBatches(self.pairs, cfg.train, rt)
+        if cfg.precompute_reference:  # the cache lives in the run folder, made once the data is read
+            run_dir.mkdir(parents=True, exist_ok=True)
         self.ref_cache = (self._precompute(run_dir / "reference_logps.safetensors")
                           if cfg.precompute_reference else None)
 

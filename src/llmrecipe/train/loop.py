@@ -188,8 +188,7 @@ def launch(name: str, cfg, out: str | Path, resume: bool, make_stage: Callable[[
         raise ValueError(f"{name} needs train.max_steps > 0: --set max_steps=100")
     rt = setup(cfg.train.device, cfg.train.dtype)
     torch.manual_seed(cfg.train.seed)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    stage = make_stage(cfg, rt, Path(out))
+    stage = make_stage(cfg, rt, Path(out))  # a stage that fails here (bad input) leaves no folder behind
     if cfg.train.max_steps <= 0:
         cfg.train.max_steps = steps_from(stage)
     if rt.is_main:
