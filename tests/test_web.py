@@ -37,7 +37,7 @@ def _serve(args: list[str], tmp: Path) -> tuple[subprocess.Popen, str]:
                             stderr=subprocess.STDOUT)
     for _ in range(600):
         log.seek(0)
-        found = re.search(r"the chat page: (http://127\.0\.0\.1:\d+)/", log.read())
+        found = re.search(r"chat page: (http://127\.0\.0\.1:\d+)/", log.read())
         if found:
             return proc, found.group(1)
         assert proc.poll() is None, (log.seek(0), log.read())[1]

@@ -141,17 +141,26 @@ def model_record(directory: str | Path) -> tuple[dict, str | None]:
 
 
 def save_hf(directory: str | Path, model: GPT, eot_id: int | None = None) -> None:
-    """The weights as a Hugging Face `GPT2LMHeadModel` folder (needs `transformers`); `llmrecipe export`
-    adds the tokenizer, chat template and generation config (export.py)."""
+    """The weights as a stock Hugging Face model folder (needs `transformers`): `GPT2LMHeadModel` for GPT-2,
+    `LlamaForCausalLM` or `Qwen3ForCausalLM` for the modern switches; `llmrecipe export` adds the tokenizer,
+    chat template and generation config (export.py)."""
     import transformers
 
-    from .model import hf_config, to_hf_state_dict
+    from .model import hf_config, llama_config, stock_architecture, to_hf_state_dict, to_llama_state_dict
 
-    cfg = hf_config(model.config)
-    if eot_id is not None:
-        cfg.update(bos_token_id=eot_id, eos_token_id=eot_id)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg))
-    hf.load_state_dict(to_hf_state_dict(model), strict=False)
+    arch = stock_architecture(model.config)
+    ids = {} if eot_id is None else dict(bos_token_id=eot_id, eos_token_id=eot_id)
+    if arch == "GPT2LMHeadModel":
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**hf_config(model.config), **ids}))
+        hf.load_state_dict(to_hf_state_dict(model), strict=False)
+    else:
+        kind = transformers.Qwen3Config if arch == "Qwen3ForCausalLM" else transformers.LlamaConfig
+        hf = getattr(transformers, arch)(kind(**llama_config(model.config), **ids))
+        missing, unexpected = hf.load_state_dict(to_llama_state_dict(model), strict=False)
+        if unexpected or [k for k in missing if not (model.config.tie_embeddings and k == "lm_head.weight")]:
+            raise ValueError(f"{arch}: parameters not matched: {missing + unexpected}")
+        if model.config.tie_embeddings:
+            hf.tie_weights()
     hf.save_pretrained(str(directory))
 
 

@@ -2,7 +2,8 @@
 
 What `transformers`, lm-evaluation-harness (`--model hf`), vLLM, TGI or llama.cpp's converter need, and
 nothing they would have to be told separately:
-- `model.safetensors` + `config.json`: a `GPT2LMHeadModel`, adapters merged, the padded vocabulary rows cut;
+- `model.safetensors` + `config.json`: a `GPT2LMHeadModel` (a `LlamaForCausalLM` or `Qwen3ForCausalLM` for
+  the modern switches), adapters merged, the padded vocabulary rows cut;
 - `tokenizer.json` + `tokenizer_config.json`: the model's own tokenizer as a fast tokenizer. The tiny presets'
   byte-level BPE *is* a `tokenizers` file; GPT-2's is rebuilt from the tiktoken ranks (vocab + merges, the
   GPT-2 byte-to-unicode alphabet, the GPT-2 pre-tokenizer regex), so `AutoTokenizer` gives our ids;

@@ -62,6 +62,10 @@ def write_gguf(path: str | Path, model: GPT, tok: Tokenizer, kind: str = "f32", 
 
     if kind not in TYPES:
         raise ValueError(f"--gguf-type {kind!r}: one of {', '.join(TYPES)}")
+    if not model.config.classic:  # this writer knows llama.cpp's gpt2 graph only: never a wrong file
+        raise ValueError("--gguf writes llama.cpp's gpt2 architecture; this model uses the modern switches: "
+                         "export the Hugging Face folder (a Llama/Qwen3) and convert it with llama.cpp's "
+                         "convert_hf_to_gguf.py")
     cfg, path = model.config, Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(str(path), "gpt2")

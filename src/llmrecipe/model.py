@@ -1,7 +1,10 @@
-"""GPT-2, the whole model in one file.
+"""GPT-2, the whole model in one file, with the switches of the modern recipe.
 
 Module names follow OpenAI/Hugging Face GPT-2 (transformer.wte, h.N.attn.c_attn, ...) so that converting
-to and from `transformers` is a transpose of the Conv1D weights and LoRA keys match PEFT's.
+to and from `transformers` is a transpose of the Conv1D weights and LoRA keys match PEFT's. The defaults are
+GPT-2's, bit for bit; the switches (rotary positions, RMSNorm, QK-norm, ReLU² or SwiGLU, no biases, an
+untied head, logit soft-capping) are those of nanochat and the modded-nanogpt records, and one combination —
+rope + rmsnorm + qk_norm + swiglu, no biases — is exactly Qwen3's, so it exports as a stock architecture.
 """
 from __future__ import annotations
 
@@ -26,6 +29,36 @@ class GPTConfig:
     # largest matmul of the model ~25% of its speed on tensor cores. The extra rows are never a target nor an
     # input, and every output (logits, sampling, scoring, the HF export) is cut back to vocab_size.
     pad_vocab_to: int = 64
+    position: str = "learned"  # learned: GPT-2's position table / rope: rotary, applied to q and k
+    rope_theta: float = 10000.0  # rotary base frequency
+    norm: str = "layernorm"  # layernorm / rmsnorm (with a weight, as Llama and Qwen3)
+    norm_eps: float = 1e-5  # added to the variance in every norm
+    qk_norm: bool = False  # RMSNorm of each head's queries and keys before attention (Qwen3, OLMo 2)
+    mlp: str = "gelu"  # gelu (tanh approximation, GPT-2) / relu2 (ReLU squared) / swiglu (SiLU-gated)
+    mlp_hidden: int = 0  # MLP width; 0: 4 x n_embd (a SwiGLU of 8/3 x n_embd has the same parameters)
+    bias: bool = True  # biases in the linear layers and LayerNorms
+    tie_embeddings: bool = True  # the LM head shares the token embedding's weights
+    logit_softcap: float = 0.0  # 0: off; else logits = cap x tanh(logits / cap) (Gemma 2, nanochat)
+
+    @property
+    def hidden_mlp(self) -> int:
+        return self.mlp_hidden or 4 * self.n_embd
+
+    @property
+    def classic(self) -> bool:
+        """GPT-2 itself (what GPT2LMHeadModel and llama.cpp's gpt2 architecture express)."""
+        return (self.position, self.norm, self.qk_norm, self.mlp, self.bias, self.tie_embeddings,
+                self.logit_softcap, self.mlp_hidden) == ("learned", "layernorm", False, "gelu", True, True,
+                                                          0.0, 0)
+
+    def check(self) -> None:
+        for field, value, allowed in (("position", self.position, ("learned", "rope")),
+                                      ("norm", self.norm, ("layernorm", "rmsnorm")),
+                                      ("mlp", self.mlp, ("gelu", "relu2", "swiglu"))):
+            if value not in allowed:
+                raise ValueError(f"model.{field} = {value!r}: must be one of {', '.join(allowed)}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("model.position = rope needs an even head size (n_embd / n_head)")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -110,19 +143,61 @@ class _PrefixKV:
         return torch.cat([pk[self.owner], k], 2), torch.cat([pv[self.owner], v], 2)
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) x weight, computed in fp32 (as Llama's and Qwen3's, which the export must reproduce)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).to(x.dtype)
+
+
+def make_norm(cfg: GPTConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_tables(cfg: GPTConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (block_size, head_size) of the rotary angles, the halves repeated (HF's rotate_half
+    layout, so exported weights need no permutation)."""
+    hd = cfg.n_embd // cfg.n_head
+    inv = 1.0 / cfg.rope_theta ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd)
+    angles = torch.outer(torch.arange(cfg.block_size, device=device, dtype=torch.float32), inv)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D) rotated by the angles of its positions (cos, sin: (B, 1, T, D))."""
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head = cfg.n_head
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.n_embd // cfg.n_head, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.n_embd // cfg.n_head, cfg.norm_eps)
 
-    def forward(self, x, layer: int, cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x, layer: int, cache: KVCache | None, mask: torch.Tensor | None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if hasattr(self, "q_norm"):  # per head, before the rotation (Qwen3's order)
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         drop = self.dropout if self.training else 0.0
@@ -136,40 +211,56 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.kind, h = cfg.mlp, cfg.hidden_mlp
+        # SwiGLU's gate and up projections are one matrix (gate rows first): one matmul, one LoRA target
+        self.c_fc = nn.Linear(cfg.n_embd, 2 * h if cfg.mlp == "swiglu" else h, bias=cfg.bias)
+        self.c_proj = nn.Linear(h, cfg.n_embd, bias=cfg.bias)
 
     def forward(self, x):
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        x = self.c_fc(x)
+        if self.kind == "swiglu":
+            gate, up = x.chunk(2, dim=-1)
+            return self.c_proj(F.silu(gate) * up)
+        if self.kind == "relu2":
+            return self.c_proj(F.relu(x).square())
+        return self.c_proj(F.gelu(x, approximate="tanh"))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.ln_1 = make_norm(cfg, cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.ln_2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, layer, cache, mask):
-        x = x + self.drop(self.attn(self.ln_1(x), layer, cache, mask))
+    def forward(self, x, layer, cache, mask, rope=None):
+        x = x + self.drop(self.attn(self.ln_1(x), layer, cache, mask, rope))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        cfg.check()
         self.config = cfg
+        modules = dict(wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd))
+        if cfg.position == "learned":
+            modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            **modules,
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-            ln_f=nn.LayerNorm(cfg.n_embd),
+            ln_f=make_norm(cfg, cfg.n_embd),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # weight tying, as GPT-2
+        if cfg.position == "rope":  # not saved: a function of the config
+            cos, sin = rope_tables(cfg)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2·n_layer)
             if name.endswith("c_proj.weight"):
@@ -214,9 +305,15 @@ class GPT(nn.Module):
         return h
 
     def _blocks(self, idx, positions, mask, cache) -> torch.Tensor:
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        x, rope = self.transformer.wte(idx), None
+        if self.config.position == "learned":
+            x = x + self.transformer.wpe(positions)
+        else:
+            positions = positions.expand(idx.size(0), -1)
+            rope = (self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1))
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, i, cache, mask)
+            x = block(x, i, cache, mask, rope)
         return self.transformer.ln_f(x)
 
     def hidden_after(self, idx: torch.Tensor, prefix: Prefix, select: torch.Tensor
@@ -255,7 +352,9 @@ class GPT(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """LM head on hidden states, cut to the real vocabulary (a view: the padded rows are never seen)."""
-        return self.lm_head(h)[..., : self.config.vocab_size]
+        logits = self.lm_head(h)[..., : self.config.vocab_size]
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 select: torch.Tensor | None = None, prefix: Prefix | None = None, **kw):
@@ -363,3 +462,52 @@ def hf_config(cfg: GPTConfig) -> dict:
                 resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
                 tie_word_embeddings=True, bos_token_id=50256 if cfg.vocab_size > 50256 else None,
                 eos_token_id=50256 if cfg.vocab_size > 50256 else None)
+
+
+# ---- Llama / Qwen3 conversion: the modern switches that a stock architecture expresses exactly ----
+def stock_architecture(cfg: GPTConfig) -> str:
+    """The transformers architecture that computes exactly what `cfg` does, or a ValueError naming the
+    switch none has."""
+    if cfg.classic:
+        return "GPT2LMHeadModel"
+    modern = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, logit_softcap=0.0)
+    off = [f"{k}: {getattr(cfg, k)!r}" for k, v in modern.items() if getattr(cfg, k) != v]
+    if off:
+        raise ValueError(f"no stock transformers architecture has this model's {', '.join(off)}: GPT-2 "
+                         "(the defaults) and Llama/Qwen3 (position rope, norm rmsnorm, mlp swiglu, bias "
+                         "false, no soft-cap; qk_norm picks Qwen3) export")
+    return "Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"
+
+
+def llama_config(cfg: GPTConfig) -> dict:
+    """Keyword arguments for `transformers.LlamaConfig` / `Qwen3Config` matching `cfg`."""
+    return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.hidden_mlp,
+                num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+                head_dim=cfg.n_embd // cfg.n_head, max_position_embeddings=cfg.block_size,
+                rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, hidden_act="silu",
+                attention_bias=False, mlp_bias=False, tie_word_embeddings=cfg.tie_embeddings)
+
+
+def to_llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Llama's (and Qwen3's) parameter names; our fused q|k|v and gate|up matrices split in their order."""
+    cfg, V, C, H = model.config, model.config.vocab_size, model.config.n_embd, model.config.hidden_mlp
+    sd = model.state_dict()
+    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"][:V],
+           "model.norm.weight": sd["transformer.ln_f.weight"]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"][:V]
+    for i in range(cfg.n_layer):
+        ours, hf = f"transformer.h.{i}.", f"model.layers.{i}."
+        q, k, v = sd[ours + "attn.c_attn.weight"].split(C)
+        gate, up = sd[ours + "mlp.c_fc.weight"].split(H)
+        out.update({hf + "input_layernorm.weight": sd[ours + "ln_1.weight"],
+                    hf + "post_attention_layernorm.weight": sd[ours + "ln_2.weight"],
+                    hf + "self_attn.q_proj.weight": q, hf + "self_attn.k_proj.weight": k,
+                    hf + "self_attn.v_proj.weight": v,
+                    hf + "self_attn.o_proj.weight": sd[ours + "attn.c_proj.weight"],
+                    hf + "mlp.gate_proj.weight": gate, hf + "mlp.up_proj.weight": up,
+                    hf + "mlp.down_proj.weight": sd[ours + "mlp.c_proj.weight"]})
+        if cfg.qk_norm:
+            out[hf + "self_attn.q_norm.weight"] = sd[ours + "attn.q_norm.weight"]
+            out[hf + "self_attn.k_norm.weight"] = sd[ours + "attn.k_norm.weight"]
+    return {k: v.contiguous().clone() for k, v in out.items()}

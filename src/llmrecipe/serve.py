@@ -536,7 +536,8 @@ def serve(model: str, adapters: dict[str, str], host: str = "127.0.0.1", port: i
         raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}): another process holds the port? "
                          "choose another --port") from None
     url = f"http://{host}:{httpd.server_address[1]}"
-    print(f"serving {', '.join(server.names)} on {url}/v1; the chat page: {url}/", flush=True)
+    print(f"serving {', '.join(server.names)} on {url}/v1", flush=True)  # scripts read this line: keep it
+    print(f"chat page: {url}/", flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

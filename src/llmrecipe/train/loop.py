@@ -49,6 +49,11 @@ class TrainConfig:
     compile: str = "auto"  # auto: on for pre-training on CUDA (see use_compile) | true | false
     parallel: str = "ddp"  # with several ranks (torchrun): ddp | fsdp
     log: str = ""  # live trackers besides metrics.jsonl: tensorboard, wandb, or "tensorboard,wandb"
+    # adamw / muon: the blocks' matrices by Muon (orthogonalised Nesterov momentum), the embeddings, head,
+    # norms and biases by AdamW at `lr`
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it as it scales lr)
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum
 
 
 class Stage(Protocol):
@@ -81,9 +86,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on ≥2-D weights only (matmuls, embeddings), not on biases and norms."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on ≥2-D weights only (matmuls, embeddings), not on biases and norms. With
+    `optimizer: muon`, the transformer blocks' matrices go to Muon instead (muon.py)."""
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"config key 'optimizer' = {cfg.optimizer!r}: must be adamw or muon")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.optimizer == "muon":
+        from .muon import MuonAdamW, is_hidden_matrix
+
+        hidden = [p for n, p in named if is_hidden_matrix(n, p)]
+        rest = [(n, p) for n, p in named if not is_hidden_matrix(n, p)]
+        groups = [{"params": hidden, "kind": "muon", "lr_ratio": cfg.muon_lr / cfg.lr, "weight_decay": 0.0,
+                   "momentum": cfg.muon_momentum},
+                  {"params": [p for _, p in rest if p.dim() >= 2], "kind": "adamw", "lr_ratio": 1.0,
+                   "weight_decay": cfg.weight_decay},
+                  {"params": [p for _, p in rest if p.dim() < 2], "kind": "adamw", "lr_ratio": 1.0,
+                   "weight_decay": 0.0}]
+        return MuonAdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    params = [p for _, p in named]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
@@ -213,6 +234,9 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
         raise ValueError(f"grad_accum {cfg.grad_accum} is not divisible by the {rt.world_size} ranks")
     accum = cfg.grad_accum // rt.world_size  # the global batch stays what the config says
     model = stage.model.to(rt.device)
+    if rt.distributed and cfg.parallel == "fsdp" and cfg.optimizer == "muon":
+        raise ValueError("optimizer=muon orthogonalises whole matrices and FSDP shards them across ranks: "
+                         "use parallel=ddp with muon")
     if rt.distributed and cfg.parallel == "fsdp" and any(not p.requires_grad for p in model.parameters()):
         raise ValueError("parallel=fsdp is for full training (pretrain); LoRA stages use ddp")
     wrapped = rt.wrap(model, cfg.parallel)
@@ -268,8 +292,8 @@ def _train(stage: Stage, cfg: TrainConfig, rt: Runtime, run_dir: Path, resolved_
     try:
         while step < cfg.max_steps:
             lr = lr_at(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            for g in opt.param_groups:  # Muon's groups keep their own peak: the schedule scales both alike
+                g["lr"] = lr * g.get("lr_ratio", 1.0)
             batches, units, n_tokens = loader.get(step)
             metrics = _step(stage, fwd, wrapped, opt, batches, units, cfg, rt)
             bad_now = ~torch.isfinite(metrics["grad_norm"]) & (first_bad < 0)

@@ -1,0 +1,130 @@
+"""Classic vs modern pre-training, side by side: validation loss against tokens and against wall-clock, at
+equal parameter count and equal data, over world seeds.
+
+    python bench/compare_presets.py --seeds 0 1 2 --out runs/compare \
+        --variant tiny tiny --variant modern modern-tiny --variant modern+muon modern-tiny optimizer=muon
+
+Each seed's world corpus and tokenizer are made once (the tiny preset's settings) and every variant pre-trains
+on the same shards with the same seed. Prints, per variant, the validation loss at each evaluation (mean ±
+standard deviation over seeds), the seconds per run, and the tokens each variant needs to reach the first
+variant's final validation loss, as a ratio to the first's with a 95% interval over seeds (t distribution).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from llmrecipe.config import apply_overrides, load_preset, parse_overrides  # noqa: E402
+from llmrecipe.data.prepare import PrepareConfig, prepare  # noqa: E402
+from llmrecipe.report import environment  # noqa: E402
+from llmrecipe.train import stage_config  # noqa: E402
+from llmrecipe.train.pretrain import run_pretrain  # noqa: E402
+from llmrecipe.world.corpus import write_pretrain_corpus  # noqa: E402
+
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def data_for(seed: int, out: Path) -> Path:
+    p = load_preset("tiny")
+    world, prep = p["world"], p["prepare"]
+    folder = out / f"seed{seed}" / "data"
+    if not (folder / "meta.json").is_file():
+        corpus = out / f"seed{seed}" / "pretrain.jsonl"
+        corpus.parent.mkdir(parents=True, exist_ok=True)
+        write_pretrain_corpus(corpus, world["pretrain_docs"], seed, world["arithmetic_percent"],
+                              bool(world["digit_sums"]))
+        prepare(PrepareConfig(**{**prep, "source": str(corpus), "out": str(folder)}))
+    return folder
+
+
+def curve(run: Path) -> list[tuple[int, float]]:
+    """(tokens, val_loss) at every evaluation of a finished run."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
+
+
+def tokens_to_reach(points: list[tuple[int, float]], target: float) -> float | None:
+    """The tokens at which the curve first reaches `target`, interpolated linearly between evaluations."""
+    prev = None
+    for tok, loss in points:
+        if loss <= target:
+            if prev is None:
+                return float(tok)
+            (t0, l0) = prev
+            return t0 + (tok - t0) * (l0 - target) / (l0 - loss)
+        prev = (tok, loss)
+    return None
+
+
+def mean_interval(xs: list[float]) -> str:
+    if len(xs) < 2:
+        return f"{xs[0]:.3f}" if xs else "—"
+    m, sd = statistics.mean(xs), statistics.stdev(xs)
+    h = T95.get(len(xs) - 1, 1.96) * sd / math.sqrt(len(xs))
+    return f"{m:.3f} [{m - h:.3f}, {m + h:.3f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="runs/compare")
+    ap.add_argument("--variant", nargs="+", action="append", metavar=("NAME PRESET", "KEY=VALUE"),
+                    help="a name, a preset, and pre-training overrides (the first variant is the baseline)")
+    ap.add_argument("--eval-interval", type=int, default=100)
+    ap.add_argument("--eval-batches", type=int, default=16)
+    a = ap.parse_args()
+    variants = a.variant or [["tiny", "tiny"], ["modern", "modern-tiny"]]
+    out = Path(a.out)
+    results: dict[str, dict[int, dict]] = {}
+    for seed in a.seeds:
+        data = data_for(seed, out)
+        for name, preset, *sets in variants:
+            run = out / f"seed{seed}" / name
+            cfg = stage_config("pretrain", preset)
+            cfg.data, cfg.train.seed = str(data), seed
+            cfg.train.eval_interval, cfg.train.eval_batches = a.eval_interval, a.eval_batches
+            apply_overrides(cfg, parse_overrides(sets))
+            if not (run / "model.safetensors").is_file():
+                t0 = time.time()
+                run_pretrain(cfg, run)
+                (run / "seconds.txt").write_text(f"{time.time() - t0:.1f}")
+            results.setdefault(name, {})[seed] = {"curve": curve(run),
+                                                  "seconds": float((run / "seconds.txt").read_text())}
+    names, base = [v[0] for v in variants], variants[0][0]
+    steps = [t for t, _ in results[base][a.seeds[0]]["curve"]]
+    cpu = environment()["cpu"]
+    print(f"Validation loss by tokens seen ({len(a.seeds)} world seeds: mean ± sd), {cpu}:\n")
+    print("| tokens | " + " | ".join(names) + " |\n|---:|" + "---:|" * len(names))
+    for i, tok in enumerate(steps):
+        cells = []
+        for n in names:
+            xs = [results[n][s]["curve"][i][1] for s in a.seeds if i < len(results[n][s]["curve"])]
+            cells.append(f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.3f}")
+        print(f"| {tok:,} | " + " | ".join(cells) + " |")
+    print("\n| variant | seconds per run | final val loss "
+          "| tokens to the baseline's final loss, ratio [95%] |")
+    print("|---|---:|---:|---:|")
+    for n in names:
+        ratios = []
+        for s in a.seeds:
+            target = results[base][s]["curve"][-1][1]
+            reach = tokens_to_reach(results[n][s]["curve"], target)
+            if reach is not None:
+                ratios.append(reach / results[base][s]["curve"][-1][0])
+        secs = statistics.mean(results[n][s]["seconds"] for s in a.seeds)
+        final = statistics.mean(results[n][s]["curve"][-1][1] for s in a.seeds)
+        reached = f"{mean_interval(ratios)} ({len(ratios)}/{len(a.seeds)} seeds reach it)"
+        print(f"| {n} | {secs:.0f} | {final:.3f} | {reached} |")
+    (out / "compare.json").write_text(json.dumps({"variants": variants, "seeds": a.seeds, "results": {
+        n: {str(s): r for s, r in v.items()} for n, v in results.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The modern switches of the one model (rotary, RMSNorm, QK-norm, ReLU²/SwiGLU, no biases, untied head,
+soft-capping): each combination computes the same with and without the KV cache, in a left-padded batch and
+through a shared prompt; trains, resumes exactly, takes LoRA; and the Llama/Qwen3 combination exports as
+the stock transformers architecture with our logits."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fp32 import assert_fp32_close
+from llmrecipe.model import GPT, GPTConfig, KVCache, Prefix
+from test_train import losses, simulate_kill, small_cfg
+
+# the longest sum on the path: the MLP's 4 x 64 (or SwiGLU's 160) inputs, times the layers
+REDUCTION = 4 * 4 * 64
+
+MODERN = dict(position="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", mlp_hidden=160, bias=False,
+              tie_embeddings=False)
+MATRIX = {
+    "gpt2": {},
+    "rope": dict(position="rope"),
+    "rmsnorm+qk_norm": dict(norm="rmsnorm", qk_norm=True),
+    "relu2+untied+nobias": dict(mlp="relu2", tie_embeddings=False, bias=False),
+    "softcap+swiglu": dict(logit_softcap=15.0, mlp="swiglu"),
+    "qwen3": MODERN,
+    "llama": {**MODERN, "qk_norm": False, "tie_embeddings": True},
+}
+
+
+def model_of(switches: dict, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    m = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=300, block_size=64, **switches)).eval()
+    with torch.no_grad():  # norms away from their init, so a misplaced weight shows
+        for name, p in m.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+def trains_and_resumes_exactly(cfg, tmp_path):
+    """Pre-train 8 steps straight, and again killed after step 6 (last checkpoint 4) then resumed: the same
+    losses, falling, and the same final weights bit for bit. Returns the straight run's folder."""
+    from llmrecipe.train.pretrain import run_pretrain
+
+    straight = tmp_path / "straight"
+    run_pretrain(cfg, straight)
+    killed = simulate_kill(straight, tmp_path / "killed", last_checkpoint=4, logged=6, final=8)
+    run_pretrain(cfg, killed, resume=True)
+    assert losses(killed) == losses(straight) and losses(straight)[-1] < losses(straight)[0]
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return straight
+
+
+@pytest.mark.parametrize("name", MATRIX)
+@torch.no_grad()
+def test_cache_batch_and_shared_prompt_compute_the_plain_forward(name):
+    m = model_of(MATRIX[name])
+    x = torch.randint(0, 300, (3, 40))
+    full = m(x)[0]
+    # prefill 25 tokens, then one at a time through the KV cache
+    cache = KVCache(m.config, 3, 64, "cpu")
+    steps = [m.logits(m.hidden(x[:, :25], cache=cache))] + [m.logits(m.hidden(x[:, t:t + 1], cache=cache))
+                                                            for t in range(25, 40)]
+    assert_fp32_close(torch.cat(steps, 1), full, REDUCTION, "KV cache")
+    # a row left-padded in a batch: its own positions and a key mask
+    pad = 7
+    padded = torch.cat([torch.zeros(1, pad, dtype=torch.long), x[:1]], 1)
+    km = torch.cat([torch.zeros(1, pad), torch.ones(1, 40)], 1).long()
+    pos = (km.cumsum(-1) - 1).clamp(min=0)
+    h = m.hidden(padded, positions=pos, key_mask=km)
+    assert_fp32_close(m.logits(h)[:, pad:], full[:1], REDUCTION, "left padding")
+    # two rows continuing one shared prompt (DPO's chosen/rejected, RL's answers)
+    prompt, rows = x[:1, :20], x[:2, 20:]
+    select = torch.ones_like(rows, dtype=torch.bool)
+    shared = m(rows, select=select, prefix=Prefix(prompt, torch.ones_like(prompt), torch.tensor([0, 0])))[0]
+    plain = m(torch.cat([prompt.expand(2, -1), rows], 1))[0][:, 20:].reshape(-1, 300)
+    assert_fp32_close(shared, plain, REDUCTION, "shared prompt")
+
+
+def test_the_defaults_are_gpt2():
+    cfg = GPTConfig()
+    assert cfg.classic and {n for n, _ in GPT(dataclasses.replace(cfg, n_layer=1, n_embd=64, n_head=2))
+                            .named_parameters()} >= {"transformer.wpe.weight", "transformer.h.0.ln_1.bias"}
+    with pytest.raises(ValueError, match="model.mlp = 'geglu': must be one of gelu, relu2, swiglu"):
+        GPT(GPTConfig(n_layer=1, n_embd=64, n_head=2, mlp="geglu"))
+
+
+@pytest.mark.parametrize("name", ["qwen3", "relu2+untied+nobias"])
+def test_modern_models_pretrain_resume_exactly_and_take_lora(name, small_corpus, tmp_path):
+    from llmrecipe.checkpoint import load_model
+    from llmrecipe.lora import LoRAConfig
+    from llmrecipe.train.loop import TrainConfig
+    from llmrecipe.train.sft import SFTConfig, run_sft
+
+    cfg = small_cfg(small_corpus, max_steps=8, save_interval=4, keep_checkpoints=5)
+    cfg.model = dataclasses.replace(cfg.model, **{**MATRIX[name], "mlp_hidden": 0})
+    straight = trains_and_resumes_exactly(cfg, tmp_path)
+    model, _ = load_model(straight)
+    assert model.config == cfg.model  # the switches travel with the model folder
+    # LoRA SFT on it, then the adapter chain loads merged
+    from conftest import DATA
+    chat = DATA / "sft" / "ultrachat_200k_sample20.jsonl"
+    if not chat.is_file():
+        pytest.skip(f"{chat} not found")
+    run_sft(SFTConfig(lora=LoRAConfig(r=4, alpha=8, dropout=0.0),
+                      train=TrainConfig(batch_size=2, grad_accum=1, max_steps=3, lr=1e-2, warmup_steps=0,
+                                        schedule="constant", log_interval=1, eval_interval=0,
+                                        save_interval=100),
+                      base=str(straight), data=str(chat)), tmp_path / "sft")
+    merged, _ = load_model(tmp_path / "sft", merge_adapters=True)
+    plain, _ = load_model(straight)
+    x = torch.randint(0, 512, (1, 30))
+    assert not torch.equal(merged(x)[0], plain(x)[0])  # the adapter changed the function
+
+
+@pytest.mark.parametrize("name,arch", [("qwen3", "Qwen3ForCausalLM"), ("llama", "LlamaForCausalLM")])
+def test_the_modern_model_exports_as_a_stock_architecture(name, arch, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from llmrecipe.checkpoint import save_hf
+
+    m = model_of(MATRIX[name])
+    save_hf(tmp_path, m)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == arch
+    x = torch.randint(0, 300, (4, 48))
+    with torch.no_grad():
+        assert_fp32_close(hf(x).logits, m(x)[0], REDUCTION, arch)
+        ours = x[:, :8]
+        for _ in range(12):  # greedy continuation, token by token, from both
+            ours = torch.cat([ours, m(ours)[0][:, -1:].argmax(-1)], 1)
+        theirs = hf.generate(x[:, :8], max_new_tokens=12, do_sample=False, min_new_tokens=12,
+                             pad_token_id=0)
+    assert torch.equal(ours, theirs)
+
+
+def test_a_switch_no_stock_architecture_has_is_a_clear_export_error(tmp_path):
+    from llmrecipe.checkpoint import save_hf
+
+    with pytest.raises(ValueError, match=r"no stock transformers architecture has this model's mlp: 'relu2'"):
+        save_hf(tmp_path, model_of({**MODERN, "mlp": "relu2", "mlp_hidden": 0}))
+
+
+def test_the_gguf_writer_refuses_what_its_gpt2_graph_cannot_express(tmp_path):
+    pytest.importorskip("gguf")
+    from llmrecipe.gguf_file import write_gguf
+
+    with pytest.raises(ValueError, match="convert_hf_to_gguf.py"):
+        write_gguf(tmp_path / "m.gguf", model_of(MODERN), tok=None)
+
+
+def test_newton_schulz_orthogonalises_and_muon_trains_resumes_exactly(small_corpus, tmp_path):
+    from llmrecipe.train.muon import orthogonalise
+    from llmrecipe.train.pretrain import run_pretrain
+
+    torch.manual_seed(0)
+    for shape in ((64, 256), (256, 64)):  # wide and tall: every singular value pushed near 1
+        s = torch.linalg.svdvals(orthogonalise(torch.randn(shape)))
+        assert 0.6 < float(s.min()) and float(s.max()) < 1.25, (shape, s.min(), s.max())
+    s = torch.linalg.svdvals(orthogonalise(torch.randn(96, 96)))  # square: all but the near-null directions
+    assert 0.6 < float(s.quantile(0.1)) and float(s.max()) < 1.25, s
+    cfg = small_cfg(small_corpus, max_steps=8, save_interval=4, keep_checkpoints=5, optimizer="muon",
+                    muon_lr=0.02)
+    cfg.model = dataclasses.replace(cfg.model, **{**MODERN, "mlp_hidden": 0})
+    straight = trains_and_resumes_exactly(cfg, tmp_path)
+    adamw = small_cfg(small_corpus, max_steps=8)
+    adamw.model = cfg.model
+    run_pretrain(adamw, tmp_path / "adamw")
+    assert losses(tmp_path / "adamw") != losses(straight)  # the switch changes the optimizer
