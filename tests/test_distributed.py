@@ -159,3 +159,20 @@ def test_eval_shards_items_over_ranks_with_the_same_records(tiny_base, data_dir,
     one, two = (json.loads((tmp_path / d / "eval.json").read_text())["suites"]["mmlu_pro"]
                 for d in ("one", "two"))
     assert one["accuracy"] == two["accuracy"] and one["per_category"] == two["per_category"]
+
+
+MUON = ["optimizer=muon", "muon_lr=0.02", "model.position=rope", "model.norm=rmsnorm", "model.qk_norm=true",
+        "model.mlp=swiglu", "model.bias=false"]
+
+
+def test_muon_on_two_ranks_matches_one_process(small_corpus, tmp_path):
+    """DDP reduces the gradients before Muon orthogonalises them: 2 ranks update as 1 process, to fp32
+    rounding. A Muon step moves an entry by at most muon_lr x 1.25 (Newton-Schulz's largest singular value)
+    x sqrt(8) (SwiGLU's fused gate|up is 8 x as tall as wide), under 3 x muon_lr: the bound given for the
+    few entries a rounding difference can flip; all others must agree to fp32 rounding (fp32.py)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    main(["pretrain", "--data", str(small_corpus), "--out", str(one), "--set", "max_steps=6", *SMALL, *MUON])
+    torchrun("pretrain", "--data", str(small_corpus), "--out", str(two), "--set", "max_steps=6", *SMALL,
+             *MUON)
+    losses_close(losses(two), losses(one))
+    weights_close(one, two, lr=3 * 0.02 / 2)  # the helper's bound is 2 x lr a step
