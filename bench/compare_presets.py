@@ -44,22 +44,24 @@ def data_for(seed: int, out: Path) -> Path:
     return folder
 
 
-def curve(run: Path) -> list[tuple[int, float]]:
-    """(tokens, val_loss) at every evaluation of a finished run."""
+def curve(run: Path) -> list[tuple[int, float, float]]:
+    """(tokens, training seconds, val_loss) at every evaluation of a finished run (the tokens and seconds of
+    the training record logged at the same step)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
+    at = {r["step"]: (r["tokens"], r["elapsed"]) for r in rows if "tokens" in r}
+    return [(*at[r["step"]], r["val_loss"]) for r in rows if "val_loss" in r]
 
 
-def tokens_to_reach(points: list[tuple[int, float]], target: float) -> float | None:
-    """The tokens at which the curve first reaches `target`, interpolated linearly between evaluations."""
+def to_reach(points: list[tuple[int, float, float]], target: float, axis: int) -> float | None:
+    """The tokens (axis 0) or training seconds (axis 1) at which the curve first reaches `target`,
+    interpolated linearly between evaluations."""
     prev = None
-    for tok, loss in points:
-        if loss <= target:
+    for point in points:
+        if point[2] <= target:
             if prev is None:
-                return float(tok)
-            (t0, l0) = prev
-            return t0 + (tok - t0) * (l0 - target) / (l0 - loss)
-        prev = (tok, loss)
+                return float(point[axis])
+            return prev[axis] + (point[axis] - prev[axis]) * (prev[2] - target) / (prev[2] - point[2])
+        prev = point
     return None
 
 
@@ -98,30 +100,32 @@ def main() -> None:
             results.setdefault(name, {})[seed] = {"curve": curve(run),
                                                   "seconds": float((run / "seconds.txt").read_text())}
     names, base = [v[0] for v in variants], variants[0][0]
-    steps = [t for t, _ in results[base][a.seeds[0]]["curve"]]
+    steps = [t for t, _, _ in results[base][a.seeds[0]]["curve"]]
     cpu = environment()["cpu"]
     print(f"Validation loss by tokens seen ({len(a.seeds)} world seeds: mean ± sd), {cpu}:\n")
     print("| tokens | " + " | ".join(names) + " |\n|---:|" + "---:|" * len(names))
     for i, tok in enumerate(steps):
         cells = []
         for n in names:
-            xs = [results[n][s]["curve"][i][1] for s in a.seeds if i < len(results[n][s]["curve"])]
+            xs = [results[n][s]["curve"][i][2] for s in a.seeds if i < len(results[n][s]["curve"])]
             cells.append(f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.3f}")
         print(f"| {tok:,} | " + " | ".join(cells) + " |")
-    print("\n| variant | seconds per run | final val loss "
-          "| tokens to the baseline's final loss, ratio [95%] |")
-    print("|---|---:|---:|---:|")
+    print("\n| variant | seconds per run | final val loss | to the baseline's final loss: tokens, ratio "
+          "[95%] | training seconds, ratio [95%] |")
+    print("|---|---:|---:|---:|---:|")
     for n in names:
-        ratios = []
+        ratios: dict[int, list[float]] = {0: [], 1: []}
         for s in a.seeds:
-            target = results[base][s]["curve"][-1][1]
-            reach = tokens_to_reach(results[n][s]["curve"], target)
-            if reach is not None:
-                ratios.append(reach / results[base][s]["curve"][-1][0])
+            target, end = results[base][s]["curve"][-1][2], results[base][s]["curve"][-1]
+            for axis in (0, 1):
+                reach = to_reach(results[n][s]["curve"], target, axis)
+                if reach is not None:
+                    ratios[axis].append(reach / end[axis])
         secs = statistics.mean(results[n][s]["seconds"] for s in a.seeds)
-        final = statistics.mean(results[n][s]["curve"][-1][1] for s in a.seeds)
-        reached = f"{mean_interval(ratios)} ({len(ratios)}/{len(a.seeds)} seeds reach it)"
-        print(f"| {n} | {secs:.0f} | {final:.3f} | {reached} |")
+        final = statistics.mean(results[n][s]["curve"][-1][2] for s in a.seeds)
+        cells = [f"{mean_interval(ratios[axis])} ({len(ratios[axis])}/{len(a.seeds)} reach it)"
+                 for axis in (0, 1)]
+        print(f"| {n} | {secs:.0f} | {final:.3f} | {cells[0]} | {cells[1]} |")
     (out / "compare.json").write_text(json.dumps({"variants": variants, "seeds": a.seeds, "results": {
         n: {str(s): r for s, r in v.items()} for n, v in results.items()}}, indent=1))
 
