@@ -67,7 +67,7 @@ def _row(name: str, seed: int, r: dict, seconds: float) -> tuple[str, dict]:
                   and d["low"] > 0 and traded == 0, "rl": rl and rl["gsm8k"], "rl_ok": rl_ok}
 
 
-def _pairs(seed: int, keys: dict[str, float], common: dict[str, str]) -> list[dict]:
+def _pairs(seed: int, keys: dict[str, float], common: dict[str, str], preset: str) -> list[dict]:
     """The world's preference pairs with other rejection shares (`pairs.*` variant keys)."""
     extras = {f"{k}_extra": k for k in EXTRA_PAIRS}  # pairs.unescaped_extra=0.05: 5% of n more pairs
     unknown = set(keys) - {"wrong_content", *TARGETED, "unasked_share", "n", *extras}
@@ -75,13 +75,14 @@ def _pairs(seed: int, keys: dict[str, float], common: dict[str, str]) -> list[di
         raise SystemExit(f"error: unknown variant key(s) pairs.{', pairs.'.join(sorted(unknown))}")
     hard = {**HARD_REJECTIONS, **{k: v for k, v in keys.items() if k in ("wrong_content", *TARGETED)}}
     extra = {**EXTRA_PAIRS, **{extras[k]: v for k, v in keys.items() if k in extras}}
-    preset_n = load_preset("tiny")["world"]["preference_pairs"]
+    preset_n = load_preset(preset)["world"]["preference_pairs"]
     n = int(keys.get("n", common.get("world.preference_pairs", preset_n)))
     return preference_pairs(n, seed, keys.get("unasked_share", 0.4), hard, extra)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny", help="tiny, modern-tiny or your own world preset")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--out", default="runs/sweep")
     ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
@@ -110,10 +111,11 @@ def main() -> None:
                 pairs = {k.split(".", 1)[1]: float(v) for k, v in overrides.items() if k.startswith("pairs.")}
                 # rewritten for on-policy variants too: the pairs' checks as this code writes them
                 if pairs or any(k.startswith("onpolicy.") for k in overrides):
-                    _write_jsonl(folder / "world" / "preferences.jsonl", _pairs(seed, pairs, common))
+                    _write_jsonl(folder / "world" / "preferences.jsonl",
+                                 _pairs(seed, pairs, common, a.preset))
             settings = {k: v for k, v in overrides.items() if not k.startswith("pairs.")}
             t0 = time.time()
-            r = run("tiny", folder, {**common, "world.seed": str(seed), **settings})
+            r = run(a.preset, folder, {**common, "world.seed": str(seed), **settings})
             line, stats = _row(name, seed, r, time.time() - t0)
             summary.setdefault(name, []).append(stats)
             print(line, flush=True)

@@ -21,7 +21,7 @@ from llmrecipe.recipe import EvalConfig  # noqa: E402
 from llmrecipe.train import CONFIGS, stage_config  # noqa: E402
 from llmrecipe.train.onpolicy import OnPolicyConfig  # noqa: E402
 
-PRESETS = ("tiny", "modern-tiny", "gpt2-124m")
+PRESETS = ("tiny", "modern-tiny", "gpt2-124m", "modern-124m")
 # fields a preset never sets: the folder each stage reads from the stage before it (the command's flags or
 # `run` fill them in; `run --set sft.base=...` is an error) and the preset's own name
 # defaults computed from the machine: the page says how, so it is the same on every machine

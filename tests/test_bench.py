@@ -1,5 +1,6 @@
 """The GPU check (bench/gpu_check.py) must not rot between the days a GPU is lent: CI runs it shrunken on CPU,
 through the same commands (prepare, pretrain compiled and eager, sft, dpo, the engine) and the HF peer."""
+import json
 import re
 import subprocess
 import sys
@@ -129,3 +130,19 @@ def test_arith_probe_asks_every_fact_of_the_world_with_its_right_result(tiny_bas
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = re.search(r"\| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", proc.stdout)
     assert "134 facts" in proc.stdout and m and all(0 <= float(v) <= 1 for v in m.groups()), proc.stdout
+
+
+def test_compare_presets_trains_every_variant_on_the_same_data(tmp_path):
+    """bench/compare_presets.py: modern-tiny pre-trains for fewer steps than tiny in its preset, but in the
+    comparison every variant takes the baseline's steps and batch (equal data), and the table prints."""
+    script = str(ROOT / "bench" / "compare_presets.py")
+    proc = subprocess.run([sys.executable, script, "--seeds", "0", "--out", str(tmp_path), "--set",
+                           "max_steps=4", "eval_batches=1", "--eval-interval", "2", "--variant", "tiny",
+                           "tiny", "--variant", "modern", "modern-tiny"], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = {v: [json.loads(x) for x in (tmp_path / "seed0" / v / "metrics.jsonl").read_text().splitlines()
+                if "tokens" in x][-1] for v in ("tiny", "modern")}
+    assert last["tiny"]["step"] == last["modern"]["step"] == 4
+    assert last["tiny"]["tokens"] == last["modern"]["tokens"] == 4 * 16 * 256
+    assert re.search(r"\| modern \| 500,480 \| [0-9]+ \| [0-9.]+ \|", proc.stdout), proc.stdout

@@ -137,11 +137,23 @@ def test_the_files_tokenizer_gives_our_ids_and_template(files, tiny_base, gpt2_m
         assert bytes(u2b[c] for i in ids for c in tokens[i]).decode() == text  # tokens are our bytes
 
 
+def _llama_cpp():
+    """llama.cpp's Python binding: installed, or the build bench/gguf_parity.py leaves in its cache."""
+    import os
+    import sys
+    from pathlib import Path
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmrecipe" / "llama-cpp-python"
+    if (cache / "llama_cpp").is_dir() and str(cache) not in sys.path:
+        sys.path.append(str(cache))
+    return pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding is not installed here; "
+                               "bench/gguf_parity.py builds it")
+
+
 def test_llama_cpp_continues_as_our_engine(files, tiny_base):
     """llama.cpp itself (the llama-cpp-python build bench/gguf_parity.py makes) on the f32 file: greedy
     continuations equal our engine's, but for near-ties (bench/gguf_parity.py measures them)."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding is not installed here; "
-                                    "bench/gguf_parity.py builds it")
+    llama_cpp = _llama_cpp()
     from llmrecipe.engine import Engine
     from llmrecipe.runtime import setup
 
@@ -160,3 +172,122 @@ def test_llama_cpp_continues_as_our_engine(files, tiny_base):
             theirs.append(t)
         same += theirs == ours
     assert same >= len(prompts) - 1, same
+
+
+# ---- the modern switches: llama.cpp's qwen3 (QK-norm) and llama architectures ----
+MODERN = dict(position="rope", norm="rmsnorm", norm_eps=1e-6, qk_norm=True, mlp="swiglu", mlp_hidden=160,
+              bias=False, tie_embeddings=False, rope_theta=500.0)
+
+
+@pytest.fixture(scope="module")
+def modern_files(tiny_base, tmp_path_factory):
+    """A random Qwen3-like and Llama-like model on the tiny tokenizer (norms away from 1 and weights scaled
+    up, so a misplaced tensor shows and greedy choices are not near-ties), exported with --gguf-only."""
+    from llmrecipe.checkpoint import save_model
+    from llmrecipe.model import GPT, GPTConfig
+
+    _, tok = load_model(tiny_base)
+    out = tmp_path_factory.mktemp("modern_gguf")
+    made = {}
+    llama = {**MODERN, "qk_norm": False, "tie_embeddings": True}
+    for arch, switches in (("qwen3", MODERN), ("llama", llama)):
+        torch.manual_seed(1)
+        model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=tok.vocab_size, block_size=128,
+                              **switches))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(1.0 + 0.3 * torch.randn_like(p) if p.dim() == 1 else 2.5 * p)
+        save_model(out / arch, model, tok)
+        main(["export", "--model", str(out / arch), "--out", str(out / f"{arch}_gguf"), "--gguf-only"])
+        made[arch] = (out / arch, out / f"{arch}_gguf" / "model.gguf")
+    return made
+
+
+def _expected_modern(model) -> dict[str, np.ndarray]:
+    """Our weights under llama.cpp's names, derived here from our own parameters (not the writer's map)."""
+    cfg, sd = model.config, {k: v.float().numpy() for k, v in model.state_dict().items()}
+    C, H, V, d = cfg.n_embd, cfg.hidden_mlp, cfg.vocab_size, cfg.n_embd // cfg.n_head
+    # llama.cpp's `llama` rotates pairs (2i, 2i+1); ours pairs i with i + d/2 within each head
+    order = np.array([h * d + (j // 2 if j % 2 == 0 else d // 2 + j // 2)
+                      for h in range(cfg.n_head) for j in range(d)])
+    out = {"token_embd.weight": sd["transformer.wte.weight"][:V],
+           "output_norm.weight": sd["transformer.ln_f.weight"]}
+    if not cfg.tie_embeddings:
+        out["output.weight"] = sd["lm_head.weight"][:V]
+    for i in range(cfg.n_layer):
+        b, o = f"transformer.h.{i}.", f"blk.{i}."
+        qkv, fc = sd[b + "attn.c_attn.weight"], sd[b + "mlp.c_fc.weight"]
+        q, k = qkv[:C], qkv[C:2 * C]
+        if not cfg.qk_norm:
+            q, k = q[order], k[order]
+        out.update({o + "attn_norm.weight": sd[b + "ln_1.weight"],
+                    o + "ffn_norm.weight": sd[b + "ln_2.weight"],
+                    o + "attn_q.weight": q, o + "attn_k.weight": k, o + "attn_v.weight": qkv[2 * C:],
+                    o + "attn_output.weight": sd[b + "attn.c_proj.weight"], o + "ffn_gate.weight": fc[:H],
+                    o + "ffn_up.weight": fc[H:], o + "ffn_down.weight": sd[b + "mlp.c_proj.weight"]})
+        if cfg.qk_norm:
+            out[o + "attn_q_norm.weight"] = sd[b + "attn.q_norm.weight"]
+            out[o + "attn_k_norm.weight"] = sd[b + "attn.k_norm.weight"]
+    return out
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_a_modern_model_writes_as_llama_cpps_own_architecture(modern_files, arch):
+    folder, path = modern_files[arch]
+    model, _ = load_model(folder)
+    reader = gguf.GGUFReader(path)
+    want = _expected_modern(model)
+    assert {t.name for t in reader.tensors} == set(want)
+    for t in reader.tensors:
+        got = np.asarray(t.data).reshape(want[t.name].shape)
+        assert t.tensor_type == gguf.GGMLQuantizationType.F32 and np.array_equal(got, want[t.name]), t.name
+    cfg = model.config
+    assert _field(reader, "general.architecture") == arch
+    keys = ("context_length", "embedding_length", "block_count", "feed_forward_length",
+            "attention.head_count", "attention.head_count_kv", "rope.dimension_count")
+    assert [_field(reader, f"{arch}.{k}") for k in keys] == \
+        [cfg.block_size, cfg.n_embd, cfg.n_layer, cfg.hidden_mlp, cfg.n_head, cfg.n_head,
+         cfg.n_embd // cfg.n_head]
+    assert _field(reader, f"{arch}.rope.freq_base") == pytest.approx(cfg.rope_theta)
+    assert _field(reader, f"{arch}.attention.layer_norm_rms_epsilon") == pytest.approx(cfg.norm_eps)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_llama_cpp_runs_a_modern_model_as_our_engine(modern_files, arch):
+    """llama.cpp's own qwen3 / llama graph on the file: the logits of every position of 20 prompts within
+    fp32 tolerance of ours, and the greedy continuations the same tokens."""
+    llama_cpp = _llama_cpp()
+    from llmrecipe.engine import Engine
+    from llmrecipe.runtime import setup
+
+    folder, path = modern_files[arch]
+    model, tok = load_model(folder)
+    model.eval()
+    engine = Engine(model, tok, setup("cpu"), batch_size=1)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=model.config.block_size, verbose=False, n_threads=2,
+                          logits_all=True, type_k=0, type_v=0)  # GGML_TYPE_F32: no f16 KV cache
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, tok.vocab_size, (int(n),), generator=g).tolist()
+               for n in torch.randint(3, 40, (20,), generator=g)]
+    worst, same = 0.0, 0
+    for p in prompts:
+        llm.reset()
+        llm.eval(p)
+        theirs = np.array(llm.scores[: len(p)])
+        with torch.no_grad():
+            ours = model(torch.tensor([p]))[0][0].numpy()
+        scale = np.abs(ours).max()
+        worst = max(worst, float(np.abs(theirs - ours).max() / scale))
+        mine = engine.generate([p], 12, temperature=0.0)[0]
+        gen = []
+        for t in llm.generate(p, temp=0.0, top_k=1, reset=True):
+            if t == tok.eot_id or len(gen) == 12:
+                break
+            gen.append(t)
+        # llama.cpp stops at end-of-text, which our engine returns as a token or stops before
+        ended = len(gen) == 12 or mine[len(gen):len(gen) + 1] in ([], [tok.eot_id])
+        same += gen == mine[: len(gen)] and ended
+    # ggml's f32 kernels sum in another order: fp32 rounding only (f32 KV cache)
+    print(f"{arch}: max |Δ logit| / max |logit| = {worst:.2e}")
+    assert worst < 1e-5, worst
+    assert same == len(prompts), same

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from fp32 import assert_fp32_close
-from llmrecipe.model import GPT, GPTConfig, KVCache, Prefix
+from llmrecipe.model import GPT, GPTConfig, KVCache, Prefix, stock_architecture
 from test_train import losses, simulate_kill, small_cfg
 
 # the longest sum on the path: the MLP's 4 x 64 (or SwiGLU's 160) inputs, times the layers
@@ -144,12 +144,13 @@ def test_a_switch_no_stock_architecture_has_is_a_clear_export_error(tmp_path):
         save_hf(tmp_path, model_of({**MODERN, "mlp": "relu2", "mlp_hidden": 0}))
 
 
-def test_the_gguf_writer_refuses_what_its_gpt2_graph_cannot_express(tmp_path):
+def test_the_gguf_writer_refuses_what_no_stock_architecture_expresses(tmp_path):
     pytest.importorskip("gguf")
     from llmrecipe.gguf_file import write_gguf
 
-    with pytest.raises(ValueError, match="convert_hf_to_gguf.py"):
-        write_gguf(tmp_path / "m.gguf", model_of(MODERN), tok=None)
+    with pytest.raises(ValueError, match=r"no stock transformers architecture has this model's mlp: 'relu2'"):
+        write_gguf(tmp_path / "m.gguf", model_of({**MODERN, "mlp": "relu2", "mlp_hidden": 0}), tok=None)
+    assert not (tmp_path / "m.gguf").exists()
 
 
 def test_newton_schulz_orthogonalises_and_muon_trains_resumes_exactly(small_corpus, tmp_path):
@@ -170,3 +171,31 @@ def test_newton_schulz_orthogonalises_and_muon_trains_resumes_exactly(small_corp
     adamw.model = cfg.model
     run_pretrain(adamw, tmp_path / "adamw")
     assert losses(tmp_path / "adamw") != losses(straight)  # the switch changes the optimizer
+
+
+def test_a_model_folder_without_a_preset_matches_its_own_architecture_only():
+    """modern-tiny has tiny's shape, modern-124m gpt2-124m's: the switches must tell them apart, or a model
+    with no recorded preset would be refused as ambiguous (or worse, fine-tuned with the other's settings)."""
+    from llmrecipe.config import choose_preset, load_preset
+
+    for classic, modern in (("tiny", "modern-tiny"), ("gpt2-124m", "modern-124m")):
+        for name in (classic, modern):
+            model = dataclasses.asdict(GPTConfig(**load_preset(name)["model"]))
+            assert choose_preset(None, model, None, "x")[0] == name
+    old = {k: v for k, v in dataclasses.asdict(GPTConfig(**load_preset("tiny")["model"])).items()
+           if k in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")}  # a model.json from before
+    assert choose_preset(None, old, None, "x")[0] == "tiny"
+
+
+def test_modern_124m_is_gpt2_small_budget_as_a_stock_qwen3():
+    from llmrecipe.train import stage_config
+
+    def count(preset):
+        with torch.device("meta"):
+            return sum(p.numel() for p in GPT(stage_config("pretrain", preset).model).parameters())
+
+    classic, modern = count("gpt2-124m"), count("modern-124m")
+    assert abs(modern / classic - 1) < 0.01, (classic, modern)
+    cfg = stage_config("pretrain", "modern-124m")
+    assert stock_architecture(cfg.model) == "Qwen3ForCausalLM"
+    assert (cfg.train.optimizer, cfg.train.schedule, cfg.model.block_size) == ("muon", "wsd", 1024)

@@ -115,6 +115,18 @@ def test_schedule_warmup_then_cosine_to_min_lr():
     assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
 
 
+def test_wsd_schedule_warmup_stable_then_linear_decay():
+    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=10, max_steps=110, schedule="wsd", decay_frac=0.2)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    # stable until step 88 (the last 22 of 110 steps decay), halfway down at 99, min_lr at the end
+    assert lr_at(10, cfg) == lr_at(87, cfg) == lr_at(88, cfg) == 1.0
+    assert lr_at(99, cfg) == pytest.approx(0.5) and lr_at(110, cfg) == pytest.approx(0.0)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 110))
+    with pytest.raises(ValueError, match="schedule"):
+        from llmrecipe.config import apply_overrides
+        apply_overrides(stage_config("pretrain", "tiny"), {"schedule": "linear"})
+
+
 def test_presets_resolve():
     big = stage_config("pretrain", "gpt2-124m")
     m, t = big.model, big.train

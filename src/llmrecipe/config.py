@@ -76,11 +76,23 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 # What makes two models the same model for a preset's hyperparameters (dropout may differ between stages)
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
+# ... and the architecture's switches: modern-tiny has tiny's shape. A key absent (from a preset, or from a
+# model.json written before the switches existed) means GPT-2's value, GPTConfig's default.
+SWITCH_KEYS = ("position", "rope_theta", "norm", "norm_eps", "qk_norm", "mlp", "mlp_hidden", "bias",
+               "tie_embeddings", "logit_softcap")
 
 
 def _model_differences(name: str, model: dict) -> list[str]:
+    from .model import GPTConfig
+
     p = load_preset(name).get("model") or {}
-    return [f"{k} {p[k]} vs {model.get(k)}" for k in MODEL_KEYS if k in p and p[k] != model.get(k)]
+    diffs = [f"{k} {p[k]} vs {model.get(k)}" for k in MODEL_KEYS if k in p and p[k] != model.get(k)]
+    default = GPTConfig()
+    for k in SWITCH_KEYS:
+        ours, theirs = p.get(k, getattr(default, k)), model.get(k, getattr(default, k))
+        if ours != theirs:
+            diffs.append(f"{k} {ours} vs {theirs}")
+    return diffs
 
 
 def choose_preset(explicit: str | None, model: dict, recorded: str | None, folder: str) -> tuple[str, str]:
@@ -219,7 +231,8 @@ def _one_of(*names):
 # (save_interval 0 divides by zero after hours of training).
 RULES: dict[str, tuple] = {
     "batch_size": _at_least(1), "grad_accum": _at_least(1), "max_steps": _at_least(0), "lr": _POSITIVE,
-    "min_lr": _at_least(0), "warmup_steps": _at_least(0), "schedule": _one_of("cosine", "constant"),
+    "min_lr": _at_least(0), "warmup_steps": _at_least(0), "schedule": _one_of("cosine", "constant", "wsd"),
+    "decay_frac": ((lambda v: 0 <= v <= 1), "must be in [0, 1]"),
     "weight_decay": _at_least(0), "beta1": _FRACTION, "beta2": _FRACTION, "grad_clip": _at_least(0),
     "log_interval": _at_least(1), "eval_interval": _at_least(0), "eval_batches": _at_least(1),
     "save_interval": _at_least(1), "keep_checkpoints": _at_least(1),

@@ -1,8 +1,11 @@
 """`llmrecipe export --gguf`: the model as one GGUF file, for llama.cpp and the tools built on it (Ollama,
 LM Studio, llamafile).
 
-Written with `gguf`, ggml's own Python library: llama.cpp's `gpt2` architecture (learned positions,
-LayerNorm with biases, fused QKV, a GELU MLP, the head tied to the embeddings), the tokenizer as GPT-2's
+Written with `gguf`, ggml's own Python library: llama.cpp's `gpt2` architecture for GPT-2 (learned
+positions, LayerNorm with biases, fused QKV, a GELU MLP, the head tied to the embeddings), its `qwen3` or
+`llama` architecture for the modern switches (the same tensors as the Hugging Face export, split q/k/v and
+gate/up; llama.cpp's `llama` rotates adjacent pairs, so its q and k rows are reordered), the tokenizer as
+GPT-2's
 byte-level BPE (its tokens in GPT-2's byte-to-unicode alphabet, the merges, the `gpt-2` pre-tokenizer, the
 end-of-text id as BOS, EOS and padding) and our chat template in `tokenizer.chat_template`, so llama.cpp's
 chat mode and Ollama format turns as we do. The padded vocabulary rows are cut. f32 keeps every weight
@@ -38,6 +41,50 @@ def gguf_name(name: str) -> str | None:
     return None
 
 
+# Hugging Face Llama/Qwen3 name (model.to_llama_state_dict) → llama.cpp's
+HF_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
+            "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+            "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+            "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+            "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+            "mlp.down_proj": "ffn_down"}
+
+
+def interleave_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """q/k rows from the rotate-half layout (dimension i pairs with i + d/2) to the adjacent-pairs layout
+    (2i with 2i + 1) that llama.cpp's `llama` architecture rotates: per head, row i goes to 2i and row
+    i + d/2 to 2i + 1."""
+    d = w.shape[0] // n_head
+    return w.reshape(n_head, 2, d // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_tensors(model: GPT) -> tuple[str, dict[str, np.ndarray]]:
+    """llama.cpp's architecture for `model` and its tensors by llama.cpp's names (fp32, padded rows cut)."""
+    from .model import stock_architecture, to_llama_state_dict
+
+    cfg = model.config
+    arch = {"GPT2LMHeadModel": "gpt2", "Qwen3ForCausalLM": "qwen3",
+            "LlamaForCausalLM": "llama"}[stock_architecture(cfg)]  # a clear error for ReLU² / soft-cap
+    if arch == "gpt2":
+        out = {gguf_name(k): v for k, v in model.state_dict().items() if gguf_name(k)}
+        out["token_embd.weight"] = out["token_embd.weight"][: cfg.vocab_size]
+    else:
+        out = {}
+        for k, v in to_llama_state_dict(model).items():
+            module, kind = k.rsplit(".", 1)
+            if module.startswith("model.layers."):
+                _, _, i, rest = module.split(".", 3)
+                out[f"blk.{i}.{HF_NAMES[rest]}.{kind}"] = v
+            else:
+                out[f"{HF_NAMES[module]}.{kind}"] = v
+    tensors = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+    if arch == "llama":
+        for k in tensors:
+            if k.endswith((".attn_q.weight", ".attn_k.weight")):
+                tensors[k] = interleave_rope_rows(tensors[k], cfg.n_head)
+    return arch, tensors
+
+
 def vocab_and_merges(tok: Tokenizer) -> tuple[list[str], list[str]]:
     """The tokens by id (GPT-2's byte-to-unicode strings) and the merges as "left right" lines."""
     from .export import fast_tokenizer
@@ -62,20 +109,27 @@ def write_gguf(path: str | Path, model: GPT, tok: Tokenizer, kind: str = "f32", 
 
     if kind not in TYPES:
         raise ValueError(f"--gguf-type {kind!r}: one of {', '.join(TYPES)}")
-    if not model.config.classic:  # this writer knows llama.cpp's gpt2 graph only: never a wrong file
-        raise ValueError("--gguf writes llama.cpp's gpt2 architecture; this model uses the modern switches: "
-                         "export the Hugging Face folder (a Llama/Qwen3) and convert it with llama.cpp's "
-                         "convert_hf_to_gguf.py")
+    arch, tensors = gguf_tensors(model)
     cfg, path = model.config, Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), "gpt2")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name or path.stem)
     w.add_context_length(cfg.block_size)
     w.add_embedding_length(cfg.n_embd)
-    w.add_feed_forward_length(4 * cfg.n_embd)
+    w.add_feed_forward_length(cfg.hidden_mlp)
     w.add_block_count(cfg.n_layer)
     w.add_head_count(cfg.n_head)
-    w.add_layer_norm_eps(1e-5)  # torch's LayerNorm default, which the model uses
+    if arch == "gpt2":
+        w.add_layer_norm_eps(cfg.norm_eps)
+    else:
+        head = cfg.n_embd // cfg.n_head
+        w.add_head_count_kv(cfg.n_head)
+        w.add_layer_norm_rms_eps(cfg.norm_eps)
+        w.add_rope_freq_base(cfg.rope_theta)
+        w.add_rope_dimension_count(head)
+        w.add_key_length(head)
+        w.add_value_length(head)
+        w.add_vocab_size(cfg.vocab_size)
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind])
     tokens, merges = vocab_and_merges(tok)
@@ -89,13 +143,7 @@ def write_gguf(path: str | Path, model: GPT, tok: Tokenizer, kind: str = "f32", 
         set_id(tok.eot_id)
     w.add_add_bos_token(False)
     w.add_chat_template(CHAT_TEMPLATE)
-    for key, value in model.state_dict().items():
-        target = gguf_name(key)
-        if target is None:
-            continue
-        data = value.detach().float().cpu().numpy()
-        if key == "transformer.wte.weight":
-            data = data[: cfg.vocab_size]  # the padded rows are never used
+    for target, data in tensors.items():
         w.add_tensor(target, *_encode(data, kind, gguf))
     w.write_header_to_file()
     w.write_kv_data_to_file()

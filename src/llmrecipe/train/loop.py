@@ -31,9 +31,12 @@ class TrainConfig:
     grad_accum: int = 32  # micro-batches per optimizer step, over all ranks (each rank does grad_accum / W)
     max_steps: int = 0  # pre-training: required; SFT/DPO: 0 means derive from epochs
     lr: float = 6e-4  # peak learning rate, reached after warmup_steps
-    min_lr: float = 6e-5  # the cosine schedule's floor at max_steps
+    min_lr: float = 6e-5  # where the cosine or wsd schedule ends, at max_steps
     warmup_steps: int = 2000  # linear warm-up from 0 to lr
-    schedule: str = "cosine"  # cosine | constant (both after linear warmup)
+    # after the warm-up: cosine (to min_lr) | constant | wsd (warm-up, stable at lr, then a linear decay to
+    # min_lr over the last decay_frac of max_steps: the modern pre-training runs' schedule)
+    schedule: str = "cosine"
+    decay_frac: float = 0.2  # wsd only: the share of max_steps spent decaying
     weight_decay: float = 0.1  # AdamW's, on ≥ 2-D weights only
     beta1: float = 0.9  # AdamW
     beta2: float = 0.95  # AdamW
@@ -77,11 +80,18 @@ class Stage(Protocol):
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to `lr`, then cosine decay to `min_lr` at `max_steps` (or constant)."""
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at `max_steps` (or constant, or wsd: stable,
+    then linear decay to `min_lr` over the last `decay_frac` of the steps)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "wsd":
+        decay_start = max(cfg.warmup_steps, cfg.max_steps - round(cfg.decay_frac * cfg.max_steps))
+        if step < decay_start:
+            return cfg.lr
+        progress = min(1.0, (step - decay_start) / max(1, cfg.max_steps - decay_start))
+        return cfg.lr + progress * (cfg.min_lr - cfg.lr)
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
