@@ -11,6 +11,12 @@ process, pre-training at the preset's own accumulation, peak memory of every sta
 budget, the bf16-autocast vs fp32 loss after the same steps, SFT/DPO steps/s with LoRA, the engine's
 scoring and decoding rates, and the 8-GPU projection of the 52B-token run from the measured rate.
 `--small` shrinks the model and the step count so that the same code path runs on a CPU in a minute.
+
+`--modern` (a second call, ≤ 10 minutes on one H100) measures the modern preset and the throughput levers
+instead: modern-124m tokens/s, MFU and peak memory; gpt2-124m with the chunked cross-entropy (`ce_chunk`)
+and at B=32; then the same budget of tokens for gpt2-124m and modern-124m on the Wikipedia sample
+(pretrain/enwiki2015 under --data; each preset's schedule compressed to the budget) and their validation
+losses at equal tokens.
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ from llmrecipe.runtime import setup  # noqa: E402
 
 TOKENS_124M = 100_000 * 524_288  # the preset's run: 100k steps of 16 x 32 x 1024 tokens
 BUDGET_GIB = 24.0  # the seed scopes the recipe to one 24 GB GPU
-SMALL = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64"]
+SMALL = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "mlp_hidden=0"]
 
 
 def records(run: Path) -> list[dict]:
@@ -63,14 +69,59 @@ class Peak:
         self.gib = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-def pretrain(data: Path, out: Path, steps: int, batch: int, small: bool, **settings) -> Peak:
+def pretrain(data: Path, out: Path, steps: int, batch: int, small: bool, preset: str = "gpt2-124m",
+             **settings) -> Peak:
     base = dict(max_steps=steps, batch_size=batch, grad_accum=1, log_interval=max(1, steps // 10),
                 eval_interval=0, save_interval=steps, warmup_steps=10)
     # `settings` replace the defaults above (one --set per key: a key given twice is an error)
     sets = [f"{k}={v}" for k, v in {**base, **settings}.items()] + (SMALL if small else [])
     with Peak() as p:
-        cli(["pretrain", "--preset", "gpt2-124m", "--data", str(data), "--out", str(out), "--set", *sets])
+        cli(["pretrain", "--preset", preset, "--data", str(data), "--out", str(out), "--set", *sets])
     return p
+
+
+def modern_rows(data: Path, work: Path, steps: int, batch: int, small: bool, cuda: bool) -> list[tuple]:
+    """modern-124m's throughput and memory, the throughput levers, and both presets on one token budget."""
+    rows = []
+
+    def rate(run: Path, p: Peak, what: str) -> None:
+        tps, mfu = steady(run, "tokens_per_sec"), steady(run, "mfu")
+        rows.append((f"{what}: tokens/s (MFU)", f"{tps:,.0f}" + (f" ({mfu:.1%})" if mfu else "")))
+        if p.gib is not None:
+            over = "" if p.gib < BUDGET_GIB else " > 24 GB!"
+            rows.append((f"peak memory, {what}", f"{p.gib:.1f} GiB{over}"))
+
+    shard, mode = work / "shard", "compiled" if cuda else "eager"
+    on = dict(compile="true" if cuda else "false")  # compiling on a CPU would only slow the CI smoke run
+    rate(work / "modern", pretrain(shard, work / "modern", steps, batch, small, "modern-124m", **on),
+         f"modern-124m {mode}, B={batch}")
+    chunk = 64 if small else 4096
+    rate(work / "ce", pretrain(shard, work / "ce", steps, batch, small, ce_chunk=chunk, **on),
+         f"gpt2-124m {mode}, B={batch}, ce_chunk {chunk}")
+    rate(work / "b2", pretrain(shard, work / "b2", steps, 2 * batch, small, ce_chunk=chunk, **on),
+         f"gpt2-124m {mode}, B={2 * batch}, ce_chunk {chunk}")
+    # the same tokens for both presets on real text, each with its own schedule compressed to the budget
+    wiki = data / "pretrain" / "enwiki2015" / "enwiki2015_train.parquet"
+    if not wiki.is_file():
+        rows.append(("same-budget comparison", f"skipped: {wiki} not found"))
+        return rows
+    tok = data / "tokenizer" / "r50k_base.tiktoken"
+    cli(["prepare", "text", "--input", str(wiki), "--out", str(work / "wiki"), "--tokenizer", f"gpt2:{tok}",
+         "--workers", "4" if cuda else "1", "--val-every", "50"]
+        + (["--max-tokens", "300000"] if small else []))
+    # 400 x 16 x 4 x 1024 = 26M tokens (1.6 passes over the sample): about a minute each on one H100
+    budget, accum = (8, 1) if small else (400, 4)
+    losses = {}
+    for preset in ("gpt2-124m", "modern-124m"):
+        run = work / f"budget-{preset}"
+        pretrain(work / "wiki", run, budget, batch, small, preset, **on, grad_accum=accum,
+                 warmup_steps=max(1, budget // 20),
+                 eval_interval=budget, eval_batches=4 if small else 40)
+        losses[preset] = [r["val_loss"] for r in records(run) if "val_loss" in r][-1]
+        tokens = budget * batch * accum * (64 if small else 1024)
+    rows.append((f"same budget, {tokens / 1e6:.1f}M tokens of Wikipedia: val loss gpt2-124m vs modern-124m",
+                 f"{losses['gpt2-124m']:.3f} vs {losses['modern-124m']:.3f}"))
+    return rows
 
 
 def hf_peer(batch: int, seq: int, small: bool, compiled: bool, steps: int) -> float:
@@ -141,6 +192,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="micro-batch (default 16; small 4)")
     ap.add_argument("--small", action="store_true", help="a 2-layer, 64-wide model and a few steps (CPU, CI)")
     ap.add_argument("--append", help="append the table, with device and date, to this Markdown file")
+    ap.add_argument("--modern", action="store_true",
+                    help="the modern preset and the throughput levers instead")
     ap.add_argument("--hf-peer", type=int, choices=(0, 1), help=argparse.SUPPRESS)  # child: cuDNN SDPA off/on
     a = ap.parse_args()
     if a.hf_peer is not None:  # the child process of hf_peer_process: print the peer's tokens/s and stop
@@ -164,6 +217,9 @@ def main() -> None:
     cli(["prepare", "text", "--input", str(data / "pretrain" / "fineweb_edu_sample10BT_150.jsonl"),
          "--out", str(work / "shard"), "--tokenizer", f"gpt2:{tok}", "--workers", "1",
          "--val-every", "10"])  # 15 of 150 documents: a validation shard longer than one 1024-token window
+    if a.modern:
+        rows += modern_rows(data, work, steps, batch, a.small, cuda)
+        return report(a, rows, device, batch, seq, steps, t_start)
     # 1. the real pre-training loop, compiled (what compile=auto picks on CUDA) and eager
     compiled = pretrain(work / "shard", work / "compiled", steps, batch, a.small, compile="true")
     eager = pretrain(work / "shard", work / "eager", max(4, steps // 4), batch, a.small, compile="false")
@@ -226,11 +282,14 @@ def main() -> None:
             hours = TOKENS_124M / (tps_acc * n * eff) / 3600  # at the preset's accumulation, as in the run
             rows.append((f"gpt2-124m, 52B tokens on {n} GPU{'s' if n > 1 else ''}"
                          + (f" at {eff:.0%} scaling" if n > 1 else ""), f"{hours:.1f} h"))
-    rows.append(("check wall time", f"{time.time() - t_start:.0f} s"))
+    report(a, rows, device, batch, seq, steps, t_start)
 
+
+def report(a, rows: list[tuple], device: str, batch: int, seq: int, steps: int, t_start: float) -> None:
+    rows.append(("check wall time", f"{time.time() - t_start:.0f} s"))
     table = "| measurement | value |\n|---|---:|\n" + "".join(f"| {m} | {v} |\n" for m, v in rows)
     head = (f"device {device}, torch {torch.__version__}, B={batch}, T={seq}, {steps} steps"
-            + (" (--small)" if a.small else ""))
+            + (" (--small)" if a.small else "") + (" (--modern)" if a.modern else ""))
     print(head + "\n\n" + table)
     if a.append:
         date = datetime.date.today().isoformat()

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -146,3 +148,19 @@ def test_compare_presets_trains_every_variant_on_the_same_data(tmp_path):
     assert last["tiny"]["step"] == last["modern"]["step"] == 4
     assert last["tiny"]["tokens"] == last["modern"]["tokens"] == 4 * 16 * 256
     assert re.search(r"\| modern \| 500,480 \| [0-9]+ \| [0-9.]+ \|", proc.stdout), proc.stdout
+
+
+def test_gpu_check_modern_runs_shrunken_on_cpu(data_dir, tmp_path):
+    """The --modern half of the GPU check (modern-124m, the chunked cross-entropy, B x 2, both presets on one
+    budget of Wikipedia tokens) through the same commands, shrunken."""
+    if not (data_dir / "pretrain" / "enwiki2015" / "enwiki2015_train.parquet").is_file():
+        pytest.skip("the Wikipedia sample (pretrain/enwiki2015) is not in the shared data folder")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--small", "--modern",
+                           "--steps", "4", "--data", str(data_dir), "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("modern-124m eager, B=4: tokens/s", "ce_chunk 64: tokens/s", "B=8, ce_chunk 64: tokens/s"):
+        m = re.search(re.escape(row) + r"[^|]*\| ([0-9.,]+)", proc.stdout)
+        assert m and float(m.group(1).replace(",", "")) > 0, (row, proc.stdout)
+    m = re.search(r"val loss gpt2-124m vs modern-124m \| ([0-9.]+) vs ([0-9.]+)", proc.stdout)
+    assert m and all(0 < float(v) < 11.5 for v in m.groups()), proc.stdout  # below ln(50257) = 10.8 + noise

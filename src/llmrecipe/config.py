@@ -233,6 +233,7 @@ RULES: dict[str, tuple] = {
     "batch_size": _at_least(1), "grad_accum": _at_least(1), "max_steps": _at_least(0), "lr": _POSITIVE,
     "min_lr": _at_least(0), "warmup_steps": _at_least(0), "schedule": _one_of("cosine", "constant", "wsd"),
     "decay_frac": ((lambda v: 0 <= v <= 1), "must be in [0, 1]"),
+    "ce_chunk": _at_least(0),
     "weight_decay": _at_least(0), "beta1": _FRACTION, "beta2": _FRACTION, "grad_clip": _at_least(0),
     "log_interval": _at_least(1), "eval_interval": _at_least(0), "eval_batches": _at_least(1),
     "save_interval": _at_least(1), "keep_checkpoints": _at_least(1),

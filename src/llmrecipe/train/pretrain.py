@@ -58,7 +58,7 @@ class PretrainStage:
 
     def loss(self, model, batch):
         x, y = batch
-        return model(x, y)[1], {}
+        return model(x, y, ce_chunk=self.cfg.train.ce_chunk)[1], {}
 
     def units(self, batch) -> int:
         return batch[0].numel()  # every position is a target
