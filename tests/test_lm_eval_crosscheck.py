@@ -157,3 +157,36 @@ def test_ifeval_generations_and_verdicts_equal_lm_eval(runs, mode):
         assert rec["response"] == ref["resps"][0][0]
         assert rec["strict"] == ref["inst_level_strict_acc"] and rec["loose"] == ref["inst_level_loose_acc"]
         assert rec["correct"] == ref["prompt_level_strict_acc"]
+
+
+def test_lm_eval_runs_the_qwen3_export_as_our_engine(data_dir, tmp_path):
+    """The modern preset's export is a stock Qwen3ForCausalLM: lm-eval's `hf` model loads it with no code of
+    ours and generates, item by item, the GSM8K text our suite generates from our checkpoint."""
+    from llmrecipe.checkpoint import save_model
+    from llmrecipe.eval.gsm8k import GSM8K
+    from llmrecipe.export import export_hf
+    from llmrecipe.model import GPT, GPTConfig
+    from llmrecipe.tokenizer import GPT2Tokenizer
+
+    os.environ.setdefault("LLMRECIPE_GPT2_RANKS", str(data_dir / "tokenizer" / "r50k_base.tiktoken"))
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, position="rope", norm="rmsnorm", norm_eps=1e-6,
+                    qk_norm=True, mlp="swiglu", mlp_hidden=176, bias=False)
+    model, tok = GPT(cfg).eval(), GPT2Tokenizer()
+    save_model(tmp_path / "ours", model, tok)
+    export_hf(tmp_path / "hf", model, tok)
+    assert '"Qwen3ForCausalLM"' in (tmp_path / "hf" / "config.json").read_text()
+    local_task("gsm8k_cot", data_dir / "eval", tmp_path / "tasks")
+    n = 3
+    res = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={tmp_path / 'hf'},dtype=float32", device="cpu", batch_size=1,
+        tasks=["local_gsm8k_cot"], limit=n, log_samples=True, gen_kwargs=f"max_gen_toks={NEW}",
+        task_manager=manager(tmp_path / "tasks"))
+    theirs = {s["doc"]["question"]: s for s in res["samples"]["local_gsm8k_cot"]
+              if s["filter"] == "strict-match"}
+    suite = GSM8K(data_dir=str(data_dir / "eval"), max_new_tokens=NEW)
+    items = {it["question"]: it for it in suite.items(None)}
+    records = suite.evaluate(_ours(tmp_path, "plain"), [items[q] for q in theirs])
+    assert len(records) == n
+    for rec in records:
+        assert rec["output"] == theirs[rec["question"]]["resps"][0][0]
