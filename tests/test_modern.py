@@ -225,6 +225,16 @@ def test_chunked_cross_entropy_gives_the_same_loss_and_gradients(switches):
         assert model(x, y, ce_chunk=16)[0] is not None
 
 
+def test_chunked_cross_entropy_is_refused_where_it_would_do_nothing():
+    from llmrecipe.config import apply_overrides
+    from llmrecipe.train import stage_config
+
+    assert apply_overrides(stage_config("pretrain", "tiny"), {"ce_chunk": "4096"}).train.ce_chunk == 4096
+    for stage in ("sft", "dpo", "rl"):
+        with pytest.raises(ValueError, match="train.ce_chunk = 64: applies to pre-training only"):
+            apply_overrides(stage_config(stage, "tiny"), {"train.ce_chunk": "64"})
+
+
 def test_pretraining_with_chunked_cross_entropy_follows_the_same_losses(small_corpus, tmp_path):
     from llmrecipe.train.pretrain import run_pretrain
 

@@ -265,6 +265,10 @@ def validate(cfg: Any, where: str = "") -> Any:
     if {"n_embd", "n_head"} <= {f.name for f in dataclasses.fields(cfg)} and cfg.n_embd % cfg.n_head:
         raise ValueError(f"config key {where}n_embd = {cfg.n_embd} must be divisible by "
                          f"n_head = {cfg.n_head}")
+    # the LoRA stages score answer positions only (no whole-vocabulary loss to chunk): never a silent no-op
+    if hasattr(cfg, "lora") and getattr(getattr(cfg, "train", None), "ce_chunk", 0):
+        raise ValueError(f"config key {where}train.ce_chunk = {cfg.train.ce_chunk}: applies to pre-training "
+                         "only (set it under pretrain:)")
     return cfg
 
 
