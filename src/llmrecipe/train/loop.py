@@ -58,7 +58,8 @@ class TrainConfig:
     muon_lr: float = 0.02  # Muon's peak learning rate (the schedule scales it as it scales lr)
     muon_momentum: float = 0.95  # Muon's Nesterov momentum
     # pre-training only: the loss over chunks of this many positions, each chunk's gradient computed at
-    # once, so the (positions x vocabulary) fp32 logits are never held whole (ChunkedLinearCrossEntropy); 0: off
+    # once, so the (positions x vocabulary) fp32 logits are never held whole (ChunkedLinearCrossEntropy);
+    # 0: off
     ce_chunk: int = 0
 
 
