@@ -59,14 +59,16 @@ def cpu_name() -> str:
         return platform.processor()
 
 
-def compare(lc, folder: Path, prompts: list[list[int]], texts: list[str], work: Path, new: int = 24) -> dict:
+def compare(lc, folder: Path, prompts: list[list[int]], texts: list[str], work: Path, new: int = 24,
+            kv: str = "f16") -> dict:
     model, tok = load_model(folder)
     model.eval()
     path = write_gguf(work / f"{folder.name}.gguf", model, tok)
     engine = Engine(model, tok, setup("cpu"), batch_size=1)
     block = model.config.block_size
+    kv_type = {"f32": 0, "f16": 1}[kv]  # GGML_TYPE_F32 / F16: llama.cpp's default cache rounds K and V
     llm = lc.Llama(model_path=str(path), n_ctx=block, logits_all=True, verbose=False,
-                   n_threads=os.cpu_count())
+                   n_threads=os.cpu_count(), type_k=kv_type, type_v=kv_type)
     same, gaps, t_ours, t_theirs, n_ours, n_theirs = 0, [], 0.0, 0.0, 0, 0
     for ids in prompts:
         t0 = time.time()
@@ -113,6 +115,8 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="a `llmrecipe run` folder (its base, sft, dpo, rl)")
     ap.add_argument("--gpt2", help="the shared data folder: also a model with GPT-2's tokenizer")
     ap.add_argument("--work", default="/tmp/gguf_parity")
+    ap.add_argument("--kv-cache", choices=("f16", "f32"), default="f16",
+                    help="llama.cpp's KV cache type (f16: its default, what users run)")
     ap.add_argument("--out", help="append the markdown table here")
     a = ap.parse_args()
     lc = llama_cpp()
@@ -129,7 +133,7 @@ def main() -> None:
         else:
             prompts = [encode_chat([{"role": "user", "content": q}], tok, add_generation_prompt=True).ids
                        for q in questions]
-        rows.append(compare(lc, run / stage, prompts, docs, work))
+        rows.append(compare(lc, run / stage, prompts, docs, work, kv=a.kv_cache))
         print(rows[-1], flush=True)
     if a.gpt2:
         from llmrecipe.checkpoint import save_model
@@ -145,10 +149,11 @@ def main() -> None:
             save_model(folder, GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=512)), tok)
         texts = [json.loads(x)["text"][:3000] for x in
                  (data / "pretrain" / "fineweb_edu_sample10BT_150.jsonl").read_text().splitlines()[:20]]
-        rows.append(compare(lc, folder, [tok.encode(t[:80]) for t in texts], texts, work))
+        rows.append(compare(lc, folder, [tok.encode(t[:80]) for t in texts], texts, work, kv=a.kv_cache))
         print(rows[-1], flush=True)
     head = (f"\n### llama.cpp vs our engine (`python bench/gguf_parity.py --run {a.run}"
-            f"{' --gpt2 ' + a.gpt2 if a.gpt2 else ''}`; {cpu_name()}, {os.cpu_count()} cores, "
+            f"{' --gpt2 ' + a.gpt2 if a.gpt2 else ''} --kv-cache {a.kv_cache}`; {cpu_name()}, "
+            f"{os.cpu_count()} cores, "
             f"llama-cpp-python {VERSION}, {time.strftime('%Y-%m-%d')})\n\n"
             "| model | greedy continuations equal | logit gap where they differ | next-token argmax equal | "
             "max abs logit diff | ours tok/s | llama.cpp tok/s |\n|---|---:|---|---:|---:|---:|---:|\n")
