@@ -164,6 +164,24 @@ def test_model_output_is_shown_as_text_and_runs_nothing(served, browser):
     assert not elsewhere
 
 
+def test_the_key_field_changing_again_keeps_the_conversation(served, browser):
+    """The browser fires the key field's `change` again when focus leaves it (the user typed the key, then
+    clicked the message box): the models are asked for again, and an unchanged list must not rebuild the
+    columns, which would wipe the conversation under way."""
+    _, url = served
+    page = _page(browser, url, [])
+    _unlock(page, KEY)
+    expect(page.locator("#model option")).to_have_count(4)
+    page.fill("#input", "What is 2 + 3?")
+    page.press("#input", "Enter")
+    expect(page.locator(".msg.assistant[data-finish]")).to_have_count(1, timeout=60_000)
+    with page.expect_response("**/v1/models"):
+        page.dispatch_event("#api-key", "change")
+    page.wait_for_timeout(200)  # the reply's handling (and any rebuild) has run
+    expect(page.locator(".msg.user")).to_have_text("What is 2 + 3?")
+    expect(page.locator(".msg.assistant[data-finish]")).to_have_count(1)
+
+
 def test_shift_enter_is_a_new_line_not_a_send(served, browser):
     _, url = served
     page = _page(browser, url, [])

@@ -35,7 +35,11 @@ function el(tag, cls, text) {
 async function loadModels() {
   const resp = await fetch("/v1/models", { headers: headers() });
   if (!resp.ok) { say(await errorText(resp)); return false; }
-  state.models = (await resp.json()).data.map((m) => m.id);
+  const models = (await resp.json()).data.map((m) => m.id);
+  // the key field fires `change` again when focus leaves it: the same models must not rebuild the columns
+  // (and wipe the conversation under way)
+  if (state.columns.length && models.join("\n") === state.models.join("\n")) { say(""); return true; }
+  state.models = models;
   const select = $("model");
   select.replaceChildren(...state.models.map((m) => { const o = el("option", "", m); o.value = m; return o; }));
   select.value = state.models[state.models.length - 1];
