@@ -223,9 +223,12 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
     assert json.loads((killed / "dpo" / "config.json").read_text())["beta"] == 0.3
 
 
-def test_real_preset_chain_on_the_hub_files(data_dir, tmp_path):
-    """gpt2-124m's loaders and suites end to end on the shared hub files, shrunk to a few steps."""
+@pytest.mark.parametrize("preset", ["gpt2-124m", "modern-124m"])
+def test_real_preset_chain_on_the_hub_files(preset, data_dir, tmp_path):
+    """gpt2-124m's and modern-124m's loaders and suites end to end on the shared hub files, shrunk to a few
+    steps (modern-124m: Muon, the warmup-stable-decay schedule, LoRA on SwiGLU, the Qwen3 export)."""
     shrink = {"model.n_layer": "1", "model.n_head": "2", "model.n_embd": "32", "model.block_size": "512",
+              "model.mlp_hidden": "0",
               "batch_size": "2", "grad_accum": "1", "max_steps": "3", "warmup_steps": "1",
               "eval_interval": "0", "eval_batches": "1", "sft.train.max_steps": "2",
               "sft.train.batch_size": "2", "sft.train.grad_accum": "1",
@@ -233,7 +236,7 @@ def test_real_preset_chain_on_the_hub_files(data_dir, tmp_path):
               "dpo.max_examples": "16", "eval.limit": "2", "eval.max_new_tokens": "8",
               "rl.train.max_steps": "1", "rl.train.batch_size": "1", "rl.train.grad_accum": "1",
               "rl.group_size": "2", "rl.max_new_tokens": "4", "rl.max_examples": "4"}
-    r = run("gpt2-124m", tmp_path, shrink, data_dir=str(data_dir))
+    r = run(preset, tmp_path, shrink, data_dir=str(data_dir))
     assert r["rl"]["step"] == 1 and r["inputs"]["rl"].endswith("eval/gsm8k/train.jsonl")
     assert r["data"]["tokenizer"] == "gpt2" and r["data"]["source"].endswith("pretrain/*.parquet")
     assert r["sft"]["step"] == 2 and r["dpo"]["step"] == 2
@@ -242,6 +245,10 @@ def test_real_preset_chain_on_the_hub_files(data_dir, tmp_path):
         scores = r["table"]["scores"][model]
         assert [scores[s]["items"] for s in ("mmlu_pro", "gsm8k", "ifeval")] == [2, 2, 2]
     assert (tmp_path / "report.md").is_file() and (tmp_path / "eval.png").is_file()
+    base = json.loads((tmp_path / "base" / "model.json").read_text())
+    assert base["preset"] == preset and (base["config"]["position"] == "rope") == (preset == "modern-124m")
+    arch = json.loads((tmp_path / "hf" / "rl" / "config.json").read_text())["architectures"]
+    assert arch == (["Qwen3ForCausalLM"] if preset == "modern-124m" else ["GPT2LMHeadModel"])
 
 
 def test_bad_override_fails_before_any_stage_runs(tmp_path):
