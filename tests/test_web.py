@@ -86,6 +86,14 @@ def _unlock(page, key: str) -> None:
     page.dispatch_event("#api-key", "change")
 
 
+def _unlocked(browser, url: str, elsewhere: list[str]):
+    """A fresh tab with the right key typed and the run's four models listed."""
+    page = _page(browser, url, elsewhere)
+    _unlock(page, KEY)
+    expect(page.locator("#model option")).to_have_count(4)
+    return page
+
+
 def _held_out_item(run: Path) -> tuple[str, str]:
     """A held-out GSM8K-analog question RL answered right, with its gold answer: one DPO got wrong if there is
     one (the stage's difference, in the screenshot), else the first."""
@@ -142,9 +150,7 @@ def test_compare_mode_streams_each_stage_and_the_run_tab_shows_the_results(serve
 def test_model_output_is_shown_as_text_and_runs_nothing(served, browser):
     _, url = served
     elsewhere: list[str] = []
-    page = _page(browser, url, elsewhere)
-    _unlock(page, KEY)
-    expect(page.locator("#model option")).to_have_count(4)
+    page = _unlocked(browser, url, elsewhere)
     hostile = '<img src=x onerror="document.title=\'pwned\'"> <script>document.title="pwned"</script> &amp;'
     chunks = [{"choices": [{"index": 0, "delta": {"content": hostile}, "finish_reason": None}]},
               {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
@@ -169,9 +175,7 @@ def test_the_key_field_changing_again_keeps_the_conversation(served, browser):
     clicked the message box): the models are asked for again, and an unchanged list must not rebuild the
     columns, which would wipe the conversation under way."""
     _, url = served
-    page = _page(browser, url, [])
-    _unlock(page, KEY)
-    expect(page.locator("#model option")).to_have_count(4)
+    page = _unlocked(browser, url, [])
     page.fill("#input", "What is 2 + 3?")
     page.press("#input", "Enter")
     expect(page.locator(".msg.assistant[data-finish]")).to_have_count(1, timeout=60_000)
@@ -184,9 +188,7 @@ def test_the_key_field_changing_again_keeps_the_conversation(served, browser):
 
 def test_shift_enter_is_a_new_line_not_a_send(served, browser):
     _, url = served
-    page = _page(browser, url, [])
-    _unlock(page, KEY)
-    expect(page.locator("#model option")).to_have_count(4)
+    page = _unlocked(browser, url, [])
     page.fill("#input", "first line")
     page.press("#input", "Shift+Enter")
     page.keyboard.type("second line")
