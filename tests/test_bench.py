@@ -1,6 +1,7 @@
 """The GPU check (bench/gpu_check.py) must not rot between the days a GPU is lent: CI runs it shrunken on CPU,
 through the same commands (prepare, pretrain compiled and eager, sft, dpo, the engine) and the HF peer."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -148,6 +149,23 @@ def test_compare_presets_trains_every_variant_on_the_same_data(tmp_path):
     assert last["tiny"]["step"] == last["modern"]["step"] == 4
     assert last["tiny"]["tokens"] == last["modern"]["tokens"] == 4 * 16 * 256
     assert re.search(r"\| modern \| 500,480 \| [0-9]+ \| [0-9.]+ \|", proc.stdout), proc.stdout
+
+
+def test_compare_presets_on_the_wikipedia_sample_offline(data_dir, tmp_path):
+    """--corpus enwiki, with no ranks setting in the environment (a fresh offline machine): the shards record
+    the tokenizer as plain `gpt2`, so the script must hand pre-training the ranks file it prepared with."""
+    if not (data_dir / "pretrain" / "enwiki2015" / "enwiki2015_train.parquet").is_file():
+        pytest.skip("the Wikipedia sample (pretrain/enwiki2015) is not in the shared data folder")
+    env = {k: v for k, v in os.environ.items() if k not in ("LLMRECIPE_GPT2_RANKS", "TIKTOKEN_CACHE_DIR")}
+    env["TIKTOKEN_CACHE_DIR"] = str(tmp_path / "empty-cache")  # nothing cached: only the data folder's ranks
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare_presets.py"), "--corpus", "enwiki",
+                           "--data", str(data_dir), "--seeds", "0", "--out", str(tmp_path), "--set",
+                           "n_layer=1", "n_head=2", "n_embd=32", "block_size=32", "batch_size=2",
+                           "max_steps=2", "warmup_steps=1", "eval_batches=1", "--eval-interval", "1",
+                           "--variant", "gpt2", "gpt2-124m", "--variant", "modern", "modern-124m",
+                           "mlp_hidden=64"], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"\| modern \| [0-9,]+ \| [0-9]+ \| [0-9.]+ \|", proc.stdout), proc.stdout
 
 
 def test_gpu_check_modern_runs_shrunken_on_cpu(data_dir, tmp_path):
