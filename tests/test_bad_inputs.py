@@ -348,3 +348,32 @@ def test_gpt2_tokenizer_offline_is_one_line_saying_what_to_do(folder, monkeypatc
         main([*PREP[:-3], "--input", "notext.jsonl"])
     assert str(e.value).startswith("error: the gpt2 tokenizer's ranks could not be loaded (ConnectionError)")
     assert "LLMRECIPE_GPT2_RANKS" in str(e.value) and "--tokenizer bpe" in str(e.value)
+
+
+def test_gpt2_ranks_file_given_to_prepare_serves_the_later_stages_offline(data_dir, tmp_path, monkeypatch):
+    """`prepare --tokenizer gpt2:FILE` on an offline machine, then any stage reading the shards: the folder
+    records plain `gpt2` (the ranks are the same from anywhere), so the stage needed $LLMRECIPE_GPT2_RANKS
+    set again. The file the user named is recorded as a hint and used while it exists; where it does not (the
+    folder moved to another machine), the one-line error of the test above, never a different tokenizer."""
+    import requests
+    import tiktoken
+
+    from llmrecipe.tokenizer import load_from_dir
+
+    ranks = data_dir / "tokenizer" / "r50k_base.tiktoken"
+    copy = tmp_path / "ranks" / "r50k_base.tiktoken"
+    copy.parent.mkdir()
+    shutil.copyfile(ranks, copy)
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "Hello world. " * 40}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLMRECIPE_GPT2_RANKS", raising=False)
+
+    def offline(name):
+        raise requests.exceptions.ConnectionError("Max retries exceeded (no network)")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    main(["prepare", "text", "--out", "s", "--tokenizer", f"gpt2:{copy}", "--input", "t.jsonl"])
+    assert json.loads((tmp_path / "s" / "tokenizer_spec.json").read_text())["spec"] == "gpt2"
+    assert load_from_dir(tmp_path / "s").encode("Hello world") == [15496, 995]
+    copy.unlink()
+    with pytest.raises(ValueError, match=r"ranks could not be loaded \(ConnectionError\)"):
+        load_from_dir(tmp_path / "s")

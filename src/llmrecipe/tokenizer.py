@@ -1,7 +1,8 @@
 """Tokenizers: GPT-2 BPE through tiktoken, or a small byte-level BPE for CPU-sized runs.
 
 A tokenizer is named by a *spec* string, recorded in every shard folder and run:
-  "gpt2"                    tiktoken's GPT-2 encoding (downloads once, or reads $TIKTOKEN_CACHE_DIR offline)
+  "gpt2"                    tiktoken's GPT-2 encoding (downloads once, or reads $TIKTOKEN_CACHE_DIR offline;
+                            a folder also records the ranks file it was made with, reused while it exists)
   "gpt2:PATH.tiktoken"      the same ranks from a local r50k_base.tiktoken file (fully offline)
   "bpe:PATH/tokenizer.json" a byte-level BPE trained by `train_bpe` (HF `tokenizers` format)
 """
@@ -40,9 +41,10 @@ class Tokenizer:
         """Record the tokenizer in a run/shard folder so it can be reloaded with `load_from_dir`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / "tokenizer_spec.json",
-                           json.dumps({"spec": self.spec, "vocab_size": self.vocab_size,
-                                       "eot_id": self.eot_id}))
+        record = {"spec": self.spec, "vocab_size": self.vocab_size, "eot_id": self.eot_id}
+        if getattr(self, "ranks_file", None):
+            record["ranks"] = self.ranks_file
+        atomic_write_text(directory / "tokenizer_spec.json", json.dumps(record))
 
 
 class GPT2Tokenizer(Tokenizer):
@@ -69,6 +71,8 @@ class GPT2Tokenizer(Tokenizer):
                     "copy of r50k_base.tiktoken (e.g. shared/data/tokenizer/), or train one: --tokenizer bpe"
                 ) from None
         self.spec = "gpt2"  # the ranks are identical either way; where they came from is a machine setting
+        # ...recorded beside the spec only as a hint: an offline machine reloads from it while it exists
+        self.ranks_file = str(Path(ranks_file).resolve()) if ranks_file else None
         self.vocab_size = self.enc.n_vocab
         self.eot_id = self.enc.eot_token
 
@@ -141,7 +145,11 @@ def load_from_dir(directory: str | Path) -> Tokenizer:
     meta_path = Path(directory) / "tokenizer_spec.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: no tokenizer recorded in {directory}")
-    spec = json.loads(meta_path.read_text())["spec"]
+    meta = json.loads(meta_path.read_text())
+    spec = meta["spec"]
+    hint = meta.get("ranks")
+    if spec == "gpt2" and not os.environ.get(GPT2_RANKS_ENV) and hint and Path(hint).is_file():
+        spec = f"gpt2:{hint}"
     if spec.startswith("bpe:") and not Path(spec[4:]).is_absolute():
         spec = f"bpe:{Path(directory) / spec[4:]}"
     return load_tokenizer(spec)
