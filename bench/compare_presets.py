@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -36,7 +35,6 @@ import torch  # noqa: E402
 from llmrecipe.data.prepare import PrepareConfig, prepare  # noqa: E402
 from llmrecipe.model import GPT  # noqa: E402
 from llmrecipe.report import environment  # noqa: E402
-from llmrecipe.tokenizer import GPT2_RANKS_ENV  # noqa: E402
 from llmrecipe.train import stage_config  # noqa: E402
 from llmrecipe.train.pretrain import run_pretrain  # noqa: E402
 from llmrecipe.world.corpus import write_pretrain_corpus  # noqa: E402
@@ -46,14 +44,11 @@ T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 
 
 def enwiki_data(shared: Path, out: Path) -> Path:
     folder = out / "enwiki-data"
-    source = shared / "pretrain" / "enwiki2015" / "enwiki2015_train.parquet"
-    ranks = shared / "tokenizer" / "r50k_base.tiktoken"
-    if not source.is_file() or not ranks.is_file():
-        raise SystemExit(f"error: {source} and {ranks} are needed for --corpus enwiki (see --data)")
-    # the shards record the tokenizer as `gpt2` (where the ranks live is a machine setting): pre-training
-    # reloads it, so offline it needs the same ranks file
-    os.environ.setdefault(GPT2_RANKS_ENV, str(ranks))
     if not (folder / "meta.json").is_file():
+        source = shared / "pretrain" / "enwiki2015" / "enwiki2015_train.parquet"
+        ranks = shared / "tokenizer" / "r50k_base.tiktoken"
+        if not source.is_file() or not ranks.is_file():
+            raise SystemExit(f"error: {source} and {ranks} are needed for --corpus enwiki (see --data)")
         prepare(PrepareConfig(source=str(source), out=str(folder), tokenizer=f"gpt2:{ranks}", val_every=50))
     return folder
 

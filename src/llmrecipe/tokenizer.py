@@ -27,6 +27,7 @@ class Tokenizer:
     spec: str
     vocab_size: int
     eot_id: int
+    ranks_file: str | None = None  # GPT-2's: the local ranks file it was read from, if any
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -42,7 +43,7 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         record = {"spec": self.spec, "vocab_size": self.vocab_size, "eot_id": self.eot_id}
-        if getattr(self, "ranks_file", None):
+        if self.ranks_file:
             record["ranks"] = self.ranks_file
         atomic_write_text(directory / "tokenizer_spec.json", json.dumps(record))
 
