@@ -377,3 +377,17 @@ def test_gpt2_ranks_file_given_to_prepare_serves_the_later_stages_offline(data_d
     copy.unlink()
     with pytest.raises(ValueError, match=r"ranks could not be loaded \(ConnectionError\)"):
         load_from_dir(tmp_path / "s")
+
+
+def test_pretrain_vocabulary_too_small_for_the_shards_says_what_to_set(data_dir, tmp_path, monkeypatch):
+    """GPT-2-tokenized shards with the default (tiny, 768-token) model: the error names both sizes and the
+    setting that fixes it, before any folder is made."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLMRECIPE_GPT2_RANKS", str(data_dir / "tokenizer" / "r50k_base.tiktoken"))
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "Hello world. " * 40}) + "\n")
+    main(["prepare", "text", "--out", "s", "--tokenizer", "gpt2", "--input", "t.jsonl"])
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "--data", "s", "--out", "p"])
+    assert str(e.value) == ("error: s: tokenizer has 50257 tokens but the model's vocab_size is 768: "
+                            "--set vocab_size=50257 (or --preset gpt2-124m)")
+    assert not (tmp_path / "p").exists()

@@ -34,7 +34,8 @@ class PretrainStage:
         self.tokenizer = load_from_dir(cfg.data)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
             raise ValueError(f"{cfg.data}: tokenizer has {self.tokenizer.vocab_size} tokens but the model's "
-                             f"vocab_size is {cfg.model.vocab_size}")
+                             f"vocab_size is {cfg.model.vocab_size}: --set vocab_size="
+                             f"{self.tokenizer.vocab_size} (or --preset gpt2-124m)")
         tc, T = cfg.train, cfg.model.block_size
         item_start(0, 0, tc.batch_size, tc.grad_accum, rt.rank, rt.world_size)  # checks accum vs ranks early
         self.train_data = TokenWindows(cfg.data, "train", T, tc.seed, cfg.model.vocab_size)
